@@ -1,0 +1,81 @@
+"""The ``orandnet`` command: run the stage notebooks, generate the embedded data, list stages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import profiles, synth
+from .errors import OrandnetError, StageFailed
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="smoke",
+                   help="smoke | default | paper, or a .toml profile file (default: smoke)")
+    p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override: seed=1, generator.n_train=500, 00_dataset.n_examples=4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orandnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the stage notebooks in order (skipping unchanged stages)")
+    _add_common(run)
+    run.add_argument("--data-root", help="a VOC-layout folder to use instead of the profile's data")
+    run.add_argument("--run-dir", help="where stage folders go (default: runs/<profile>/)")
+    run.add_argument("--book-dir", help="where executed notebooks are published (default: book/executed/)")
+    run.add_argument("--only", metavar="STAGE", help="run only this stage, e.g. 00_dataset")
+    run.add_argument("--from", dest="start_from", metavar="STAGE", help="run this stage and every later one")
+    run.add_argument("--force", action="store_true", help="run selected stages even if unchanged")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    gen = sub.add_parser("generate", help="generate (or reuse) the embedded benchmark of a profile")
+    _add_common(gen)
+    gen.add_argument("--out", help="target folder (default: the profile's data.root)")
+
+    stages = sub.add_parser("stages", help="list the stages and their parameters")
+    _add_common(stages)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from .runner import Runner
+
+            runner = Runner(args.profile, data_root=args.data_root, run_dir=args.run_dir,
+                            overrides=args.overrides, book_dir=args.book_dir, progress=not args.quiet)
+            result = runner.run(only=args.only, start_from=args.start_from, force=args.force)
+            print(f"ran {len(result.executed)} stage(s), skipped {len(result.skipped)}; "
+                  f"summary: {result.run_dir / 'summary.json'}")
+        elif args.command == "generate":
+            prof = profiles.apply_overrides(profiles.load_profile(args.profile), args.overrides)
+            if prof["data"].get("source", "embedded") != "embedded":
+                raise profiles.ConfigError(f"profile {prof['name']!r} reads existing data; nothing to generate")
+            out = Path(args.out) if args.out else profiles.data_root(prof)
+            synth.generate(out, profiles.embedded_config(prof))
+        elif args.command == "stages":
+            from .runner import Runner, depends_on, notebook_parameters
+
+            runner = Runner(args.profile, overrides=args.overrides)
+            for stage in runner.stages:
+                params = notebook_parameters(runner.notebook_dir / f"{stage}.ipynb")
+                params.update(runner.profile["stages"].get(stage, {}))
+                deps = ", ".join(depends_on(stage, runner.stages)) or "data"
+                print(f"{stage}  (reads: {deps})")
+                for name, value in params.items():
+                    print(f"    {name} = {value!r}")
+    except OrandnetError as e:
+        print(f"orandnet: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, StageFailed) else 2
+    except KeyboardInterrupt:
+        print("orandnet: interrupted; stages that did not finish are not marked complete", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

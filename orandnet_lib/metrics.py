@@ -1,0 +1,212 @@
+"""The one metrics module: confusion matrices, per-class precision / recall / IoU,
+CAM-to-mask conversion and the background-threshold sweep.
+
+Conventions (PASCAL VOC): rows of a confusion matrix are ground truth, columns are
+predictions; label 255 is ignored; class 0 is background and counts in every mean.
+As in the official ORANDNet / IRN evaluation, a ratio with a zero denominator is undefined
+(NaN) and left out of the mean: a class never predicted has no precision, a class absent
+from ground truth no recall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .voc import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Accumulates a (C, C) int64 confusion matrix over any number of masks."""
+
+    def __init__(self, num_classes: int):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> "ConfusionMatrix":
+        """Add one prediction / ground-truth pair of equal shape (integer class maps)."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        gt = gt.ravel().astype(np.int64)
+        pred = pred.ravel().astype(np.int64)
+        keep = gt != IGNORE_INDEX
+        gt, pred = gt[keep], pred[keep]
+        c = self.num_classes
+        if gt.size and (gt.max() >= c or gt.min() < 0 or pred.max() >= c or pred.min() < 0):
+            raise ValueError(f"class index outside [0, {c}) (ground truth max {gt.max()}, prediction max {pred.max()})")
+        self.matrix += np.bincount(gt * c + pred, minlength=c * c).reshape(c, c)
+        return self
+
+    def __iadd__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        self.matrix += other.matrix
+        return self
+
+    def scores(self) -> "Scores":
+        return Scores.from_matrix(self.matrix)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-class precision, recall and IoU (fractions, NaN where undefined) and their means."""
+
+    precision: np.ndarray  # (C,)
+    recall: np.ndarray  # (C,)
+    iou: np.ndarray  # (C,)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> "Scores":
+        matrix = np.asarray(matrix, dtype=np.float64)
+        tp = np.diag(matrix)
+        pred_total = matrix.sum(axis=0)  # TP + FP
+        gt_total = matrix.sum(axis=1)  # TP + FN
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(pred_total > 0, tp / pred_total, np.nan)
+            recall = np.where(gt_total > 0, tp / gt_total, np.nan)
+            union = gt_total + pred_total - tp
+            iou = np.where(union > 0, tp / union, np.nan)
+        return cls(precision, recall, iou)
+
+    @property
+    def miou(self) -> float:
+        return float(np.nanmean(self.iou))
+
+    @property
+    def mean_precision(self) -> float:
+        return float(np.nanmean(self.precision))
+
+    @property
+    def mean_recall(self) -> float:
+        return float(np.nanmean(self.recall))
+
+    def summary(self, percent: bool = True) -> dict[str, float]:
+        """{'miou', 'precision', 'recall'} as means, in percent by default."""
+        k = 100.0 if percent else 1.0
+        return {"miou": k * self.miou, "precision": k * self.mean_precision, "recall": k * self.mean_recall}
+
+
+def cam_to_mask(cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, background_score: float) -> np.ndarray:
+    """Mask from CAMs: argmax over [background_score, cams of the image's classes].
+
+    cams: (K, H, W) scores of the image's K ground-truth classes; class_ids: (K,) their
+    indices (1-based: 0 is background). Ties go to background. Returns (H, W) uint8.
+    """
+    cams = np.asarray(cams, dtype=np.float32)
+    class_ids = np.asarray(class_ids, dtype=np.int64)
+    if cams.ndim != 3 or cams.shape[0] != class_ids.shape[0]:
+        raise ValueError(f"cams {cams.shape} must be (K, H, W) with K = len(class_ids) = {class_ids.shape[0]}")
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[1:], dtype=np.uint8)
+    best = cams.argmax(axis=0)
+    score = cams.max(axis=0)
+    return np.where(score > background_score, class_ids[best], 0).astype(np.uint8)
+
+
+def default_thresholds(step: float = 0.01) -> np.ndarray:
+    """Background scores 0.00, 0.01, ..., 0.99 (CAMs are max-normalised to [0, 1])."""
+    return np.round(np.arange(0.0, 1.0, step), 6)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Scores of CAM masks over a grid of background scores."""
+
+    thresholds: np.ndarray  # (T,)
+    matrices: np.ndarray  # (T, C, C) confusion matrices
+
+    def scores(self, index: int) -> Scores:
+        return Scores.from_matrix(self.matrices[index])
+
+    @property
+    def miou(self) -> np.ndarray:
+        return np.array([self.scores(i).miou for i in range(len(self.thresholds))])
+
+    @property
+    def precision(self) -> np.ndarray:
+        return np.array([self.scores(i).mean_precision for i in range(len(self.thresholds))])
+
+    @property
+    def recall(self) -> np.ndarray:
+        return np.array([self.scores(i).mean_recall for i in range(len(self.thresholds))])
+
+    @property
+    def best_index(self) -> int:
+        """Index of the best-mIoU background score (the first one on ties)."""
+        return int(np.nanargmax(self.miou))
+
+    @property
+    def crossover_index(self) -> int:
+        """The official code's choice: the first background score at which mean precision
+        reaches mean recall. If precision never catches up, the last score."""
+        above = np.flatnonzero(self.precision >= self.recall)
+        return int(above[0]) if above.size else len(self.thresholds) - 1
+
+    def at(self, index: int) -> dict[str, float]:
+        """{'miou', 'precision', 'recall', 'threshold'} in percent at a grid index."""
+        return {**self.scores(index).summary(), "threshold": 100.0 * float(self.thresholds[index])}
+
+    def best(self) -> dict[str, float]:
+        return self.at(self.best_index)
+
+    def crossover(self) -> dict[str, float]:
+        return self.at(self.crossover_index)
+
+    def curve(self) -> dict[str, np.ndarray]:
+        """Columns for a table or plot: threshold, miou, precision, recall (percent)."""
+        return {"threshold": 100 * self.thresholds, "miou": 100 * self.miou,
+                "precision": 100 * self.precision, "recall": 100 * self.recall}
+
+
+class ThresholdSweep:
+    """Accumulates, in one pass over the data, the confusion matrix of the CAM mask at
+    every background score of a grid.
+
+    Per pixel, a mask at score t is the arg-max class where the largest CAM exceeds t and
+    background elsewhere. So one joint histogram of (ground truth, arg-max class,
+    bin of the largest CAM) gives every threshold's matrix by cumulative sums.
+    """
+
+    def __init__(self, num_classes: int, thresholds: Iterable[float] | None = None):
+        self.num_classes = num_classes
+        self.thresholds = np.asarray(default_thresholds() if thresholds is None else list(thresholds), dtype=np.float64)
+        if self.thresholds.ndim != 1 or self.thresholds.size == 0 or np.any(np.diff(self.thresholds) <= 0):
+            raise ValueError("thresholds must be a non-empty increasing sequence")
+        # hist[g, p, b]: pixels of ground truth g whose arg-max class is p and whose largest
+        # CAM exceeds exactly b of the thresholds.
+        self.hist = np.zeros((num_classes, num_classes, self.thresholds.size + 1), dtype=np.int64)
+
+    def update(self, cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, gt: np.ndarray) -> None:
+        """cams: (K, H, W); class_ids: (K,); gt: (H, W) with 255 = ignore."""
+        cams = np.asarray(cams, dtype=np.float32)
+        class_ids = np.asarray(class_ids, dtype=np.int64)
+        if cams.shape[1:] != gt.shape or cams.shape[0] != class_ids.shape[0]:
+            raise ValueError(f"cams {cams.shape}, class_ids {class_ids.shape} and ground truth {gt.shape} do not fit")
+        keep = gt.ravel() != IGNORE_INDEX
+        g = gt.ravel()[keep].astype(np.int64)
+        if cams.shape[0] == 0:
+            p = np.zeros_like(g)
+            b = np.zeros_like(g)
+        else:
+            flat = cams.reshape(cams.shape[0], -1)[:, keep]
+            p = class_ids[flat.argmax(axis=0)]
+            # number of thresholds strictly below the score: the pixel is foreground at
+            # grid index j exactly when j < b.
+            b = np.searchsorted(self.thresholds, flat.max(axis=0).astype(np.float64), side="left")
+        c, nb = self.num_classes, self.thresholds.size + 1
+        if g.size and (g.max() >= c or p.max() >= c):
+            raise ValueError(f"class index outside [0, {c})")
+        self.hist += np.bincount((g * c + p) * nb + b, minlength=c * c * nb).reshape(c, c, nb)
+
+    def result(self) -> SweepResult:
+        c, t = self.num_classes, self.thresholds.size
+        # fg[g, p, j]: pixels still assigned to p at threshold j = sum of bins b > j.
+        tail = np.cumsum(self.hist[:, :, ::-1], axis=2)[:, :, ::-1]  # tail[..., b] = sum of bins >= b
+        fg = tail[:, :, 1 : t + 1]  # (C, C, T)
+        total = self.hist.sum(axis=(1, 2))  # (C,) pixels per ground-truth class
+        matrices = np.moveaxis(fg, 2, 0).copy()  # (T, C, C)
+        matrices[:, :, 0] = 0  # arg-max class is never background; background column rebuilt below
+        matrices[:, :, 0] = total[None, :] - matrices.sum(axis=2)
+        return SweepResult(self.thresholds.copy(), matrices)

@@ -1,0 +1,145 @@
+"""Profiles are data: a TOML file per profile (``smoke``, ``default``, ``paper``) holding the
+seed, where the data comes from and the parameters of each stage notebook.
+
+Overrides use dotted keys, as on the command line: ``seed=1``,
+``generator.n_train=500``, ``00_dataset.n_examples=4``. Values are parsed as Python
+literals (never evaluated); a value that is not a literal is taken as a string.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import os
+import tomllib
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import store, synth
+from .errors import ConfigError
+
+PROFILE_NAMES = ("smoke", "default", "paper")
+
+
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding ``_toc.yml`` and ``notebooks/`` ($ORANDNET_ROOT if set), found by
+    walking up from ``start`` (default: the working directory); else the start itself."""
+    if os.environ.get("ORANDNET_ROOT"):
+        return Path(os.environ["ORANDNET_ROOT"]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """The named built-in profile, or a TOML file when ``name`` is a path."""
+    if name.endswith(".toml") or os.sep in name:
+        path = Path(name)
+        if not path.exists():
+            raise ConfigError(f"profile file {path} does not exist")
+        text = path.read_text()
+    elif name in PROFILE_NAMES:
+        text = resources.files("orandnet_lib").joinpath(f"profiles/{name}.toml").read_text()
+    else:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)} or give a .toml path")
+    try:
+        profile = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"profile {name!r}: invalid TOML ({e})") from e
+    profile.setdefault("seed", 0)
+    profile.setdefault("data", {})
+    profile.setdefault("stages", {})
+    profile["name"] = Path(name).stem
+    source = profile["data"].get("source", "embedded")
+    if source not in ("embedded", "voc"):
+        raise ConfigError(f"profile {name!r}: data.source must be 'embedded' or 'voc', got {source!r}")
+    return profile
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a Python literal (1, 0.5, [1, 2], True, 'x'); else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``stage.key=value`` -> (['stage', 'key'], value)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. 00_dataset.n_examples=4)")
+    return key.strip().split("."), parse_value(value.strip())
+
+
+def apply_overrides(profile: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of the profile with overrides applied. ``seed`` and ``generator.*`` change
+    the run and the data; ``<stage>.<param>`` changes a stage notebook's parameter (checked
+    against the notebook's parameters cell by the runner)."""
+    out = copy.deepcopy(profile)
+    for item in overrides:
+        path, value = parse_override(item)
+        if path == ["seed"]:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"seed must be an integer, got {value!r}")
+            out["seed"] = value
+        elif path[0] == "generator" and len(path) == 2:
+            out["data"].setdefault("generator", {})[path[1]] = value
+            embedded_config(out)  # validates name and value now, not halfway through a run
+        elif len(path) == 2 and path[0][:2].isdigit():
+            out["stages"].setdefault(path[0], {})[path[1]] = value
+        else:
+            raise ConfigError(
+                f"override {item!r}: the key must be 'seed', 'generator.<knob>' or '<stage>.<parameter>' "
+                "(a stage is a notebook's file stem, e.g. 00_dataset)"
+            )
+    return out
+
+
+def embedded_config(profile: dict[str, Any]) -> synth.SceneConfig:
+    """The generator config of an embedded profile (its seed is the profile's seed)."""
+    values = dict(profile["data"].get("generator", {}))
+    values.setdefault("seed", profile["seed"])
+    try:
+        return synth.SceneConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"profile {profile['name']!r}, data.generator: {e}") from e
+
+
+def data_root(profile: dict[str, Any], override: str | os.PathLike[str] | None = None,
+              root: Path | None = None) -> Path:
+    """Where the profile's data lives: the override when given, else ``data.root``
+    (relative to the project root)."""
+    if override:
+        return Path(override).resolve()
+    path = Path(profile["data"].get("root", f"data/{profile['name']}"))
+    return path if path.is_absolute() else (root or project_root()) / path
+
+
+def prepare_data(profile: dict[str, Any], override: str | os.PathLike[str] | None = None,
+                 progress: bool = True) -> Path:
+    """Resolve the data root and, for an embedded profile without an override, generate the
+    benchmark there (a no-op when the cached copy matches the config)."""
+    path = data_root(profile, override)
+    if override is None and profile["data"].get("source", "embedded") == "embedded":
+        synth.generate(path, embedded_config(profile), progress=progress)
+    return path
+
+
+def data_fingerprint(path: Path) -> str:
+    """What identifies a dataset's content cheaply: its generator fingerprint when it was
+    generated here, else the hash of its split lists and labels.txt."""
+    config = synth.read_config(path)
+    if config is not None and "fingerprint" in config:
+        return f"embedded:{config['fingerprint']}"
+    parts: dict[str, str] = {}
+    for sub in ("ImageSets/Segmentation", "ImageSets/SegmentationAug"):
+        for f in sorted((path / sub).glob("*.txt")):
+            parts[f"{sub}/{f.name}"] = store.hash_file(f)
+    if (path / "labels.txt").exists():
+        parts["labels.txt"] = store.hash_file(path / "labels.txt")
+    return f"voc:{store.hash_obj(parts)}"

@@ -1,0 +1,280 @@
+"""Executes the stage notebooks in order with papermill, and only those that need it.
+
+A stage is a notebook ``notebooks/NN_name.ipynb``; its name is the file stem. Each stage's
+fingerprint hashes its parameters, its notebook's source, the manifests of the stages it
+reads (and, for the first stage, the dataset's fingerprint). A stage whose fingerprint
+matches its manifest is skipped; a change anywhere upstream changes the manifests it reads,
+so everything downstream of a change runs again. The manifest is written only after the
+notebook finished without error, and removed before a stage runs: a failed run leaves no
+stage marked complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__, profiles, store
+from .errors import ConfigError, StageFailed
+from .stage import METRICS_FILE
+
+SUMMARY_FILE = "summary.json"
+COMMON_PARAMETERS = ("profile", "data_root", "run_dir", "seed")
+# Which earlier stages each stage reads. A notebook not listed here reads all earlier ones.
+STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
+    "00_dataset": (),
+    "01_classifiers_and_cams": ("00_dataset",),
+}
+_VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "orandnet_lib": __version__}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def discover_stages(notebook_dir: Path) -> list[str]:
+    """Stage names (notebook stems starting with two digits) in execution order."""
+    stages = sorted(p.stem for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not stages:
+        raise ConfigError(f"no stage notebooks (NN_name.ipynb) in {notebook_dir}")
+    return stages
+
+
+def depends_on(stage: str, stages: Sequence[str]) -> tuple[str, ...]:
+    if stage in STAGE_DEPENDS:
+        return STAGE_DEPENDS[stage]
+    return tuple(stages[: stages.index(stage)])
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The defaults of a notebook's ``parameters`` cell, as Python values."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(path))
+    out = {}
+    for name, info in found.items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            out[name] = None  # an expression default: any type is accepted
+    return out
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def check_parameters(stage: str, path: Path, params: dict[str, Any]) -> None:
+    """Every parameter must exist in the notebook's parameters cell with a matching type."""
+    defaults = notebook_parameters(path)
+    for name, value in params.items():
+        if name not in defaults:
+            raise ConfigError(
+                f"stage {stage}: unknown parameter {name!r}; {path.name} has {', '.join(sorted(defaults))}"
+            )
+        if not _type_ok(defaults[name], value):
+            raise ConfigError(
+                f"stage {stage}: parameter {name!r} must be {type(defaults[name]).__name__} "
+                f"(like its default {defaults[name]!r}), got {type(value).__name__} {value!r}"
+            )
+
+
+@dataclass
+class StagePlan:
+    name: str
+    notebook: Path
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    fingerprint: str
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    executed: list[str]
+    skipped: list[str]
+    summary: dict[str, Any]
+
+
+class Runner:
+    """Plans and executes the stages of one profile into one run folder."""
+
+    def __init__(self, profile: str | dict[str, Any] = "smoke", *, data_root: str | os.PathLike[str] | None = None,
+                 run_dir: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
+                 root: str | os.PathLike[str] | None = None, book_dir: str | os.PathLike[str] | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print):
+        self.root = Path(root).resolve() if root else profiles.project_root()
+        base = profiles.load_profile(profile) if isinstance(profile, str) else profile
+        self.profile = profiles.apply_overrides(base, overrides)
+        self.data_override = data_root
+        self.run_dir = Path(run_dir).resolve() if run_dir else self.root / "runs" / self.profile["name"]
+        self.notebook_dir = self.root / "notebooks"
+        self.book_dir = Path(book_dir) if book_dir else self.root / "book" / "executed"
+        self.progress = progress
+        self.log = log
+        self.stages = discover_stages(self.notebook_dir)
+        unknown = sorted(set(self.profile["stages"]) - set(self.stages))
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown} in profile or overrides; stages: {', '.join(self.stages)}")
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def _check_stage(self, stage: str | None, flag: str) -> None:
+        if stage is not None and stage not in self.stages:
+            raise ConfigError(f"{flag} {stage!r}: no such stage; stages: {', '.join(self.stages)}")
+
+    def params_for(self, stage: str, data_root: Path) -> dict[str, Any]:
+        common = {"profile": self.profile["name"], "data_root": str(data_root), "run_dir": str(self.run_dir),
+                  "seed": int(self.profile["seed"])}
+        return {**common, **self.profile["stages"].get(stage, {})}
+
+    def plan(self, stage: str, data_root: Path, data_fp: str) -> StagePlan:
+        notebook = self.notebook_dir / f"{stage}.ipynb"
+        params = self.params_for(stage, data_root)
+        check_parameters(stage, notebook, params)
+        inputs: dict[str, str] = {}
+        deps = depends_on(stage, self.stages)
+        for dep in deps:
+            h = store.manifest_hash(self.stage_dir(dep))
+            if h is None:
+                raise ConfigError(f"stage {stage} reads stage {dep}, which has not completed in {self.run_dir}; "
+                                  f"run it first (drop --only / --from)")
+            inputs[dep] = h
+        if not deps:
+            inputs["data"] = data_fp
+        # The data path is where the data is, not what it is: the data fingerprint covers content.
+        hashed = {k: v for k, v in params.items() if k not in ("data_root", "run_dir")}
+        fingerprint = store.hash_obj({"params": hashed, "inputs": inputs, "notebook": store.hash_file(notebook)})
+        return StagePlan(stage, notebook, params, inputs, fingerprint)
+
+    def is_current(self, plan: StagePlan) -> bool:
+        manifest = store.read_manifest(self.stage_dir(plan.name))
+        executed = self.stage_dir(plan.name) / f"{plan.name}.ipynb"
+        return manifest is not None and manifest.get("fingerprint") == plan.fingerprint and executed.exists()
+
+    def execute(self, plan: StagePlan) -> None:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        out_dir = self.stage_dir(plan.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / store.MANIFEST).unlink(missing_ok=True)  # incomplete until it finishes
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        executed = out_dir / f"{plan.name}.ipynb"
+        failed = out_dir / f"{plan.name}.failed.ipynb"
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        start = time.perf_counter()
+        with store.atomic_path(executed) as tmp:
+            try:
+                papermill.execute_notebook(
+                    str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
+                    cwd=str(self.notebook_dir), progress_bar=self.progress,
+                )
+            except PapermillExecutionError as e:
+                shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
+                raise StageFailed(
+                    f"stage {plan.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                    f"the executed notebook with the full traceback is {failed}"
+                ) from None
+        failed.unlink(missing_ok=True)
+        wall = time.perf_counter() - start
+        if not (out_dir / METRICS_FILE).exists():
+            raise StageFailed(f"stage {plan.name} finished but did not call stage.record(); see {executed}")
+        record = store.read_json(out_dir / METRICS_FILE)
+        manifest = {
+            "stage": plan.name,
+            "profile": self.profile["name"],
+            "fingerprint": plan.fingerprint,
+            "params": plan.params,
+            "inputs": plan.inputs,
+            "notebook_sha256": store.hash_file(plan.notebook),
+            "versions": versions(),
+            "seed": plan.params["seed"],
+            "started_at": started_at,
+            "wall_time_s": round(wall, 3),
+            "kernel_wall_time_s": round(record.get("kernel_wall_time_s", float("nan")), 3),
+            "peak_rss_mb": round(record.get("peak_rss_mb", float("nan")), 1),
+            "metrics": record.get("metrics", {}),
+            "summary": record.get("summary", {}),
+        }
+        store.write_json(out_dir / store.MANIFEST, manifest)
+
+    def publish(self, stage: str) -> None:
+        """Copy the executed notebook to where the book renders it."""
+        src = self.stage_dir(stage) / f"{stage}.ipynb"
+        with store.atomic_path(self.book_dir / f"{stage}.ipynb") as tmp:
+            shutil.copyfile(src, tmp)
+
+    def write_summary(self) -> dict[str, Any]:
+        """summary.json: the summary sections of every completed stage, in stage order."""
+        summary: dict[str, Any] = {"profile": self.profile["name"], "seed": self.profile["seed"], "stages": {}}
+        for stage in self.stages:
+            manifest = store.read_manifest(self.stage_dir(stage))
+            if manifest is None:
+                continue
+            summary = store.deep_merge(summary, manifest.get("summary", {}))
+            summary["stages"][stage] = {"wall_time_s": manifest["wall_time_s"], "peak_rss_mb": manifest["peak_rss_mb"]}
+        store.write_json(self.run_dir / SUMMARY_FILE, summary)
+        return summary
+
+    def run(self, only: str | None = None, start_from: str | None = None, force: bool = False) -> RunResult:
+        self._check_stage(only, "--only")
+        self._check_stage(start_from, "--from")
+        if only and start_from:
+            raise ConfigError("give --only or --from, not both")
+        if only:
+            selected = [only]
+        elif start_from:
+            selected = self.stages[self.stages.index(start_from):]
+        else:
+            selected = list(self.stages)
+        # Check every parameter of every stage before the first runs (or data is generated).
+        for stage in selected:
+            check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
+        data_root = profiles.prepare_data(self.profile, self.data_override, progress=self.progress)
+        data_fp = profiles.data_fingerprint(data_root)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        executed, skipped = [], []
+        for stage in selected:
+            plan = self.plan(stage, data_root, data_fp)
+            if not force and self.is_current(plan):
+                self.log(f"[{stage}] unchanged, skipped")
+                skipped.append(stage)
+            else:
+                self.log(f"[{stage}] running ...")
+                try:
+                    self.execute(plan)
+                finally:
+                    self.write_summary()
+                manifest = store.read_manifest(self.stage_dir(stage)) or {}
+                self.log(f"[{stage}] done in {manifest.get('wall_time_s', float('nan')):.1f} s, "
+                         f"peak {manifest.get('peak_rss_mb', float('nan')):.0f} MiB")
+                executed.append(stage)
+            self.publish(stage)
+        summary = self.write_summary()
+        return RunResult(self.run_dir, executed, skipped, summary)

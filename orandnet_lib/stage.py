@@ -1,0 +1,82 @@
+"""What a stage notebook uses to find its folders and record its results.
+
+A notebook opens its stage with :func:`open_stage` (which works the same under the runner
+and in an interactive Jupyter session), writes its artifacts under ``stage.dir`` and ends
+with :meth:`Stage.record`. The runner turns the record into the stage's manifest once the
+notebook has finished without error; a notebook never marks itself complete.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import profiles, store
+
+METRICS_FILE = "metrics.json"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+@dataclass
+class Stage:
+    name: str
+    profile: str
+    run_dir: Path
+    data_root: Path
+    seed: int
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dir(self) -> Path:
+        """This stage's artifact folder, ``<run_dir>/<stage>/``."""
+        path = self.run_dir / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def upstream(self, stage: str) -> Path:
+        """The artifact folder of an earlier stage; it must have completed."""
+        path = self.run_dir / stage
+        if store.read_manifest(path) is None:
+            raise FileNotFoundError(
+                f"stage {stage} has not completed in {self.run_dir}; run `orandnet run --profile {self.profile} "
+                f"--only {stage}` (or the whole profile) first"
+            )
+        return path
+
+    def record(self, metrics: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write this stage's metrics (and its sections of summary.json) atomically.
+
+        ``summary`` is merged into ``<run_dir>/summary.json`` by the runner, e.g.
+        ``{"dataset": {"n_train": 3000}}``.
+        """
+        record = {
+            "metrics": metrics or {},
+            "summary": summary or {},
+            "kernel_wall_time_s": time.perf_counter() - self.started,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        store.write_json(self.dir / METRICS_FILE, record)
+        return record
+
+
+def open_stage(name: str, profile: str = "smoke", data_root: str | os.PathLike[str] = "",
+               run_dir: str | os.PathLike[str] = "", seed: int | None = None) -> Stage:
+    """The stage context for a notebook. Empty ``data_root`` / ``run_dir`` (a notebook
+    opened by hand) resolve from the profile: ``data.root`` (generated if embedded) and
+    ``runs/<profile>/``."""
+    prof = profiles.load_profile(profile)
+    root = profiles.project_root()
+    data = Path(data_root) if data_root else profiles.prepare_data(prof)
+    runs = Path(run_dir) if run_dir else root / "runs" / prof["name"]
+    return Stage(name=name, profile=prof["name"], run_dir=runs, data_root=data,
+                 seed=prof["seed"] if seed is None else seed)
