@@ -19,6 +19,7 @@ from typing import Any
 
 from . import store, synth
 from .errors import ConfigError
+from .voc import check_layout
 
 PROFILE_NAMES = ("smoke", "default", "paper")
 
@@ -127,6 +128,7 @@ def prepare_data(profile: dict[str, Any], override: str | os.PathLike[str] | Non
     path = data_root(profile, override)
     if override is None and profile["data"].get("source", "embedded") == "embedded":
         synth.generate(path, embedded_config(profile), progress=progress)
+    check_layout(path)
     return path
 
 

@@ -157,6 +157,7 @@ class Runner:
         notebook = self.notebook_dir / f"{stage}.ipynb"
         params = self.params_for(stage, data_root)
         check_parameters(stage, notebook, params)
+        params = {**notebook_parameters(notebook), **params}  # the manifest records every value used
         inputs: dict[str, str] = {}
         deps = depends_on(stage, self.stages)
         for dep in deps:

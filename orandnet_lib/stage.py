@@ -70,13 +70,13 @@ class Stage:
 
 
 def open_stage(name: str, profile: str = "smoke", data_root: str | os.PathLike[str] = "",
-               run_dir: str | os.PathLike[str] = "", seed: int | None = None) -> Stage:
-    """The stage context for a notebook. Empty ``data_root`` / ``run_dir`` (a notebook
-    opened by hand) resolve from the profile: ``data.root`` (generated if embedded) and
-    ``runs/<profile>/``."""
+               run_dir: str | os.PathLike[str] = "", seed: int = 0) -> Stage:
+    """The stage context for a notebook. The runner passes every argument; in a notebook
+    opened by hand, an empty ``data_root`` / ``run_dir`` resolve from the profile:
+    ``data.root`` (generated if embedded) and ``runs/<profile>/``."""
+    if data_root and run_dir:
+        return Stage(name=name, profile=profile, run_dir=Path(run_dir), data_root=Path(data_root), seed=seed)
     prof = profiles.load_profile(profile)
-    root = profiles.project_root()
     data = Path(data_root) if data_root else profiles.prepare_data(prof)
-    runs = Path(run_dir) if run_dir else root / "runs" / prof["name"]
-    return Stage(name=name, profile=prof["name"], run_dir=runs, data_root=data,
-                 seed=prof["seed"] if seed is None else seed)
+    runs = Path(run_dir) if run_dir else profiles.project_root() / "runs" / prof["name"]
+    return Stage(name=name, profile=prof["name"], run_dir=runs, data_root=data, seed=seed)

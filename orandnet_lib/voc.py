@@ -96,6 +96,23 @@ def _parse_id(line: str) -> str:
     return Path(token).stem if ("/" in token or token.endswith(".jpg")) else token
 
 
+def check_layout(root: Path) -> None:
+    """Raise a DataError naming what is missing unless ``root`` is a VOC-layout folder."""
+    if not root.exists():
+        raise DataError(
+            f"data root {root} does not exist; pass --data-root with a VOC-layout folder "
+            "or let the profile generate the embedded benchmark"
+        )
+    if not root.is_dir():
+        raise DataError(f"data root {root} is a file, not a folder")
+    missing = [d for d in ("JPEGImages", "ImageSets") if not (root / d).is_dir()]
+    if missing:
+        raise DataError(
+            f"{root} is not in PASCAL VOC layout: missing {', '.join(d + '/' for d in missing)} "
+            "(expected JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/<split>.txt)"
+        )
+
+
 class VOCDataset(Sequence[Sample]):
     """A split of a VOC-layout folder. Validates the layout and the split at construction;
     each mask is validated (size, value range) when its sample is read."""
@@ -103,19 +120,7 @@ class VOCDataset(Sequence[Sample]):
     def __init__(self, root: str | os.PathLike[str], split: str = "train", mask_dir: str | None = None):
         self.root = Path(root)
         self.split = split
-        if not self.root.exists():
-            raise DataError(
-                f"data root {self.root} does not exist; pass --data-root with a VOC-layout folder "
-                "or let the profile generate the embedded benchmark"
-            )
-        if not self.root.is_dir():
-            raise DataError(f"data root {self.root} is a file, not a folder")
-        missing = [d for d in ("JPEGImages", "ImageSets") if not (self.root / d).is_dir()]
-        if missing:
-            raise DataError(
-                f"{self.root} is not in PASCAL VOC layout: missing {', '.join(missing)}/ "
-                "(expected JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/<split>.txt)"
-            )
+        check_layout(self.root)
         if mask_dir is None:
             mask_dir = "SegmentationClassAug" if "aug" in split else "SegmentationClass"
         self.mask_dir = self.root / mask_dir

@@ -1,0 +1,58 @@
+"""Shared fixtures: small VOC-layout folders written on the fly, and the smoke benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orandnet_lib import fashion_mnist, synth
+from orandnet_lib.voc import VOCWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_voc(root: Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (20, 24),
+                   class_names: tuple[str, ...] = ("background", "disc", "bar")) -> Path:
+    """A VOC folder of random images whose masks hold a disc (class 1) and a bar (class 2)."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    with VOCWriter(root, class_names) as writer:
+        for split, n in (("train", n_train), ("val", n_val)):
+            for i in range(n):
+                mask = np.zeros((h, w), dtype=np.uint8)
+                mask[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (3 + i) ** 2] = 1
+                if i % 2 == 0:
+                    mask[2:5, w - 8 : w - 2] = 2
+                mask[0, :] = 255  # an ignore row, as VOC's object borders
+                image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                writer.add(split, f"{split}_{i}", image, mask)
+    return root
+
+
+@pytest.fixture
+def tiny_voc(tmp_path: Path) -> Path:
+    return write_tiny_voc(tmp_path / "voc")
+
+
+def _fashion_mnist_available() -> bool:
+    try:
+        fashion_mnist.load("test")
+        return True
+    except Exception:
+        return False
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_available(), reason=f"Fashion-MNIST not found. {fashion_mnist.HOW_TO_GET}"
+)
+
+
+@pytest.fixture(scope="session")
+def smoke_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not _fashion_mnist_available():
+        pytest.skip(fashion_mnist.HOW_TO_GET)
+    cfg = synth.SceneConfig(image_size=48, n_train=12, n_val=4, seed=3)
+    return synth.generate(tmp_path_factory.mktemp("bench") / "embedded", cfg, progress=False)

