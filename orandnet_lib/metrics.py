@@ -210,3 +210,65 @@ class ThresholdSweep:
         matrices[:, :, 0] = 0  # arg-max class is never background; background column rebuilt below
         matrices[:, :, 0] = total[None, :] - matrices.sum(axis=2)
         return SweepResult(self.thresholds.copy(), matrices)
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class (non-interpolated) average precision of multilabel scores.
+
+    scores, targets: (N, C); returns (C,), NaN for a class without positives.
+    AP = mean over the positives of the precision at that positive's rank.
+    """
+    scores, targets = np.asarray(scores, np.float64), np.asarray(targets) > 0
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        positives = targets[:, c].sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = targets[order, c]
+        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        out[c] = precision_at[hits].sum() / positives
+    return out
+
+
+def multilabel_f1(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per-class F1 of ``scores > threshold`` (scores as probabilities); NaN where undefined."""
+    pred, targets = np.asarray(scores) > threshold, np.asarray(targets) > 0
+    tp = (pred & targets).sum(0).astype(np.float64)
+    denom = pred.sum(0) + targets.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, 2 * tp / denom, np.nan)
+
+
+class ErrorOverlap:
+    """How often two predictors make the *same* mistakes, per class.
+
+    For each class c: false-positive pixels of A and of B (predicted c, ground truth not c)
+    and how many are shared; likewise false negatives. An ensemble by AND removes exactly
+    the false positives the two do not share, so a low shared fraction is what it needs.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.counts = np.zeros((6, num_classes), dtype=np.int64)  # fp_a, fp_b, fp_both, fn_a, fn_b, fn_both
+
+    def update(self, pred_a: np.ndarray, pred_b: np.ndarray, gt: np.ndarray) -> None:
+        keep = gt != IGNORE_INDEX
+        a, b, g = pred_a[keep].astype(np.int64), pred_b[keep].astype(np.int64), gt[keep].astype(np.int64)
+        c = self.num_classes
+        fp_a, fp_b = a != g, b != g
+        self.counts[0] += np.bincount(a[fp_a], minlength=c)[:c]
+        self.counts[1] += np.bincount(b[fp_b], minlength=c)[:c]
+        self.counts[2] += np.bincount(a[fp_a & fp_b & (a == b)], minlength=c)[:c]
+        self.counts[3] += np.bincount(g[fp_a], minlength=c)[:c]  # a missed the true class
+        self.counts[4] += np.bincount(g[fp_b], minlength=c)[:c]
+        self.counts[5] += np.bincount(g[fp_a & fp_b], minlength=c)[:c]
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Per class: fp_a, fp_b, fp_shared (pixels) and fp_jaccard = shared / union; the same for fn."""
+        fp_a, fp_b, fp_both, fn_a, fn_b, fn_both = self.counts.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fp_j = np.where(fp_a + fp_b - fp_both > 0, fp_both / (fp_a + fp_b - fp_both), np.nan)
+            fn_j = np.where(fn_a + fn_b - fn_both > 0, fn_both / (fn_a + fn_b - fn_both), np.nan)
+        return {"fp_a": self.counts[0], "fp_b": self.counts[1], "fp_shared": self.counts[2], "fp_jaccard": fp_j,
+                "fn_a": self.counts[3], "fn_b": self.counts[4], "fn_shared": self.counts[5], "fn_jaccard": fn_j}

@@ -55,9 +55,9 @@ class SceneConfig:
     n_val: int = 300
     classes: tuple[str, ...] = ("tshirt", "trouser", "dress", "sandal", "bag", "ankle_boot")
     objects_per_scene: tuple[int, int] = (1, 3)
-    object_size: tuple[float, float] = (0.15, 0.6)
+    object_size: tuple[float, float] = (0.12, 0.6)
     max_overlap: float = 0.3
-    distractors_per_scene: tuple[int, int] = (0, 1)
+    distractors_per_scene: tuple[int, int] = (0, 0)
     context_bias: float = 0.7
     background_blur: float = 1.2
     texture_probability: float = 0.5

@@ -1,0 +1,250 @@
+"""Class activation maps: multi-scale + flip inference, and the CAM store.
+
+A CAM of an image is (K, H, W) float in [0, 1]: one map per ground-truth class of the image
+(K of them, class ids 1-based), at the image's resolution, each max-normalised. A split's
+CAMs live in one store folder: ``cams.f16`` (all maps, float16, back to back), ``index.npz``
+(ids, offsets, shapes, class ids; read without pickle) and ``meta.json``. Writing streams
+image by image into a temporary folder that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import store
+from .errors import DataError
+from .models import IMAGENET_MEAN, IMAGENET_STD
+from .voc import VOCDataset
+
+if TYPE_CHECKING:
+    from .metrics import SweepResult
+
+DATA_FILE = "cams.f16"
+INDEX_FILE = "index.npz"
+META_FILE = "meta.json"
+
+
+def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, H, W, 3) or (H, W, 3) uint8 -> (B, 3, H, W) float32, ImageNet-normalised."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    x = torch.from_numpy(np.array(arr, dtype=np.float32)).permute(0, 3, 1, 2).div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def cam_function(model: nn.Module, method: str = "cam") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The raw-CAM function of a classifier: "cam" (its CAM head) or "gradcam"."""
+    if method == "cam":
+        return model.cam  # type: ignore[return-value]
+    if method == "gradcam":
+        if not hasattr(model, "gradcam"):
+            raise ValueError(f"{type(model).__name__} has no Grad-CAM; use method 'cam'")
+        return model.gradcam  # type: ignore[return-value]
+    raise ValueError(f"CAM method must be 'cam' or 'gradcam', got {method!r}")
+
+
+def multiscale_cam(cam_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   scales: Sequence[float] = (1.0,), flip: bool = True) -> torch.Tensor:
+    """Sum over scales (and horizontal flips) of ReLU'd CAMs, each resized to the input.
+
+    x: (B, 3, H, W) -> (B, C, H, W) float32, not normalised. As in IRN, each scale's map is
+    ReLU'd, its flipped twin flipped back and added, then upsampled bilinearly and summed.
+    """
+    h, w = x.shape[-2:]
+    total: torch.Tensor | None = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        cams = F.relu(cam_fn(batch).float())
+        if flip:
+            cams = cams[: x.shape[0]] + cams[x.shape[0] :].flip(-1)
+        cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
+        total = cams if total is None else total + cams
+    assert total is not None, "scales must not be empty"
+    return total
+
+
+def normalise(cams: np.ndarray | torch.Tensor, labels: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the image's ground-truth classes and max-normalise each map.
+
+    cams: (C, H, W) for all C foreground classes; labels: (C,) multi-hot.
+    Returns (K, H, W) float32 in [0, 1] and the K class ids (1-based).
+    """
+    arr = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
+    keep = np.flatnonzero(np.asarray(labels) > 0)
+    kept = np.maximum(arr[keep].astype(np.float32), 0)
+    peak = kept.reshape(len(keep), -1).max(axis=1) if len(keep) else np.zeros(0, np.float32)
+    return kept / (peak[:, None, None] + eps), (keep + 1).astype(np.int64)
+
+
+class CamStoreWriter:
+    """Streams CAMs of one split into a store folder; :meth:`close` moves it into place."""
+
+    def __init__(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self.data = open(self.tmp / DATA_FILE, "wb")
+        self.meta = dict(meta or {})
+        self.ids: list[str] = []
+        self.offsets: list[int] = []
+        self.shapes: list[tuple[int, int, int]] = []
+        self.class_ids: list[np.ndarray] = []
+        self.offset = 0
+
+    def add(self, image_id: str, cams: np.ndarray, class_ids: np.ndarray) -> None:
+        """cams: (K, H, W) in [0, 1]; class_ids: (K,)."""
+        cams = np.asarray(cams)
+        if cams.ndim != 3 or cams.shape[0] != len(class_ids):
+            raise ValueError(f"{image_id}: cams {cams.shape} do not match class ids {list(class_ids)}")
+        if not np.isfinite(cams).all():
+            raise ValueError(f"{image_id}: CAM holds NaN or Inf")
+        blob = cams.astype(np.float16).tobytes()
+        self.data.write(blob)
+        self.ids.append(image_id)
+        self.offsets.append(self.offset)
+        self.shapes.append(tuple(int(s) for s in cams.shape))  # type: ignore[arg-type]
+        self.class_ids.append(np.asarray(class_ids, dtype=np.int16))
+        self.offset += len(blob)
+
+    def close(self) -> Path:
+        self.data.close()
+        counts = np.array([len(c) for c in self.class_ids], dtype=np.int64)
+        np.savez(self.tmp / INDEX_FILE, ids=np.array(self.ids, dtype=str), offsets=np.array(self.offsets, np.int64),
+                 shapes=np.array(self.shapes, np.int64).reshape(-1, 3),
+                 class_ids=np.concatenate(self.class_ids) if self.class_ids else np.zeros(0, np.int16),
+                 class_counts=counts)
+        (self.tmp / META_FILE).write_text(json.dumps({**store._jsonable(self.meta), "images": len(self.ids)},
+                                                     indent=2, sort_keys=True) + "\n")
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.data.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "CamStoreWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class CamStore:
+    """Reads a CAM store. ``store[image_id]`` -> (cams (K, H, W) float32, class_ids (K,))."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        for name in (DATA_FILE, INDEX_FILE, META_FILE):
+            if not (self.path / name).exists():
+                raise DataError(f"{self.path} is not a complete CAM store: {name} is missing")
+        with np.load(self.path / INDEX_FILE, allow_pickle=False) as index:
+            self.ids: tuple[str, ...] = tuple(str(i) for i in index["ids"])
+            self.offsets = index["offsets"]
+            self.shapes = index["shapes"]
+            counts = index["class_counts"]
+            flat = index["class_ids"].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        self._class_ids = [flat[starts[i] : starts[i + 1]] for i in range(len(self.ids))]
+        self._row = {image_id: i for i, image_id in enumerate(self.ids)}
+        self.meta: dict[str, Any] = store.read_json(self.path / META_FILE)
+        self._data = np.memmap(self.path / DATA_FILE, dtype=np.float16, mode="r") if self.offsets.size and \
+            (self.path / DATA_FILE).stat().st_size else np.zeros(0, np.float16)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._row
+
+    def __getitem__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            i = self._row[image_id]
+        except KeyError:
+            raise KeyError(f"{image_id!r} is not in the CAM store {self.path}") from None
+        k, h, w = (int(v) for v in self.shapes[i])
+        start = int(self.offsets[i]) // 2
+        cams = np.asarray(self._data[start : start + k * h * w], dtype=np.float32).reshape(k, h, w)
+        return cams, self._class_ids[i]
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        for image_id in self.ids:
+            yield (image_id, *self[image_id])
+
+
+@torch.inference_mode()
+def _forward_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float],
+                  flip: bool) -> torch.Tensor:
+    return multiscale_cam(cam_fn, x, scales, flip)
+
+
+def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike[str], *,
+                  scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True, method: str = "cam",
+                  batch_size: int = 16, device: str | torch.device = "cpu", meta: dict[str, Any] | None = None,
+                  progress: bool = True, desc: str = "CAMs") -> Path:
+    """CAMs of every image of ``dataset`` into a store at ``path``.
+
+    Images of equal size are batched; memory stays bounded by one batch whatever the split size.
+    Gradient methods (``gradcam``) run with autograd enabled; the others under inference mode.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    cam_fn = cam_function(model, method)
+    meta = {"split": dataset.split, "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+            "scales": list(scales), "flip": flip, "method": method, **(meta or {})}
+    with CamStoreWriter(path, meta) as writer, tqdm(total=len(dataset), desc=desc, disable=not progress) as bar:
+        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+        def flush() -> None:
+            x = to_tensor([p[1] for p in pending]).to(device)
+            if method == "cam":
+                cams = _forward_cams(cam_fn, x, scales, flip)
+            else:
+                cams = multiscale_cam(cam_fn, x, scales, flip)
+            for (image_id, _, labels), c in zip(pending, cams.cpu()):
+                writer.add(image_id, *normalise(c, labels))
+            bar.update(len(pending))
+            pending.clear()
+
+        for image_id in dataset.ids:
+            sample = dataset.load(image_id)
+            if pending and (len(pending) == batch_size or pending[0][1].shape != sample.image.shape):
+                flush()
+            pending.append((image_id, sample.image, sample.labels))
+        if pending:
+            flush()
+    return Path(path)
+
+
+def sweep_store(cams: CamStore, dataset: VOCDataset, thresholds: Sequence[float] | None = None) -> "SweepResult":
+    """Threshold sweep of a CAM store against the dataset's masks (one pass)."""
+    from .metrics import ThresholdSweep
+
+    missing = [i for i in dataset.ids if i not in cams]
+    if missing:
+        raise DataError(f"CAM store {cams.path} lacks {len(missing)} image(s) of split {dataset.split!r} "
+                        f"(first: {missing[0]}); was it computed on another split or dataset?")
+    sweep = ThresholdSweep(dataset.num_classes, thresholds)
+    for image_id in dataset.ids:
+        sweep.update(*cams[image_id], dataset.load_mask(image_id))
+    return sweep.result()

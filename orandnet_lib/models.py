@@ -1,0 +1,174 @@
+"""CAM classifiers on timm backbones: a CNN in the IRN style and a ViT with a CAM head.
+
+Both map an image batch (B, 3, H, W), normalised with ImageNet statistics, to class logits
+(B, C) for the C foreground classes, and expose ``cam(x)`` -> (B, C, h, w) raw class
+activation maps on their feature grid. Pretrained weights come through timm: ``"timm"``
+downloads them from the hub, a file path loads a local checkpoint (for machines without
+internet), ``""`` trains from scratch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import HybridEmbed
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pretrained_kwargs(pretrained: str) -> dict[str, Any]:
+    if not pretrained:
+        return {"pretrained": False}
+    if pretrained == "timm":
+        return {"pretrained": True}
+    path = Path(pretrained)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained weights file {path} does not exist "
+                                "(use 'timm' to download from the hub, or '' to train from scratch)")
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+
+
+class CNNCAM(nn.Module):
+    """IRN-style CAM network: a timm ResNet at output stride 16 (last stage dilated, not
+    strided), a bias-free 1x1 classifier on the last feature map, global average pooling.
+    Train with a multilabel soft-margin loss on :meth:`forward`'s logits."""
+
+    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: str = "",
+                 output_stride: int = 16, backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        self.backbone_name = backbone
+        self.features = timm.create_model(backbone, features_only=True, out_indices=(-1,),
+                                          output_stride=output_stride, **_pretrained_kwargs(pretrained),
+                                          **(backbone_kwargs or {}))
+        channels = self.features.feature_info.channels()[-1]
+        self.stride = self.features.feature_info.reduction()[-1]
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=False)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(self.feature_map(x), 1)
+        return self.classifier(pooled).flatten(1)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H/stride, W/stride) class activation maps (before ReLU)."""
+        return self.classifier(self.feature_map(x))
+
+    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
+        """IRN trains the new classifier at 10x the backbone's learning rate."""
+        return [{"params": list(self.features.parameters()), "lr_mult": 1.0},
+                {"params": list(self.classifier.parameters()), "lr_mult": head_lr_mult}]
+
+
+class ConvStem(nn.Sequential):
+    """Stride-2 3x3 convolutions, one per width: a small convolutional stem that gives a
+    from-scratch ViT the locality a plain patch embedding lacks (stride 2^len(widths))."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in widths:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        super().__init__(*layers)
+        self.num_features = widths[-1]  # what timm's HybridEmbed reads
+
+
+class ViTCAM(nn.Module):
+    """A timm VisionTransformer whose patch tokens feed a bias-free linear CAM head.
+
+    ``pool="avg"``: logits are the head applied to the mean patch token, so the CAM head on
+    each token is the exact CAM (as the CNN's). ``pool="token"``: logits come from the class
+    token (as DeiT); CAMs then need a gradient method (``cam_method="gradcam"``).
+    ``stem_widths`` non-empty: a convolutional stem of stride 2^(len+1) replaces the patch
+    embedding (then ``patch_size`` is the stride of the projection on the stem's output).
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "vit_base_patch16_224", pretrained: str = "",
+                 img_size: int = 224, patch_size: int | None = None, pool: str = "avg",
+                 stem_widths: tuple[int, ...] = (), backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        if pool not in ("avg", "token"):
+            raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}")
+        kwargs: dict[str, Any] = {"num_classes": 0, "img_size": img_size, "dynamic_img_size": True,
+                                  **(backbone_kwargs or {})}
+        if patch_size is not None:
+            kwargs["patch_size"] = patch_size
+        self.stem_stride = 1
+        if stem_widths:
+            embed_dim = kwargs.get("embed_dim") or timm.create_model(backbone, pretrained=False).embed_dim
+            stem = ConvStem(tuple(stem_widths))
+            self.stem_stride = 2 ** len(stem_widths)
+            kwargs["embed_layer"] = partial(HybridEmbed, backbone=stem,
+                                            feature_size=img_size // self.stem_stride)
+            kwargs["embed_dim"] = embed_dim
+        self.vit = timm.create_model(backbone, **_pretrained_kwargs(pretrained), **kwargs)
+        self.pool = pool
+        self.num_prefix = self.vit.num_prefix_tokens
+        ps = self.vit.patch_embed.patch_size
+        self.stride = self.stem_stride * (ps[0] if isinstance(ps, tuple) else ps)
+        self.head = nn.Linear(self.vit.embed_dim, num_classes, bias=False)
+
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Final normalised tokens (B, prefix + N, D) and the patch grid (h, w)."""
+        grid = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
+        return self.vit.forward_features(x), grid
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pool == "token":
+            return self.head(tokens[:, 0])
+        return self.head(tokens[:, self.num_prefix :].mean(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.tokens(x)[0])
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """CAM head on the patch tokens: (B, C, h, w)."""
+        tokens, (h, w) = self.tokens(x)
+        patch = self.head(tokens[:, self.num_prefix :])  # (B, N, C)
+        return patch.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    def gradcam(self, x: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM on the output of the last transformer block: for each class, the patch
+        tokens weighted by the mean gradient of the class logit. (B, C, h, w)."""
+        feats: list[torch.Tensor] = []
+        hook = self.vit.blocks[-1].register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(False)
+                tokens, (h, w) = self.tokens(x)
+                logits = self._logits(tokens)
+                block_out = feats[0]
+                maps = []
+                for c in range(logits.shape[1]):
+                    (grad,) = torch.autograd.grad(logits[:, c].sum(), block_out, retain_graph=True)
+                    patch, g = block_out[:, self.num_prefix :], grad[:, self.num_prefix :]
+                    weights = g.mean(dim=1, keepdim=True)  # (B, 1, D)
+                    maps.append((patch * weights).sum(-1))  # (B, N)
+        finally:
+            hook.remove()
+        return torch.stack(maps, dim=1).reshape(x.shape[0], -1, h, w).detach()
+
+    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
+        return [{"params": list(self.vit.parameters()), "lr_mult": 1.0},
+                {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
+
+
+def create_classifier(kind: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Factory: ``kind`` is "cnn" or "vit"; keyword arguments go to the class."""
+    if kind == "cnn":
+        return CNNCAM(num_classes, **kwargs)
+    if kind == "vit":
+        if "stem_widths" in kwargs:
+            kwargs["stem_widths"] = tuple(kwargs["stem_widths"])
+        return ViTCAM(num_classes, **kwargs)
+    raise ValueError(f"classifier kind must be 'cnn' or 'vit', got {kind!r}")

@@ -1,0 +1,237 @@
+"""The one training loop, used by every model of the project.
+
+Seeded data order, CUDA when present (automatic mixed precision there), a poly learning
+rate with per-group multipliers, a tqdm progress bar, periodic checkpoints and exact resume:
+the data order of an epoch is drawn from (seed, epoch), and a checkpoint holds the model,
+optimizer, the torch RNG and the position inside the epoch, so a run interrupted and resumed
+ends with the same weights as one that was not (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import store
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0: off
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    amp: bool = True  # used on CUDA only
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    num_workers: int = 0
+    drop_last: bool = True
+
+
+class InterruptTraining(Exception):
+    """Raised by ``stop_after_steps`` (a test hook that simulates a killed run)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset drawn from (seed, epoch); ``skip`` drops the first
+    indices (resume inside an epoch)."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.skip, self.shuffle = n, seed, epoch, skip, shuffle
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.skip :])
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
+def poly_lr(step: int, total: int, power: float, warmup: int = 0) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then (1 - t/T)^power."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1.0 - step / max(1, total)) ** power
+
+
+def make_optimizer(groups: Sequence[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``groups``: [{"params": [...], "lr_mult": 1.0}, ...]; weight decay applies to all."""
+    param_groups = [{"params": list(g["params"]), "lr": cfg.lr * g.get("lr_mult", 1.0),
+                     "lr_mult": g.get("lr_mult", 1.0)} for g in groups]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A training checkpoint, loaded without unpickling arbitrary objects."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with store.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _batches_per_epoch(n: int, cfg: TrainConfig) -> int:
+    return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+
+
+def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
+        checkpoint: str | Path | None = None, param_groups: Sequence[dict[str, Any]] | None = None,
+        evaluate: EvalFn | None = None, collate: Callable[[list[Any]], Any] | None = None,
+        progress: bool = True, desc: str = "training", stop_after_steps: int | None = None) -> list[dict[str, float]]:
+    """Train ``model`` in place and return the per-epoch history.
+
+    ``loss_fn(model, batch)`` returns the loss and scalars to log; ``evaluate(model, epoch)``
+    returns validation scalars after each epoch. With ``checkpoint`` set, training resumes
+    from that file when it exists, and saves to it periodically and at the end.
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    model.to(device)
+    n = len(dataset)  # type: ignore[arg-type]
+    per_epoch = _batches_per_epoch(n, cfg)
+    if per_epoch == 0:
+        raise ValueError(f"{desc}: {n} samples give no batch of {cfg.batch_size}; lower batch_size")
+    total_steps = per_epoch * cfg.epochs
+    optimizer = make_optimizer(param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    seed_everything(cfg.seed)
+    step, history = 0, []
+    sums: dict[str, float] = {}  # running sums of the logged scalars over the current epoch
+    count = 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, device)
+        if state["config"] != _config_key(cfg):
+            raise ValueError(f"{ckpt_path}: checkpoint was written with another training config; "
+                             f"delete it to start afresh\n  saved: {state['config']}\n  now:   {_config_key(cfg)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step, history = int(state["step"]), list(state["history"])
+        sums, count = dict(state["epoch_sums"]), int(state["epoch_count"])
+
+    def save() -> None:
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": _config_key(cfg),
+                "epoch_sums": sums, "epoch_count": count,
+            })
+
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, leave=True)
+    while step < total_steps:
+        epoch, within = divmod(step, per_epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        sampler = EpochSampler(n, cfg.seed, epoch, skip=within * cfg.batch_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            drop_last=cfg.drop_last, collate_fn=collate, pin_memory=device.type == "cuda",
+                            # its own generator: creating the iterator must not draw from the global RNG
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        model.train()
+        start = time.perf_counter()
+        for batch in loader:
+            scale = poly_lr(step, total_steps, cfg.poly_power, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * group["lr_mult"] * scale
+            batch = _to_device(batch, device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            count += 1
+            for k, v in {"loss": loss.item(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{sums['loss'] / count:.4f}", refresh=False)
+            if stop_after_steps is not None and step >= stop_after_steps:
+                save()
+                bar.close()
+                raise InterruptTraining(f"stopped after {step} steps")
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step % per_epoch:
+                save()
+        if step % per_epoch == 0:
+            entry = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - start, **{k: v / max(1, count) for k, v in sums.items()}}
+            if evaluate is not None:
+                model.eval()
+                entry.update(evaluate(model, epoch + 1))
+            history.append(entry)
+            sums, count = {}, 0
+            save()
+    bar.close()
+    model.eval()
+    return history
+
+
+def _config_key(cfg: TrainConfig) -> dict[str, Any]:
+    # What must match for a resume to continue the same run (workers and device may change).
+    d = asdict(cfg)
+    for k in ("num_workers", "device", "checkpoint_every_steps"):
+        d.pop(k)
+    return d
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def count_parameters(modules: Iterable[nn.Module] | nn.Module) -> int:
+    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
+    return sum(p.numel() for m in mods for p in m.parameters())

@@ -1,0 +1,161 @@
+"""CAM classifiers, multi-scale CAM inference and the CAM store."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+from orandnet_lib.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
+from orandnet_lib.errors import DataError
+from orandnet_lib.models import CNNCAM, ViTCAM, create_classifier
+from orandnet_lib.voc import VOCDataset
+
+SMALL_RESNET = {"backbone": "resnet18", "backbone_kwargs": {"channels": (8, 16, 16, 32)}}
+SMALL_VIT = {"backbone": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 1, "stem_widths": (8, 16),
+             "backbone_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}}
+
+
+def test_cnn_cam_shapes_and_output_stride_16():
+    torch.manual_seed(0)
+    model = create_classifier("cnn", 5, **SMALL_RESNET).eval()
+    x = torch.randn(2, 3, 64, 96)
+    assert model(x).shape == (2, 5)
+    assert model.stride == 16 and model.cam(x).shape == (2, 5, 4, 6)
+    assert model.classifier.bias is None
+
+
+def test_cnn_cam_head_with_known_weights():
+    """With a one-hot classifier the CAM of class c is feature channel j, and the logit is
+    the CAM's spatial mean (global average pooling commutes with the 1x1 classifier)."""
+    torch.manual_seed(0)
+    model = create_classifier("cnn", 3, **SMALL_RESNET).eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        for c, j in enumerate((0, 5, 31)):
+            model.classifier.weight[c, j] = 1.0
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        feats, cam, logits = model.feature_map(x), model.cam(x), model(x)
+    torch.testing.assert_close(cam[:, 1], feats[:, 5])
+    torch.testing.assert_close(cam[:, 2], feats[:, 31])
+    torch.testing.assert_close(logits, cam.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_vit_cam_head_is_exact_for_average_pooling_and_gradcam_has_cam_shape():
+    torch.manual_seed(0)
+    model = create_classifier("vit", 4, **SMALL_VIT).eval()
+    assert model.stride == 4
+    x = torch.randn(2, 3, 32, 48)  # dynamic image size: another shape than the training one
+    with torch.no_grad():
+        cam, logits = model.cam(x), model(x)
+    assert cam.shape == (2, 4, 8, 12)
+    torch.testing.assert_close(logits, cam.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+    assert model.gradcam(x).shape == (2, 4, 8, 12)
+    token_model = create_classifier("vit", 4, **{**SMALL_VIT, "pool": "token"}).eval()
+    assert token_model.gradcam(x).shape == (2, 4, 8, 12)
+    with pytest.raises(ValueError, match="pool"):
+        ViTCAM(4, pool="max", **{k: v for k, v in SMALL_VIT.items()})
+
+
+class PixelModel(nn.Module):
+    """cam(x) = a 1x1 convolution of the input: stride 1, no context."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 0, -1.0]]).view(2, 3, 1, 1))
+
+    def cam(self, x):
+        return self.conv(x)
+
+
+def test_multiscale_sums_relu_maps_over_scales_and_flips():
+    x = torch.full((1, 3, 8, 8), 0.5)
+    out = multiscale_cam(PixelModel().cam, x, scales=(1.0, 0.5), flip=True)
+    # class 0 sees +0.5 at every pixel, at 2 scales x 2 flips; class 1 sees -0.5, ReLU'd to 0.
+    torch.testing.assert_close(out[0, 0], torch.full((8, 8), 2.0))
+    torch.testing.assert_close(out[0, 1], torch.zeros(8, 8))
+
+
+def test_flip_symmetric_input_gives_flip_symmetric_cam():
+    torch.manual_seed(0)
+    model = create_classifier("cnn", 3, **SMALL_RESNET).eval()
+    x = torch.randn(1, 3, 64, 64)
+    x = (x + x.flip(-1)) / 2
+    with torch.no_grad():
+        out = multiscale_cam(model.cam, x, scales=(1.0, 0.5, 1.5), flip=True)
+    torch.testing.assert_close(out, out.flip(-1), rtol=1e-4, atol=1e-5)
+    assert out.shape == (1, 3, 64, 64) and out.min() >= 0
+
+
+def test_normalise_keeps_ground_truth_classes_and_max_normalises():
+    cams = np.zeros((3, 2, 2), np.float32)
+    cams[0] = [[2, 1], [0, -1]]
+    cams[1] = [[9, 9], [9, 9]]  # not a ground-truth class of the image: dropped
+    cams[2] = [[0.5, 0.25], [0, 0]]
+    kept, ids = normalise(cams, np.array([1, 0, 1]))
+    assert ids.tolist() == [1, 3]
+    np.testing.assert_allclose(kept[0], [[1, 0.5], [0, 0]], atol=1e-4)
+    np.testing.assert_allclose(kept[1], [[1, 0.5], [0, 0]], atol=1e-4)
+    empty, none = normalise(cams, np.zeros(3))
+    assert empty.shape == (0, 2, 2) and none.size == 0
+
+
+def test_cam_store_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    items = {"a": (rng.random((2, 5, 7)), [1, 3]), "b": (rng.random((1, 4, 4)), [2]), "c": (np.zeros((0, 3, 3)), [])}
+    with CamStoreWriter(tmp_path / "store", {"source": "test"}) as w:
+        for k, (cams, ids) in items.items():
+            w.add(k, cams, np.array(ids))
+    st = CamStore(tmp_path / "store")
+    assert st.ids == ("a", "b", "c") and st.meta["source"] == "test" and st.meta["images"] == 3
+    for k, (cams, ids) in items.items():
+        got, got_ids = st[k]
+        np.testing.assert_allclose(got, cams, atol=1e-3)  # float16
+        assert got.dtype == np.float32 and got_ids.tolist() == ids
+    with pytest.raises(KeyError, match="'z' is not in the CAM store"):
+        st["z"]
+
+
+def test_cam_store_rejects_nan_and_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        with CamStoreWriter(tmp_path / "store") as w:
+            w.add("a", np.full((1, 2, 2), np.nan), np.array([1]))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(DataError, match="not a complete CAM store: cams.f16 is missing"):
+        CamStore(tmp_path / "broken")
+
+
+def test_compute_store_on_a_voc_split(tiny_voc, tmp_path):
+    torch.manual_seed(0)
+    ds = VOCDataset(tiny_voc, "train")
+    model = create_classifier("cnn", ds.num_classes - 1, **SMALL_RESNET)
+    path = compute_store(model, ds, tmp_path / "cams", scales=(1.0, 0.5), batch_size=2, progress=False)
+    st = CamStore(path)
+    assert st.ids == ds.ids and st.meta["scales"] == [1.0, 0.5]
+    for image_id, cams, ids in st:
+        sample = ds.load(image_id)
+        assert cams.shape == (int(sample.labels.sum()), 20, 24)
+        assert ids.tolist() == (np.flatnonzero(sample.labels) + 1).tolist()
+        assert cams.min() >= 0 and cams.max() <= 1.0 + 1e-3
+
+
+def test_to_tensor_normalises_with_imagenet_statistics():
+    x = to_tensor(np.full((2, 2, 3), 255, np.uint8))
+    assert x.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    torch.manual_seed(1)
+    reference = timm.create_model("resnet18", channels=(8, 16, 16, 32), num_classes=0)
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(reference.state_dict(), path)
+    model = CNNCAM(3, pretrained=str(path), **SMALL_RESNET)
+    torch.testing.assert_close(model.features.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.features.layer4[0].conv2.weight, reference.layer4[0].conv2.weight)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+        CNNCAM(3, pretrained=str(tmp_path / "nowhere.pth"), **SMALL_RESNET)
