@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import store
+from .progress import bar as progress_bar
 from .errors import DataError
 from .models import IMAGENET_MEAN, IMAGENET_STD
 from .voc import VOCDataset
@@ -206,13 +207,11 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     Images of equal size are batched; memory stays bounded by one batch whatever the split size.
     Gradient methods (``gradcam``) run with autograd enabled; the others under inference mode.
     """
-    from tqdm.auto import tqdm
-
     model.eval().to(device)
     cam_fn = cam_function(model, method)
     meta = {"split": dataset.split, "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
             "scales": list(scales), "flip": flip, "method": method, **(meta or {})}
-    with CamStoreWriter(path, meta) as writer, tqdm(total=len(dataset), desc=desc, disable=not progress) as bar:
+    with CamStoreWriter(path, meta) as writer, progress_bar(total=len(dataset), desc=desc, disable=not progress) as bar:
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []
 
         def flush() -> None:

@@ -67,8 +67,8 @@ def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
                               "backbone_kwargs": dict(spec.backbone_kwargs)}
     if spec.kind == "vit":
         kwargs.update(img_size=spec.crop_size, patch_size=spec.patch_size, stem_widths=spec.stem_widths, pool=spec.pool)
-    if "channels" in kwargs["backbone_kwargs"]:
-        kwargs["backbone_kwargs"]["channels"] = tuple(kwargs["backbone_kwargs"]["channels"])
+    # timm's constructors want tuples where TOML and papermill give lists (channels, layers)
+    kwargs["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["backbone_kwargs"].items()}
     return create_classifier(spec.kind, num_classes, **kwargs)
 
 

@@ -50,3 +50,43 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | Non
             axes[i][0].set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a (H, W) map in [0, 1] over an RGB image (for CAMs)."""
+    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3] * 255.0
+    return ((1 - alpha) * image.astype(np.float32) + alpha * colours).astype(np.uint8)
+
+
+def training_curves(histories: dict[str, list[dict[str, float]]], keys: Sequence[str] = ("loss", "val_map")) -> plt.Figure:
+    """One panel per logged key, one line per model, against the epoch."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, history in histories.items():
+            epochs = [h["epoch"] for h in history if key in h]
+            ax.plot(epochs, [h[key] for h in history if key in h], marker="o", label=name)
+        ax.set(xlabel="epoch", title=key.replace("_", " "))
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def sweep_curves(sweeps: dict[str, "object"], title: str = "") -> plt.Figure:
+    """mIoU, mean precision and mean recall against the background score, one colour per
+    source; dots mark the best-mIoU score, crosses the precision/recall crossover."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), sharex=True)
+    for i, (name, sweep) in enumerate(sweeps.items()):
+        curve = sweep.curve()  # type: ignore[attr-defined]
+        colour = f"C{i}"
+        for ax, key in zip(axes, ("miou", "precision", "recall")):
+            ax.plot(curve["threshold"], curve[key], color=colour, label=name)
+            ax.plot(curve["threshold"][sweep.best_index], curve[key][sweep.best_index], "o", color=colour)  # type: ignore[attr-defined]
+            ax.plot(curve["threshold"][sweep.crossover_index], curve[key][sweep.crossover_index], "x", color=colour,  # type: ignore[attr-defined]
+                    markersize=8)
+    for ax, key in zip(axes, ("mIoU", "mean precision", "mean recall")):
+        ax.set(xlabel="background score (%)", ylabel=f"{key} (%)", title=key)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, profiles, store
+from . import __version__, profiles, progress, store
 from .errors import ConfigError, StageFailed
 from .stage import METRICS_FILE
 
@@ -188,13 +188,15 @@ class Runner:
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         executed = out_dir / f"{plan.name}.ipynb"
         failed = out_dir / f"{plan.name}.failed.ipynb"
+        # The kernel inherits this: its progress bars go to this terminal as text, not into the notebook.
+        os.environ[progress.ENV_VAR] = "terminal" if self.progress else "off"
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
         with store.atomic_path(executed) as tmp:
             try:
                 papermill.execute_notebook(
                     str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
-                    cwd=str(self.notebook_dir), progress_bar=self.progress,
+                    cwd=str(self.notebook_dir), progress_bar=False,
                 )
             except PapermillExecutionError as e:
                 shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it

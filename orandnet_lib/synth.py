@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import fashion_mnist, store
+from .progress import bar as progress_bar
 from .voc import VOCWriter
 
 GENERATOR_VERSION = 1
@@ -55,10 +56,10 @@ class SceneConfig:
     n_val: int = 300
     classes: tuple[str, ...] = ("tshirt", "trouser", "dress", "sandal", "bag", "ankle_boot")
     objects_per_scene: tuple[int, int] = (1, 3)
-    object_size: tuple[float, float] = (0.12, 0.6)
+    object_size: tuple[float, float] = (0.2, 0.7)
     max_overlap: float = 0.3
     distractors_per_scene: tuple[int, int] = (0, 0)
-    context_bias: float = 0.7
+    context_bias: float = 0.5
     background_blur: float = 1.2
     texture_probability: float = 0.5
     noise_std: float = 4.0
@@ -276,15 +277,13 @@ def generate(root: str | Path, cfg: SceneConfig, progress: bool = True,
     if is_cached(root, cfg):
         log(f"embedded benchmark up to date in {root} (fingerprint {cfg.fingerprint()[:12]})")
         return root
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     splits = {"train": cfg.n_train, "val": cfg.n_val}
     src = _load_sources([s for s, n in splits.items() if n > 0])
     scenes: dict[str, dict[str, Any]] = {}
     with VOCWriter(root, cfg.class_names, jpeg_quality=cfg.jpeg_quality) as writer:
         for split, count in splits.items():
-            for i in tqdm(range(count), desc=f"generating {split}", disable=not progress, leave=False):
+            for i in progress_bar(range(count), desc=f"generating {split}", disable=not progress, leave=False):
                 image, mask, meta = make_scene(i, split, cfg, src)
                 image_id = f"{split}_{i:05d}"
                 writer.add(split, image_id, image, mask)

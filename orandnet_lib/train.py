@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import store
+from .progress import bar as progress_bar
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
@@ -43,6 +44,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
     num_workers: int = 0
     drop_last: bool = True
+    channels_last: bool = True  # faster convolutions on CPU and GPU alike
 
 
 class InterruptTraining(Exception):
@@ -123,11 +125,11 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     returns validation scalars after each epoch. With ``checkpoint`` set, training resumes
     from that file when it exists, and saves to it periodically and at the end.
     """
-    from tqdm.auto import tqdm
-
     device = resolve_device(cfg.device)
     use_amp = cfg.amp and device.type == "cuda"
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     n = len(dataset)  # type: ignore[arg-type]
     per_epoch = _batches_per_epoch(n, cfg)
     if per_epoch == 0:
@@ -160,7 +162,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
                 "epoch_sums": sums, "epoch_count": count,
             })
 
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, leave=True)
+    bar = progress_bar(total=total_steps, initial=step, desc=desc, disable=not progress, leave=True)
     while step < total_steps:
         epoch, within = divmod(step, per_epoch)
         if hasattr(dataset, "set_epoch"):
@@ -176,7 +178,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
             scale = poly_lr(step, total_steps, cfg.poly_power, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * group["lr_mult"] * scale
-            batch = _to_device(batch, device)
+            batch = _to_device(batch, device, cfg.channels_last)
             with torch.autocast(device.type, enabled=use_amp):
                 loss, logs = loss_fn(model, batch)
             if not torch.isfinite(loss):
@@ -217,18 +219,19 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     # What must match for a resume to continue the same run (workers and device may change).
     d = asdict(cfg)
-    for k in ("num_workers", "device", "checkpoint_every_steps"):
+    for k in ("num_workers", "device", "checkpoint_every_steps", "channels_last"):
         d.pop(k)
     return d
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_to_device(b, device, channels_last) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
     return batch
 
 

@@ -60,3 +60,29 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "runs").exists(), "nothing is written for a run that cannot start"
     assert cli.main(["run", "--profile", "nope"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+@requires_fashion_mnist
+def test_classifier_notebook_on_smoke_profile(tmp_path):
+    runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
+                    progress=False, log=lambda m: None)
+    result = runner.run()
+    assert result.executed == ["00_dataset", "01_classifiers_and_cams"]
+    cams = result.summary["cams"]
+    for name in ("cnn", "vit"):
+        assert set(cams[name]) >= {"miou", "precision", "recall", "threshold"}
+        assert 0 <= cams[name]["miou"] <= 100 and 0 <= cams[name]["threshold"] <= 100
+        assert 0 <= result.summary["classifiers"][name]["val_map"] <= 100
+    manifest = store.read_manifest(tmp_path / "runs" / "01_classifiers_and_cams")
+    assert manifest["peak_rss_mb"] > 0 and manifest["wall_time_s"] > 0
+    assert len(manifest["metrics"]["history"]["cnn"]) == 1  # one epoch on smoke
+    stage_dir = tmp_path / "runs" / "01_classifiers_and_cams"
+    assert (stage_dir / "cams" / "cnn_train" / "cams.f16").exists()
+    executed = json.loads((tmp_path / "book" / "01_classifiers_and_cams.ipynb").read_text())
+    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
+        "progress bars must not be stored as widgets in executed notebooks"
+    # A second run with unchanged parameters skips both stages.
+    again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
+                   progress=False, log=lambda m: None).run()
+    assert again.executed == [] and again.skipped == ["00_dataset", "01_classifiers_and_cams"]
