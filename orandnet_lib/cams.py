@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,15 +235,21 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     return Path(path)
 
 
-def sweep_store(cams: CamStore, dataset: VOCDataset, thresholds: Sequence[float] | None = None) -> "SweepResult":
-    """Threshold sweep of a CAM store against the dataset's masks (one pass)."""
+def sweep_stream(items: Iterable[tuple[str, np.ndarray, np.ndarray]], dataset: VOCDataset,
+                 thresholds: Sequence[float] | None = None) -> "SweepResult":
+    """Threshold sweep of (image id, cams (K, H, W), class ids) items against the dataset's masks."""
     from .metrics import ThresholdSweep
 
+    sweep = ThresholdSweep(dataset.num_classes, thresholds)
+    for image_id, cams, class_ids in items:
+        sweep.update(cams, class_ids, dataset.load_mask(image_id))
+    return sweep.result()
+
+
+def sweep_store(cams: CamStore, dataset: VOCDataset, thresholds: Sequence[float] | None = None) -> "SweepResult":
+    """Threshold sweep of a CAM store over every image of the dataset's split (one pass)."""
     missing = [i for i in dataset.ids if i not in cams]
     if missing:
         raise DataError(f"CAM store {cams.path} lacks {len(missing)} image(s) of split {dataset.split!r} "
                         f"(first: {missing[0]}); was it computed on another split or dataset?")
-    sweep = ThresholdSweep(dataset.num_classes, thresholds)
-    for image_id in dataset.ids:
-        sweep.update(*cams[image_id], dataset.load_mask(image_id))
-    return sweep.result()
+    return sweep_stream(((i, *cams[i]) for i in dataset.ids), dataset, thresholds)

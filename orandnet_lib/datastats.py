@@ -49,9 +49,16 @@ def classes_per_image(ds: VOCDataset) -> pd.Series:
                      name="classes")
 
 
-def size_bins(area_fraction: pd.Series, small: float = 0.01, large: float = 0.05) -> pd.Series:
-    """'small' / 'medium' / 'large' by area as a fraction of the image (edges are parameters)."""
-    return pd.cut(area_fraction, [0, small, large, 1.0], labels=["small", "medium", "large"], include_lowest=True)
+def size_edges(area_fraction: pd.Series) -> tuple[float, float]:
+    """Edges between small / medium / large objects: the terciles of the areas, so each
+    bin holds a third of the objects whatever the dataset's size range."""
+    lo, hi = np.quantile(np.asarray(area_fraction, dtype=np.float64), [1 / 3, 2 / 3])
+    return float(lo), float(hi)
+
+
+def size_bins(area_fraction: pd.Series, edges: tuple[float, float]) -> pd.Series:
+    """'small' / 'medium' / 'large' by area as a fraction of the image."""
+    return pd.cut(area_fraction, [0, edges[0], edges[1], 1.0], labels=["small", "medium", "large"], include_lowest=True)
 
 
 def context_table(ds: VOCDataset, scenes: Mapping[str, Mapping[str, Any]], preferred: Mapping[str, str],

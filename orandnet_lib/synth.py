@@ -56,7 +56,7 @@ class SceneConfig:
     n_val: int = 300
     classes: tuple[str, ...] = ("tshirt", "trouser", "dress", "sandal", "bag", "ankle_boot")
     objects_per_scene: tuple[int, int] = (1, 3)
-    object_size: tuple[float, float] = (0.2, 0.7)
+    object_size: tuple[float, float] = (0.25, 0.8)
     max_overlap: float = 0.3
     distractors_per_scene: tuple[int, int] = (0, 0)
     context_bias: float = 0.5

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from orandnet_lib.cams import CamStore, CamStoreWriter, sweep_store, sweep_stream
+from orandnet_lib.ensemble import fuse, fused_cams, write_fused_store
+from orandnet_lib.errors import DataError
+from orandnet_lib.voc import VOCDataset
+
+A = np.array([[0.0, 0.5], [1.0, 0.2]])
+B = np.array([[0.4, 0.5], [0.0, 1.0]])
+C = np.array([[0.5, 1.0], [0.5, 0.5]])
+
+
+def test_two_maps_by_hand():
+    np.testing.assert_allclose(fuse([A, B], "or"), [[0.4, 0.75], [1.0, 1.0]])
+    np.testing.assert_allclose(fuse([A, B], "and"), [[0.0, 0.25], [0.0, 0.2]])
+    np.testing.assert_allclose(fuse([A, B], "mean"), [[0.2, 0.5], [0.5, 0.6]])
+    np.testing.assert_allclose(fuse([A, B], "max"), [[0.4, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(fuse([A, B], "min"), [[0.0, 0.5], [0.0, 0.2]])
+
+
+def test_three_maps_and_offset():
+    # OR of three: 1 - (1-a)(1-b)(1-c); at (0,0): 1 - 1 * 0.6 * 0.5 = 0.7
+    np.testing.assert_allclose(fuse([A, B, C], "or")[0, 0], 0.7)
+    np.testing.assert_allclose(fuse([A, B, C], "and")[0, 1], 0.25)
+    # offset 0.15 on the second map, clipped to 1: B' = [[0.55, 0.65], [0.15, 1.0]]
+    np.testing.assert_allclose(fuse([A, B], "and", offsets=[0.0, 0.15]), [[0.0, 0.325], [0.15, 0.2]])
+    np.testing.assert_allclose(fuse([A, B], "or", offsets=[0.0, 0.15]), [[0.55, 0.825], [1.0, 1.0]])
+
+
+def test_ordering_of_operators_on_random_maps():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((3, 5, 6)) for _ in range(3)]
+    o, mx, mean, mn, a = (fuse(maps, op) for op in ("or", "max", "mean", "min", "and"))
+    assert np.all(o >= mx - 1e-7) and np.all(mx >= mean - 1e-7) and np.all(mean >= mn - 1e-7) and np.all(mn >= a - 1e-7)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="operator"):
+        fuse([A], "xor")
+    with pytest.raises(ValueError, match="differ in shape"):
+        fuse([A, np.zeros((3, 3))], "or")
+    with pytest.raises(ValueError, match="offsets"):
+        fuse([A, B], "or", offsets=[0.1])
+
+
+def _store(path, items):
+    with CamStoreWriter(path, {"split": "train"}) as w:
+        for image_id, cams, ids in items:
+            w.add(image_id, cams, np.array(ids))
+    return CamStore(path)
+
+
+def test_fused_store_round_trip_and_sweep(tmp_path, tiny_voc):
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(1)
+    items_a, items_b = [], []
+    for image_id in ds.ids:
+        labels = ds.load(image_id).labels
+        ids = np.flatnonzero(labels) + 1
+        items_a.append((image_id, rng.random((len(ids), 20, 24)), ids))
+        items_b.append((image_id, rng.random((len(ids), 20, 24)), ids))
+    sa, sb = _store(tmp_path / "a", items_a), _store(tmp_path / "b", items_b)
+    out = CamStore(write_fused_store({"a": sa, "b": sb}, ds.ids, "and", tmp_path / "and", offsets={"b": 0.15}))
+    assert out.meta["operator"] == "and" and out.meta["offsets"] == {"b": 0.15}
+    for (image_id, a, ids), (_, b, _) in zip(items_a, items_b):
+        cams, got_ids = out[image_id]
+        np.testing.assert_allclose(cams, a * np.clip(b + 0.15, 0, 1), atol=2e-3)
+        assert got_ids.tolist() == ids.tolist()
+    streamed = sweep_stream(fused_cams({"a": sa, "b": sb}, ds.ids, "and", {"b": 0.15}), ds)
+    stored = sweep_store(out, ds)
+    np.testing.assert_allclose(streamed.miou, stored.miou, atol=0.02)
+
+
+def test_sources_that_disagree_on_classes_are_refused(tmp_path):
+    sa = _store(tmp_path / "a", [("x", np.zeros((1, 2, 2)), [1])])
+    sb = _store(tmp_path / "b", [("x", np.zeros((1, 2, 2)), [2])])
+    with pytest.raises(DataError, match="x: CAM store .* has classes \\[2\\]"):
+        list(fused_cams({"a": sa, "b": sb}, ["x"], "or"))
