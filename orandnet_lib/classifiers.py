@@ -4,7 +4,6 @@ training loop (resuming from its checkpoint), score it on validation, compute it
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from . import store
+from .profiles import data_fingerprint
 from .cams import compute_store
 from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from .models import create_classifier
@@ -54,8 +54,11 @@ class ClassifierSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, seed: int, num_classes: int) -> str:
-        return store.hash_obj({"spec": self.to_dict(), "seed": seed, "num_classes": num_classes})[:12]
+    def fingerprint(self, seed: int, data: VOCDataset) -> str:
+        """Names the checkpoint: the spec, the seed and the training data (its content
+        fingerprint and split), so no checkpoint is ever resumed on other data."""
+        return store.hash_obj({"spec": self.to_dict(), "seed": seed, "classes": list(data.class_names),
+                               "data": data_fingerprint(data.root), "split": data.split, "ids": store.hash_obj(data.ids)})[:12]
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
@@ -79,7 +82,7 @@ class TrainedClassifier:
     model: nn.Module
     history: list[dict[str, float]]
     val_scores: dict[str, Any]
-    train_seconds: float
+    train_seconds: float  # summed epoch times (includes per-epoch validation)
     checkpoint: Path
 
 
@@ -93,11 +96,10 @@ def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VO
     torch.manual_seed(seed)
     num_classes = train.num_classes - 1
     model = build(spec, num_classes)
-    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, num_classes)}.pt"
+    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, train)}.pt"
     train_set = ClassificationSet(train, spec.crop_size, augment=True, scale_range=spec.scale_range, seed=seed)
     val_set = ClassificationSet(val, spec.crop_size, augment=False)
     device = resolve_device()
-    start = time.perf_counter()
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
         scores = classification_scores(*predict(m, val_set, device=device))
@@ -106,15 +108,15 @@ def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VO
     history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt,
                   param_groups=model.param_groups(spec.head_lr_mult), evaluate=evaluate, progress=progress,
                   desc=f"training {name}")
-    seconds = time.perf_counter() - start
+    seconds = sum(h["seconds"] for h in history)  # epochs only, also when resumed from a checkpoint
     val_scores = classification_scores(*predict(model, val_set, device=device))
     return TrainedClassifier(name, spec, model, history, val_scores, seconds, ckpt)
 
 
-def load_trained(name: str, spec: ClassifierSpec, num_classes: int, out_dir: Path, seed: int = 0) -> nn.Module:
+def load_trained(name: str, spec: ClassifierSpec, train: VOCDataset, out_dir: Path, seed: int = 0) -> nn.Module:
     """The finished model of an earlier run (for later stages), from its checkpoint."""
-    model = build(spec, num_classes)
-    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, num_classes)}.pt"
+    model = build(spec, train.num_classes - 1)
+    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, train)}.pt"
     model.load_state_dict(load_checkpoint(ckpt)["model"])
     return model.eval()
 

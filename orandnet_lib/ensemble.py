@@ -15,12 +15,16 @@ For maps in [0, 1]: or >= max >= mean >= min >= and, pixel by pixel.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .cams import CamStore, CamStoreWriter
 from .errors import DataError
+from .metrics import SweepResult, ThresholdSweep
+from .progress import bar as progress_bar
+from .voc import VOCDataset
 
 OPERATORS = ("or", "and", "mean", "max", "min")
 
@@ -88,3 +92,48 @@ def write_fused_store(stores: Mapping[str, CamStore], ids: Sequence[str], op: st
         for image_id, cams, class_ids in fused_cams(stores, ids, op, offsets):
             writer.add(image_id, cams, class_ids)
     return Path(path)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A CAM variant: ``op`` over the named sources, with optional per-source offsets.
+    A single source with no offset is that source's CAM itself."""
+
+    sources: tuple[str, ...]
+    op: str = "max"
+    offsets: tuple[tuple[str, float], ...] = ()
+
+    def compute(self, maps: Mapping[str, np.ndarray]) -> np.ndarray:
+        chosen = [maps[s] for s in self.sources]
+        if len(chosen) == 1 and not self.offsets:
+            return chosen[0]
+        off = dict(self.offsets)
+        return fuse(chosen, self.op, [off.get(s, 0.0) for s in self.sources] if off else None)
+
+
+def standard_variants(sources: Sequence[str], offset_source: str | None = None,
+                      offset: float = 0.0) -> dict[str, Variant]:
+    """Each single source, then mean, max, OR and AND of all of them; with an offset, also
+    OR and AND with ``offset`` added to ``offset_source`` (the official code's +0.15 on the ViT)."""
+    variants = {s: Variant((s,)) for s in sources}
+    names = tuple(sources)
+    for op in ("mean", "max", "or", "and"):
+        variants[op] = Variant(names, op)
+    if offset_source is not None and offset:
+        for op in ("or", "and"):
+            variants[f"{op}+offset"] = Variant(names, op, ((offset_source, offset),))
+    return variants
+
+
+def sweep_variants(stores: Mapping[str, CamStore], dataset: VOCDataset, variants: Mapping[str, Variant],
+                   thresholds: Sequence[float] | None = None, progress: bool = True) -> dict[str, SweepResult]:
+    """Threshold sweeps of many variants in one pass over the data (each image read once)."""
+    sweeps = {name: ThresholdSweep(dataset.num_classes, thresholds) for name in variants}
+    ids = dataset.ids
+    for image_id, maps, class_ids in progress_bar(aligned(stores, ids), total=len(ids), desc="ensembles",
+                                                  disable=not progress):
+        gt = dataset.load_mask(image_id)
+        by_name = dict(zip(stores, maps))
+        for name, variant in variants.items():
+            sweeps[name].update(variant.compute(by_name), class_ids, gt)
+    return {name: s.result() for name, s in sweeps.items()}

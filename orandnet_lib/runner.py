@@ -34,6 +34,7 @@ COMMON_PARAMETERS = ("profile", "data_root", "run_dir", "seed")
 STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "00_dataset": (),
     "01_classifiers_and_cams": ("00_dataset",),
+    "02_or_and_ensembles": ("01_classifiers_and_cams",),
 }
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 
@@ -46,6 +47,17 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _progress_target(stage_dir: Path) -> str:
+    """This process's terminal when it has one, else ``<stage>/progress.log``."""
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if stream.isatty():
+                return os.ttyname(stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+    return str(stage_dir / "progress.log")
 
 
 def discover_stages(notebook_dir: Path) -> list[str]:
@@ -188,8 +200,8 @@ class Runner:
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         executed = out_dir / f"{plan.name}.ipynb"
         failed = out_dir / f"{plan.name}.failed.ipynb"
-        # The kernel inherits this: its progress bars go to this terminal as text, not into the notebook.
-        os.environ[progress.ENV_VAR] = "terminal" if self.progress else "off"
+        # The kernel inherits this: its progress bars go to this terminal (or a log file), not into the notebook.
+        os.environ[progress.ENV_VAR] = f"file:{_progress_target(out_dir)}" if self.progress else "off"
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
         with store.atomic_path(executed) as tmp:

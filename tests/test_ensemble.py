@@ -77,3 +77,22 @@ def test_sources_that_disagree_on_classes_are_refused(tmp_path):
     sb = _store(tmp_path / "b", [("x", np.zeros((1, 2, 2)), [2])])
     with pytest.raises(DataError, match="x: CAM store .* has classes \\[2\\]"):
         list(fused_cams({"a": sa, "b": sb}, ["x"], "or"))
+
+
+def test_variants_in_one_pass_match_separate_sweeps(tmp_path, tiny_voc):
+    from orandnet_lib.ensemble import standard_variants, sweep_variants
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(2)
+    items = {"cnn": [], "vit": []}
+    for image_id in ds.ids:
+        ids = np.flatnonzero(ds.load(image_id).labels) + 1
+        for k in items:
+            items[k].append((image_id, rng.random((len(ids), 20, 24)), ids))
+    stores = {k: _store(tmp_path / k, v) for k, v in items.items()}
+    variants = standard_variants(["cnn", "vit"], offset_source="vit", offset=0.15)
+    assert list(variants) == ["cnn", "vit", "mean", "max", "or", "and", "or+offset", "and+offset"]
+    sweeps = sweep_variants(stores, ds, variants, progress=False)
+    np.testing.assert_array_equal(sweeps["cnn"].matrices, sweep_store(stores["cnn"], ds).matrices)
+    alone = sweep_stream(fused_cams(stores, ds.ids, "and", {"vit": 0.15}), ds)
+    np.testing.assert_array_equal(sweeps["and+offset"].matrices, alone.matrices)

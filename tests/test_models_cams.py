@@ -159,3 +159,16 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
     torch.testing.assert_close(model.features.layer4[0].conv2.weight, reference.layer4[0].conv2.weight)
     with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
         CNNCAM(3, pretrained=str(tmp_path / "nowhere.pth"), **SMALL_RESNET)
+
+
+def test_checkpoint_name_changes_with_spec_seed_and_training_data(tiny_voc):
+    from orandnet_lib.classifiers import ClassifierSpec
+
+    spec = ClassifierSpec(kind="cnn", backbone="resnet18")
+    ds = VOCDataset(tiny_voc, "train")
+    name = spec.fingerprint(0, ds)
+    assert name == spec.fingerprint(0, VOCDataset(tiny_voc, "train"))
+    assert name != spec.fingerprint(1, ds)
+    assert name != ClassifierSpec(kind="cnn", backbone="resnet18", epochs=9).fingerprint(0, ds)
+    (tiny_voc / "ImageSets/Segmentation/train.txt").write_text("train_0\ntrain_1\n")
+    assert name != spec.fingerprint(0, VOCDataset(tiny_voc, "train"))

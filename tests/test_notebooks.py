@@ -63,12 +63,16 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 
 
 @requires_fashion_mnist
-def test_classifier_notebook_on_smoke_profile(tmp_path):
+def test_stage_notebooks_on_smoke_profile(tmp_path):
+    # progress on, no terminal (pytest captures it): bars go to each stage's progress.log
     runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
-                    progress=False, log=lambda m: None)
+                    progress=True, log=lambda m: None)
     result = runner.run()
-    assert result.executed == ["00_dataset", "01_classifiers_and_cams"]
+    assert result.executed == ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles"]
     cams = result.summary["cams"]
+    for name in ("mean", "max", "or", "and", "or+offset", "and+offset"):
+        assert set(cams[name]) >= {"miou", "precision", "recall", "threshold", "crossover"}
+    assert (tmp_path / "runs" / "02_or_and_ensembles" / "cams" / "and+offset_train" / "index.npz").exists()
     for name in ("cnn", "vit"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold"}
         assert 0 <= cams[name]["miou"] <= 100 and 0 <= cams[name]["threshold"] <= 100
@@ -77,12 +81,15 @@ def test_classifier_notebook_on_smoke_profile(tmp_path):
     assert manifest["peak_rss_mb"] > 0 and manifest["wall_time_s"] > 0
     assert len(manifest["metrics"]["history"]["cnn"]) == 1  # one epoch on smoke
     stage_dir = tmp_path / "runs" / "01_classifiers_and_cams"
+    assert "training cnn" in (stage_dir / "progress.log").read_text()
     assert (stage_dir / "cams" / "cnn_train" / "cams.f16").exists()
     executed = json.loads((tmp_path / "book" / "01_classifiers_and_cams.ipynb").read_text())
     outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
         "progress bars must not be stored as widgets in executed notebooks"
+    assert not any(o["output_type"] == "stream" and "training" in "".join(o["text"]) for o in outputs), \
+        "progress bars must not be stored as text in executed notebooks either"
     # A second run with unchanged parameters skips both stages.
     again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
                    progress=False, log=lambda m: None).run()
-    assert again.executed == [] and again.skipped == ["00_dataset", "01_classifiers_and_cams"]
+    assert again.executed == [] and again.skipped == ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles"]

@@ -1,0 +1,139 @@
+"""ORANDNet: an encoder-decoder that maps the OR CAM of a class to its AND CAM.
+
+The network sees one class channel at a time, as a one-channel image (optionally with the
+RGB image as three more channels), and predicts a one-channel map at the same resolution.
+Trained to turn OR (what either classifier found) into AND (what both found), it learns to
+remove the activations the two classifiers do not share.
+
+Two losses, as discussed in the paper's public code:
+
+- ``softmax``: cross-entropy with a softmax over the class channels of an image, the AND
+  CAM as soft target (the official choice). With a single class the softmax is constant, so
+  single-class images give exactly zero gradient.
+- ``bce``: per-pixel binary cross-entropy with the AND CAM as soft target; every image counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSSES = ("softmax", "bce")
+
+
+class SmallEncoder(nn.Module):
+    """Three stages of two 3x3 convolutions, each ending in a stride-2 max-pool: features at
+    strides 2, 4 and 8 (the embedded profiles' images are small)."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (16, 32, 64)):
+        super().__init__()
+        stages, c_in = [], in_channels
+        for c_out in widths:
+            stages.append(nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2)))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.channels = list(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class TimmEncoder(nn.Module):
+    """The last three feature levels of a timm backbone (``vgg16``: strides 8, 16, 32 as in FCN-8s)."""
+
+    def __init__(self, name: str, in_channels: int, pretrained: bool = False):
+        super().__init__()
+        self.body = timm.create_model(name, features_only=True, in_chans=in_channels, pretrained=pretrained)
+        self.levels = list(range(len(self.body.feature_info)))[-3:]
+        self.channels = [self.body.feature_info.channels()[i] for i in self.levels]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.body(x)
+        return [feats[i] for i in self.levels]
+
+
+class ORANDNet(nn.Module):
+    """FCN-8s-shaped encoder-decoder: a 1x1 score on each of three feature levels, fused
+    coarse to fine by upsampling and adding, then upsampled to the input size.
+
+    x: (M, 1 [+ 3], H, W), one row per (image, class) channel -> logits (M, 1, H, W).
+    """
+
+    def __init__(self, encoder: str = "small", use_image: bool = False, widths: Sequence[int] = (16, 32, 64),
+                 pretrained: bool = False):
+        super().__init__()
+        self.use_image = use_image
+        in_channels = 4 if use_image else 1
+        self.encoder: nn.Module = (SmallEncoder(in_channels, widths) if encoder == "small"
+                                   else TimmEncoder(encoder, in_channels, pretrained))
+        self.scores = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in self.encoder.channels)  # type: ignore[attr-defined]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        out = self.scores[-1](feats[-1])
+        for level in range(len(feats) - 2, -1, -1):
+            skip = self.scores[level](feats[level])
+            out = F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def make_inputs(or_cams: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, H, W) OR maps of one image [+ its (3, H, W) normalised image] -> (K, C, H, W)."""
+    x = or_cams.unsqueeze(1)
+    if image is not None:
+        x = torch.cat([x, image.unsqueeze(0).expand(x.shape[0], -1, -1, -1)], dim=1)
+    return x
+
+
+def orand_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss over a batch of class channels.
+
+    logits, target: (M, 1, H, W); owner: (M,) index of the image each channel belongs to.
+    ``softmax``: per image, cross-entropy of the softmax over its channels against the
+    AND maps; ``bce``: per-pixel binary cross-entropy. Both are means over pixels and images.
+    """
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    if kind != "softmax":
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    losses = []
+    for image in torch.unique(owner):
+        rows = owner == image
+        log_p = F.log_softmax(logits[rows, 0], dim=0)  # (K, H, W), softmax over the image's classes
+        losses.append(-(target[rows, 0] * log_p).sum(dim=0).mean())
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None, kind: str) -> torch.Tensor:
+    """The ORANDNet map of one image: (K, H, W) in [0, 1].
+
+    ``bce``: the sigmoid of each channel. ``softmax``: the softmax over the image's channels,
+    as trained; for a single-class image it is 1 everywhere (the loss never saw those).
+    """
+    model.eval()
+    logits = model(make_inputs(or_cams, image if model.use_image else None))[:, 0]
+    return torch.sigmoid(logits) if kind == "bce" else torch.softmax(logits, dim=0)
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch of images -> one batch of class channels, with ``owner`` telling whose they are."""
+    xs, targets, owners = [], [], []
+    for i, item in enumerate(items):
+        x = make_inputs(item["or"], item.get("image"))
+        xs.append(x)
+        targets.append(item["and"].unsqueeze(1))
+        owners.append(torch.full((x.shape[0],), i, dtype=torch.long))
+    return {"x": torch.cat(xs), "target": torch.cat(targets), "owner": torch.cat(owners)}
