@@ -90,3 +90,19 @@ def sweep_curves(sweeps: dict[str, "object"], title: str = "") -> plt.Figure:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def precision_recall_curves(sweeps: dict[str, "object"], ax: plt.Axes | None = None,
+                            dashed: Sequence[str] = ()) -> plt.Axes:
+    """Mean precision against mean recall as the background score moves, one line per
+    variant (``dashed`` names get dashed lines), a dot at each variant's best-mIoU score."""
+    if ax is None:
+        ax = plt.subplots(figsize=(7, 4.6))[1]
+    for i, (name, sweep) in enumerate(sweeps.items()):
+        curve = sweep.curve()  # type: ignore[attr-defined]
+        best = sweep.best_index  # type: ignore[attr-defined]
+        ax.plot(curve["recall"], curve["precision"], "--" if name in dashed else "-", color=f"C{i % 10}", label=name)
+        ax.plot(curve["recall"][best], curve["precision"][best], "o", color=f"C{i % 10}")
+    ax.set(xlabel="mean recall (%)", ylabel="mean precision (%)", title="precision-recall over the background score")
+    ax.legend(fontsize=8)
+    return ax

@@ -53,6 +53,11 @@ class Stage:
             )
         return path
 
+    def upstream_key(self, *stages: str) -> str:
+        """A short hash of the named upstream stages' manifests: put it in the name of a
+        checkpoint trained on their outputs, so a changed input never resumes a stale one."""
+        return store.hash_obj([store.read_manifest(self.upstream(s)) for s in stages])[:12]
+
     def record(self, metrics: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write this stage's metrics (and its sections of summary.json) atomically.
 

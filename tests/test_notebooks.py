@@ -68,11 +68,14 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
     runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
                     progress=True, log=lambda m: None)
     result = runner.run()
-    assert result.executed == ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles"]
+    stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet"]
+    assert result.executed == stages
     cams = result.summary["cams"]
     for name in ("mean", "max", "or", "and", "or+offset", "and+offset"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold", "crossover"}
     assert (tmp_path / "runs" / "02_or_and_ensembles" / "cams" / "and+offset_train" / "index.npz").exists()
+    for name in ("orandnet", "orandnet (bce)", "orandnet (softmax)", "orandnet (bce, +image)", "nway:and (3-way)"):
+        assert 0 <= cams[name]["miou"] <= 100, name
     for name in ("cnn", "vit"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold"}
         assert 0 <= cams[name]["miou"] <= 100 and 0 <= cams[name]["threshold"] <= 100
@@ -92,4 +95,4 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
     # A second run with unchanged parameters skips both stages.
     again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
                    progress=False, log=lambda m: None).run()
-    assert again.executed == [] and again.skipped == ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles"]
+    assert again.executed == [] and again.skipped == stages

@@ -54,3 +54,35 @@ def test_softmax_loss_by_hand():
     assert orand_loss(logits, target, torch.tensor([0, 0]), "softmax").item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
     with pytest.raises(ValueError, match="loss must be one of"):
         orand_loss(logits, target, torch.tensor([0, 0]), "dice")
+
+
+def test_orandnet_store_round_trips_and_training_lowers_the_loss(tmp_path, tiny_voc):
+    import numpy as np
+
+    from orandnet_lib.cams import CamStore, CamStoreWriter
+    from orandnet_lib.orandnet import OrAndSet, loss_fn, write_store
+    from orandnet_lib.train import TrainConfig, fit
+    from orandnet_lib.voc import VOCDataset
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("or", "and"):
+        with CamStoreWriter(tmp_path / name) as w:
+            for image_id in ds.ids:
+                ids = np.flatnonzero(ds.load(image_id).labels) + 1
+                w.add(image_id, rng.random((len(ids), 20, 24)) * (0.5 if name == "and" else 1.0), ids)
+        paths[name] = CamStore(tmp_path / name)
+    torch.manual_seed(0)
+    net = ORANDNet("small", widths=(4, 8, 8))
+    data = OrAndSet(paths["or"], paths["and"], ds, seed=0)
+    history = fit(net, data, loss_fn("bce"), TrainConfig(epochs=8, batch_size=3, lr=0.01, optimizer="adamw"),
+                  collate=collate, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    out = CamStore(write_store(net, paths["or"], ds, tmp_path / "orandnet", "bce", progress=False))
+    assert out.ids == ds.ids and out.meta["loss"] == "bce"
+    for image_id in ds.ids:
+        cams, ids = out[image_id]
+        expected = predict(net, torch.from_numpy(paths["or"][image_id][0]), None, "bce").numpy()
+        np.testing.assert_allclose(cams, expected, atol=1e-3)
+        assert ids.tolist() == paths["or"][image_id][1].tolist()
