@@ -202,21 +202,28 @@ class Runner:
         executed = out_dir / f"{plan.name}.ipynb"
         failed = out_dir / f"{plan.name}.failed.ipynb"
         # The kernel inherits this: its progress bars go to this terminal (or a log file), not into the notebook.
+        previous = os.environ.get(progress.ENV_VAR)
         os.environ[progress.ENV_VAR] = f"file:{_progress_target(out_dir)}" if self.progress else "off"
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
-        with store.atomic_path(executed) as tmp:
-            try:
-                papermill.execute_notebook(
-                    str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
-                    cwd=str(self.notebook_dir), progress_bar=False,
-                )
-            except PapermillExecutionError as e:
-                shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
-                raise StageFailed(
-                    f"stage {plan.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                    f"the executed notebook with the full traceback is {failed}"
-                ) from None
+        try:
+            with store.atomic_path(executed) as tmp:
+                try:
+                    papermill.execute_notebook(
+                        str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
+                        cwd=str(self.notebook_dir), progress_bar=False,
+                    )
+                except PapermillExecutionError as e:
+                    shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
+                    raise StageFailed(
+                        f"stage {plan.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                        f"the executed notebook with the full traceback is {failed}"
+                    ) from None
+        finally:
+            if previous is None:
+                os.environ.pop(progress.ENV_VAR, None)
+            else:
+                os.environ[progress.ENV_VAR] = previous
         failed.unlink(missing_ok=True)
         wall = time.perf_counter() - start
         if not (out_dir / METRICS_FILE).exists():
