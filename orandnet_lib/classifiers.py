@@ -44,12 +44,7 @@ class ClassifierSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ClassifierSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown classifier settings {unknown}; known: {sorted(names)}")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**fixed)
+        return store.dataclass_from_dict(cls, values, "classifier settings")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

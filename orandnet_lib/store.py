@@ -7,6 +7,7 @@ into place, so an interrupted or failed write leaves the previous version intact
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -14,7 +15,9 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 
@@ -104,6 +107,16 @@ def read_manifest(stage_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 def manifest_hash(stage_dir: str | os.PathLike[str]) -> str | None:
     manifest = read_manifest(stage_dir)
     return None if manifest is None else hash_obj(manifest)
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any], what: str) -> T:
+    """Build a frozen config dataclass from plain data (TOML, JSON, papermill parameters):
+    unknown keys are an error that lists the known ones; lists become tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

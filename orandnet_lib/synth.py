@@ -84,12 +84,7 @@ class SceneConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SceneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown generator parameters {unknown}; known: {sorted(names)}")
-        tuples = {k: tuple(v) for k, v in values.items() if isinstance(v, list)}
-        return cls(**{**values, **tuples})
+        return store.dataclass_from_dict(cls, values, "generator parameters")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
