@@ -29,7 +29,7 @@ from .models import IMAGENET_MEAN, IMAGENET_STD
 from .voc import VOCDataset
 
 if TYPE_CHECKING:
-    from .metrics import SweepResult
+    from .metrics import ErrorOverlap, SweepResult
 
 DATA_FILE = "cams.f16"
 INDEX_FILE = "index.npz"
@@ -253,3 +253,16 @@ def sweep_store(cams: CamStore, dataset: VOCDataset, thresholds: Sequence[float]
         raise DataError(f"CAM store {cams.path} lacks {len(missing)} image(s) of split {dataset.split!r} "
                         f"(first: {missing[0]}); was it computed on another split or dataset?")
     return sweep_stream(((i, *cams[i]) for i in dataset.ids), dataset, thresholds)
+
+
+def error_overlap(store_a: CamStore, store_b: CamStore, dataset: VOCDataset, background_a: float,
+                  background_b: float) -> "ErrorOverlap":
+    """How many false positives / negatives two CAM sources share, each masked at its own
+    background score, over every image of the dataset's split."""
+    from .metrics import ErrorOverlap, cam_to_mask
+
+    overlap = ErrorOverlap(dataset.num_classes)
+    for image_id in dataset.ids:
+        overlap.update(cam_to_mask(*store_a[image_id], background_a), cam_to_mask(*store_b[image_id], background_b),
+                       dataset.load_mask(image_id))
+    return overlap

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import timm
@@ -29,6 +29,9 @@ from torch.utils.data import Dataset
 from .cams import CamStore, CamStoreWriter, to_tensor
 from .progress import bar as progress_bar
 from .voc import VOCDataset
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 LOSSES = ("softmax", "bce")
 
@@ -193,3 +196,25 @@ def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: 
             out = predict(model, torch.from_numpy(or_cams).to(device), image, kind)
             writer.add(image_id, out.cpu().numpy(), class_ids)
     return Path(path)
+
+
+def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: "TrainConfig",
+                  out_dir: Path, *, loss: str = "bce", use_image: bool = False, encoder: str = "small",
+                  widths: Sequence[int] = (16, 32, 64), key: str = "", progress: bool = True
+                  ) -> tuple[list[dict[str, float]], CamStore]:
+    """Train one ORANDNet variant with the one training loop (resuming from its checkpoint)
+    and write its maps of ``dataset`` as a CAM store. ``key`` (e.g. the upstream stages'
+    hash) goes into the checkpoint name so changed inputs never resume a stale run."""
+    from . import store
+    from .train import fit
+
+    torch.manual_seed(cfg.seed)
+    model = ORANDNet(encoder, use_image=use_image, widths=widths)
+    data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
+    tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    settings = store.hash_obj([encoder, list(widths), loss, use_image, str(or_store.path), str(and_store.path)])[:8]
+    history = fit(model, data, loss_fn(loss), cfg, checkpoint=Path(out_dir) / f"{tag}-{key}-{settings}.pt",
+                  collate=collate, desc=f"training {name}", progress=progress)
+    path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,
+                       meta={"run": name}, progress=progress)
+    return history, CamStore(path)

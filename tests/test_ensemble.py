@@ -96,3 +96,18 @@ def test_variants_in_one_pass_match_separate_sweeps(tmp_path, tiny_voc):
     np.testing.assert_array_equal(sweeps["cnn"].matrices, sweep_store(stores["cnn"], ds).matrices)
     alone = sweep_stream(fused_cams(stores, ds.ids, "and", {"vit": 0.15}), ds)
     np.testing.assert_array_equal(sweeps["and+offset"].matrices, alone.matrices)
+
+
+def test_error_overlap_counts_shared_mistakes(tmp_path):
+    from orandnet_lib.metrics import ErrorOverlap
+
+    gt = np.array([[0, 0, 1, 1]])
+    a = np.array([[1, 0, 1, 0]])  # FP of class 1 at pixel 0, FN of class 1 at pixel 3
+    b = np.array([[1, 1, 0, 0]])  # FP of class 1 at pixels 0 and 1, FN at pixels 2 and 3
+    ov = ErrorOverlap(2)
+    ov.update(a, b, gt)
+    t = ov.table()
+    assert t["fp_a"][1] == 1 and t["fp_b"][1] == 2 and t["fp_shared"][1] == 1
+    assert t["fp_jaccard"][1] == pytest.approx(1 / 2)
+    assert t["fn_a"][1] == 1 and t["fn_b"][1] == 2 and t["fn_shared"][1] == 1
+    assert t["fn_jaccard"][1] == pytest.approx(1 / 2)
