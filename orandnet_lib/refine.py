@@ -1,0 +1,155 @@
+"""Pseudo-mask refinement: dense CRF, IRN's confident labels, boundary affinities and a
+sparse random walk (Ahn et al. 2019).
+
+Shapes: a CAM of an image is (K, H, W) in [0, 1] for its K classes with ids (K,);
+a boundary map is (H, W) in [0, 1] (1 = a class boundary); labels are (H, W) uint8 with
+255 = ignore. Affinities are kept sparse (each pixel links to the pixels within a radius),
+so memory grows linearly with the number of pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from .voc import IGNORE_INDEX
+
+
+def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: float = 0.7, iterations: int = 10,
+               gauss_sxy: float = 3.0, gauss_compat: float = 3.0, bilateral_sxy: float = 50.0,
+               bilateral_srgb: float = 5.0, bilateral_compat: float = 10.0) -> np.ndarray:
+    """Dense CRF (Kraehenbuehl & Koltun) on a hard label map, as IRN's confident labels use it.
+
+    image: (H, W, 3) uint8; labels: (H, W) ints in [0, n_labels). Returns the refined (H, W) labels.
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    h, w = labels.shape
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
+    crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False))
+    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=bilateral_compat)
+    q = np.array(crf.inference(iterations)).reshape(n_labels, h, w)
+    return q.argmax(axis=0)
+
+
+def crf_probabilities(image: np.ndarray, probs: np.ndarray, iterations: int = 10, gauss_sxy: float = 3.0,
+                      gauss_compat: float = 3.0, bilateral_sxy: float = 50.0, bilateral_srgb: float = 5.0,
+                      bilateral_compat: float = 10.0) -> np.ndarray:
+    """Dense CRF with a soft unary: probs (L, H, W) summing to 1 over L -> refined (L, H, W)."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    n, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, n)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-8, 1.0).astype(np.float32))))
+    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=bilateral_compat)
+    return np.array(crf.inference(iterations)).reshape(n, h, w)
+
+
+def cam_probabilities(cams: np.ndarray, background_score: float) -> np.ndarray:
+    """(K, H, W) CAMs -> (K + 1, H, W) probabilities: a constant background score stacked
+    first, then normalised to sum to one per pixel."""
+    stacked = np.concatenate([np.full((1, *cams.shape[1:]), background_score, np.float32), cams.astype(np.float32)])
+    return stacked / np.maximum(stacked.sum(axis=0, keepdims=True), 1e-8)
+
+
+def confident_labels(cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, fg_threshold: float = 0.30,
+                     bg_threshold: float = 0.05, image: np.ndarray | None = None) -> np.ndarray:
+    """IRN's seeds for the relation network: foreground where the CAM beats ``fg_threshold``,
+    background where every CAM stays below ``bg_threshold``, 255 (ignore) in between.
+
+    With ``image`` given, both maps are first refined by a dense CRF (IRN does this).
+    Returns (H, W) uint8 in {0, class ids, 255}.
+    """
+    class_ids = np.asarray(class_ids, dtype=np.int64)
+    lookup = np.concatenate([[0], class_ids]).astype(np.uint8)
+
+    def labels_at(threshold: float) -> np.ndarray:
+        if len(class_ids) == 0:
+            return np.zeros(cams.shape[1:], dtype=np.int64)
+        stacked = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams.astype(np.float32)])
+        index = stacked.argmax(axis=0)
+        if image is not None:
+            index = crf_labels(image, index, len(class_ids) + 1)
+        return index
+
+    fg = lookup[labels_at(fg_threshold)]
+    bg = lookup[labels_at(bg_threshold)]
+    out = np.where(fg > 0, fg, IGNORE_INDEX).astype(np.uint8)
+    out[bg == 0] = 0
+    return out
+
+
+def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) to the pixels within ``radius`` (Euclidean), one of each +/- pair."""
+    out = []
+    for dy in range(0, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if (dy == 0 and dx <= 0) or dy * dy + dx * dx > radius * radius:
+                continue
+            out.append((dy, dx))
+    return out
+
+
+def _shift(array: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
+    """out[y, x] = array[y + dy, x + dx], ``fill`` outside."""
+    h, w = array.shape
+    out = np.full_like(array, fill)
+    ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
+    xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+    out[yd, xd] = array[ys, xs]
+    return out
+
+
+def boundary_affinities(boundary: np.ndarray, radius: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse affinities from a boundary map: a_ij = 1 - max boundary on the segment i -> j.
+
+    Returns (rows, cols, values) for every pair within ``radius`` (each pair once, i < j in
+    raster order is not guaranteed; use both directions for a symmetric matrix).
+    """
+    h, w = boundary.shape
+    index = np.arange(h * w).reshape(h, w)
+    rows, cols, vals = [], [], []
+    for dy, dx in neighbour_offsets(radius):
+        steps = max(abs(dy), abs(dx))
+        path_max = boundary.copy()
+        for s in range(1, steps + 1):
+            t = s / steps
+            path_max = np.maximum(path_max, _shift(boundary, round(t * dy), round(t * dx), fill=1.0))
+        target = _shift(index.astype(np.float64), dy, dx, fill=-1.0).astype(np.int64)
+        valid = target >= 0
+        rows.append(index[valid])
+        cols.append(target[valid])
+        vals.append(1.0 - path_max[valid])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def transition_matrix(boundary: np.ndarray, radius: int = 5, beta: float = 10.0) -> sparse.csr_matrix:
+    """Row-stochastic (N, N) sparse transition matrix of the random walk, N = H * W:
+    affinities raised to ``beta``, made symmetric, with self-loops, rows normalised."""
+    n = boundary.size
+    rows, cols, vals = boundary_affinities(boundary, radius)
+    vals = np.power(np.clip(vals, 0.0, 1.0), beta)
+    r = np.concatenate([rows, cols, np.arange(n)])
+    c = np.concatenate([cols, rows, np.arange(n)])
+    v = np.concatenate([vals, vals, np.ones(n)])
+    a = sparse.csr_matrix((v, (r, c)), shape=(n, n))
+    degree = np.asarray(a.sum(axis=1)).ravel()
+    return sparse.diags(1.0 / degree) @ a
+
+
+def random_walk(scores: np.ndarray, transition: sparse.csr_matrix, iterations: int) -> np.ndarray:
+    """Propagate (C, H, W) scores ``iterations`` times: s <- T s (each pixel becomes the
+    affinity-weighted mean of its neighbours)."""
+    c, h, w = scores.shape
+    flat = scores.reshape(c, h * w).T.astype(np.float64)  # (N, C)
+    for _ in range(iterations):
+        flat = transition @ flat
+    return flat.T.reshape(c, h, w)

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from orandnet_lib.metrics import ConfusionMatrix
+from orandnet_lib.refine import (boundary_affinities, cam_probabilities, confident_labels, crf_labels,
+                                 crf_probabilities, neighbour_offsets, random_walk, transition_matrix)
+
+
+def test_neighbour_offsets_cover_each_pair_once():
+    assert neighbour_offsets(1) == [(0, 1), (1, 0)]  # the diagonals are sqrt(2) away
+    offs2 = neighbour_offsets(2)
+    assert (0, 1) in offs2 and (2, 0) in offs2 and (1, 1) in offs2 and (0, -1) not in offs2 and (2, 2) not in offs2
+
+
+def test_random_walk_on_a_three_pixel_chain_by_hand():
+    t = transition_matrix(np.zeros((1, 3)), radius=1, beta=1.0).toarray()
+    # links 0-1 and 1-2 plus self-loops, rows normalised
+    np.testing.assert_allclose(t, [[1 / 2, 1 / 2, 0], [1 / 3, 1 / 3, 1 / 3], [0, 1 / 2, 1 / 2]])
+    scores = np.array([[[1.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 1)[0, 0],
+                               [1 / 2, 1 / 3, 0])
+    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 2)[0, 0],
+                               [1 / 4 + 1 / 6, (1 / 2 + 1 / 3) / 3, 1 / 6])
+
+
+def test_affinity_is_one_minus_the_strongest_boundary_on_the_path():
+    boundary = np.array([[0.0, 0.2, 0.7, 0.1]])
+    rows, cols, vals = boundary_affinities(boundary, radius=2)
+    got = {(int(r), int(c)): float(v) for r, c, v in zip(rows, cols, vals)}
+    assert got[(0, 1)] == pytest.approx(1 - 0.2)
+    assert got[(0, 2)] == pytest.approx(1 - 0.7)  # passes 0.2 then reaches 0.7
+    assert got[(1, 3)] == pytest.approx(1 - 0.7)  # crosses the 0.7 in the middle
+    assert got[(2, 3)] == pytest.approx(1 - 0.7)
+    assert len(got) == 3 + 2  # radius 2 on a row of 4: three neighbours at 1, two at 2
+
+
+def test_a_wall_blocks_propagation():
+    boundary = np.zeros((5, 9))
+    boundary[:, 4] = 1.0  # a vertical wall
+    t = transition_matrix(boundary, radius=3, beta=10.0)
+    scores = np.zeros((1, 5, 9))
+    scores[0, 2, 0] = 1.0  # a seed on the left
+    out = random_walk(scores, t, 50)
+    assert out[0, :, :4].sum() > 0.99 * out[0].sum() - 1e-12  # everything stays left of the wall
+    assert out[0, :, 5:].max() == 0.0
+    open_field = random_walk(scores, transition_matrix(np.zeros((5, 9)), 3, 10.0), 50)
+    assert open_field[0, :, 5:].max() > 0  # without the wall it crosses
+
+
+def test_transition_matrix_is_sparse_and_row_stochastic():
+    t = transition_matrix(np.random.default_rng(0).random((12, 15)), radius=5, beta=10.0)
+    np.testing.assert_allclose(np.asarray(t.sum(axis=1)).ravel(), 1.0)
+    n = 12 * 15
+    assert t.nnz < n * (len(neighbour_offsets(5)) * 2 + 1) + 1
+
+
+def test_confident_labels_with_ignore():
+    cams = np.array([[[0.9, 0.2, 0.01, 0.5]], [[0.1, 0.1, 0.02, 0.6]]])
+    labels = confident_labels(cams, [3, 7], fg_threshold=0.30, bg_threshold=0.05)
+    # pixel 0: class 3 above 0.30; pixel 1: max 0.2 -> neither fg nor bg -> ignore;
+    # pixel 2: everything below 0.05 -> background; pixel 3: class 7 wins.
+    assert labels.tolist() == [[3, 255, 0, 7]]
+    assert confident_labels(np.zeros((0, 1, 2)), [], 0.3, 0.05).tolist() == [[0, 0]]
+
+
+def test_crf_improves_a_noisy_mask_on_a_two_region_image():
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:, 20:] = 200  # two flat regions
+    truth = np.zeros((40, 40), np.int64)
+    truth[:, 20:] = 1
+    noisy = truth.copy()
+    flip = rng.random(truth.shape) < 0.2
+    noisy[flip] = 1 - noisy[flip]
+    refined = crf_labels(image, noisy, 2, gt_prob=0.7)
+    before = ConfusionMatrix(2).update(noisy, truth).scores().miou
+    after = ConfusionMatrix(2).update(refined, truth).scores().miou
+    assert after > before + 0.2 and after > 0.95
+
+
+def test_crf_on_probabilities_keeps_shape_and_sums_to_one():
+    cams = np.random.default_rng(1).random((2, 10, 12)).astype(np.float32)
+    probs = cam_probabilities(cams, 0.3)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-5)
+    out = crf_probabilities(np.zeros((10, 12, 3), np.uint8), probs, iterations=3)
+    assert out.shape == (3, 10, 12)
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, rtol=1e-4)
