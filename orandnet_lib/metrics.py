@@ -201,7 +201,7 @@ class ThresholdSweep:
         self.hist += np.bincount((g * c + p) * nb + b, minlength=c * c * nb).reshape(c, c, nb)
 
     def result(self) -> SweepResult:
-        c, t = self.num_classes, self.thresholds.size
+        t = self.thresholds.size
         # fg[g, p, j]: pixels still assigned to p at threshold j = sum of bins b > j.
         tail = np.cumsum(self.hist[:, :, ::-1], axis=2)[:, :, ::-1]  # tail[..., b] = sum of bins >= b
         fg = tail[:, :, 1 : t + 1]  # (C, C, T)

@@ -1,15 +1,9 @@
-import os
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from orandnet_lib.errors import DataError
 from orandnet_lib.voc import VOC_CLASSES, VOCDataset, VOCWriter, save_mask_png, voc_palette
-
-from conftest import write_tiny_voc
 
 
 def test_palette_matches_known_voc_colours():
