@@ -31,7 +31,8 @@ def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: fl
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False))
     crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+    # a writable copy: the binding refuses read-only arrays (images decoded by PIL are)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.array(image, dtype=np.uint8, order="C"),
                              compat=bilateral_compat)
     q = np.array(crf.inference(iterations)).reshape(n_labels, h, w)
     return q.argmax(axis=0)
@@ -48,7 +49,8 @@ def crf_probabilities(image: np.ndarray, probs: np.ndarray, iterations: int = 10
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-8, 1.0).astype(np.float32))))
     crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+    # a writable copy: the binding refuses read-only arrays (images decoded by PIL are)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.array(image, dtype=np.uint8, order="C"),
                              compat=bilateral_compat)
     return np.array(crf.inference(iterations)).reshape(n, h, w)
 

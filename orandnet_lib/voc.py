@@ -246,6 +246,17 @@ class VOCWriter:
         save_mask_png(self.tmp / "SegmentationClass" / f"{image_id}.png", mask)
         self.splits.setdefault(split, []).append(image_id)
 
+    def add_mask(self, split: str, image_id: str, mask: np.ndarray, image_source: str | os.PathLike[str]) -> None:
+        """A mask for an image that already exists elsewhere (pseudo-masks): the image is
+        linked, not copied (copied where links are not possible)."""
+        target = self.tmp / "JPEGImages" / f"{image_id}.jpg"
+        try:
+            os.symlink(os.path.abspath(image_source), target)
+        except OSError:
+            shutil.copyfile(image_source, target)
+        save_mask_png(self.tmp / "SegmentationClass" / f"{image_id}.png", mask)
+        self.splits.setdefault(split, []).append(image_id)
+
     def commit(self) -> Path:
         for split, ids in self.splits.items():
             (self.tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))

@@ -85,3 +85,47 @@ def test_crf_on_probabilities_keeps_shape_and_sums_to_one():
     out = crf_probabilities(np.zeros((10, 12, 3), np.uint8), probs, iterations=3)
     assert out.shape == (3, 10, 12)
     np.testing.assert_allclose(out.sum(axis=0), 1.0, rtol=1e-4)
+
+
+def test_pseudo_masks_round_trip_through_the_voc_reader(tiny_voc, tmp_path):
+    from orandnet_lib.pseudo import write_pseudo_masks
+    from orandnet_lib.voc import VOCDataset
+
+    ds = VOCDataset(tiny_voc, "train")
+    masks = {i: np.where(ds.load_mask(i) == 2, 255, ds.load_mask(i)).astype(np.uint8) for i in ds.ids}
+    root = write_pseudo_masks(tmp_path / "pseudo", ds, masks.items())
+    back = VOCDataset(root, "train")
+    assert back.ids == ds.ids and back.class_names == ds.class_names
+    for i in ds.ids:
+        np.testing.assert_array_equal(back.load_mask(i), masks[i])
+        np.testing.assert_array_equal(back.load_image(i), ds.load_image(i))
+        assert (root / "JPEGImages" / f"{i}.jpg").is_symlink()
+
+
+def test_random_walk_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
+    import torch
+
+    from orandnet_lib.cams import CamStore, CamStoreWriter
+    from orandnet_lib.pseudo import BoundarySet, crf_cams, random_walk_cams
+    from orandnet_lib.relation import BoundaryNet
+    from orandnet_lib.voc import VOCDataset
+
+    ds = VOCDataset(tiny_voc, "train")
+    with CamStoreWriter(tmp_path / "cams") as w:
+        for i in ds.ids:
+            mask = ds.load_mask(i)
+            ids = np.flatnonzero(ds.load(i).labels) + 1
+            w.add(i, np.stack([(mask == k).astype(np.float32) * 0.9 for k in ids]), ids)
+    store = CamStore(tmp_path / "cams")
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)})
+    data = BoundarySet(store, ds, stride=net.stride, use_crf=False, progress=False)
+    assert set(data.label_statistics()) == {"foreground", "background", "ignored"}
+    x, y = data[0]
+    assert x.shape == (3, 20, 24) and y.shape == (5, 6)
+    out = list(random_walk_cams(net, store, ds, iterations=4, progress=False))
+    assert [o[0] for o in out] == list(ds.ids)
+    for image_id, cams, ids in out:
+        assert cams.shape == store[image_id][0].shape and cams.max() <= 1.0 + 1e-6 and cams.min() >= 0
+    crf = list(crf_cams(store, ds, 0.3, iterations=2, progress=False))
+    assert all(c.shape == store[i][0].shape for i, c, _ in crf)

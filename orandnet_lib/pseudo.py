@@ -1,0 +1,118 @@
+"""Stage 4 from top to bottom: CAMs -> confident labels -> boundary network -> random walk
+(or dense CRF) -> pseudo-masks written in VOC layout for the segmentation stage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .cams import CamStore, to_tensor
+from .progress import bar as progress_bar
+from .refine import cam_probabilities, confident_labels, crf_probabilities, random_walk, transition_matrix
+from .relation import BoundaryNet, affinity_loss, downsample_labels
+from .voc import VOCDataset, VOCWriter
+
+
+class BoundarySet(Dataset):
+    """(image (3, H, W), confident labels (H/stride, W/stride)) pairs, flipped at random.
+    The labels of every image are computed once from the CAM store (with a dense CRF)."""
+
+    def __init__(self, store: CamStore, dataset: VOCDataset, stride: int, fg_threshold: float = 0.30,
+                 bg_threshold: float = 0.05, use_crf: bool = True, seed: int = 0, progress: bool = True):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.labels = {}
+        for image_id in progress_bar(dataset.ids, desc="confident labels", disable=not progress):
+            cams, ids = store[image_id]
+            image = dataset.load_image(image_id) if use_crf else None
+            self.labels[image_id] = downsample_labels(confident_labels(cams, ids, fg_threshold, bg_threshold, image),
+                                                      stride)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_id = self.dataset.ids[index]
+        x = to_tensor(self.dataset.load_image(image_id))[0]
+        y = torch.from_numpy(self.labels[image_id].astype(np.int64))
+        if np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        return x, y
+
+    def label_statistics(self) -> dict[str, float]:
+        """Shares of confident foreground, background and ignored cells."""
+        flat = np.concatenate([v.ravel() for v in self.labels.values()])
+        return {"foreground": float(((flat > 0) & (flat < 255)).mean()), "background": float((flat == 0).mean()),
+                "ignored": float((flat == 255).mean())}
+
+
+def boundary_loss(radius: int):
+    def compute(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels = batch
+        boundary = model(images)
+        labels = labels[:, : boundary.shape[-2], : boundary.shape[-1]]
+        return affinity_loss(boundary, labels, radius)
+    return compute
+
+
+@torch.no_grad()
+def boundary_map(model: BoundaryNet, image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w) boundary map on the model's stride-4 grid."""
+    model.eval()
+    device = next(model.parameters()).device
+    return model(to_tensor(image).to(device))[0, 0].float().cpu().numpy()
+
+
+def random_walk_cams(model: BoundaryNet, store: CamStore, dataset: VOCDataset, beta: float = 10.0,
+                     iterations: int = 8, radius: int = 5, progress: bool = True
+                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """IRN's propagation: each image's CAMs, downsampled to the boundary grid, walk along
+    the boundary-derived affinities, are upsampled back and max-normalised per class.
+    Yields (image id, refined cams (K, H, W) in [0, 1], class ids)."""
+    for image_id in progress_bar(dataset.ids, desc="random walk", disable=not progress):
+        cams, ids = store[image_id]
+        if len(ids) == 0:
+            yield image_id, cams, ids
+            continue
+        image = dataset.load_image(image_id)
+        boundary = boundary_map(model, image)
+        h, w = cams.shape[1:]
+        small = F.adaptive_avg_pool2d(torch.from_numpy(cams)[None], boundary.shape)[0].numpy()
+        walked = random_walk(small, transition_matrix(boundary, radius, beta), iterations)
+        up = F.interpolate(torch.from_numpy(walked).float()[None], size=(h, w), mode="bilinear",
+                           align_corners=False)[0].numpy()
+        up = np.maximum(up, 0)
+        yield image_id, up / (up.reshape(len(ids), -1).max(axis=1)[:, None, None] + 1e-5), ids
+
+
+def crf_cams(store: CamStore, dataset: VOCDataset, background_score: float, iterations: int = 10,
+             progress: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Dense CRF on each image's CAM probabilities (background score stacked first);
+    yields the refined class probabilities (K, H, W) so they can be swept like CAMs."""
+    for image_id in progress_bar(dataset.ids, desc="dense CRF", disable=not progress):
+        cams, ids = store[image_id]
+        if len(ids) == 0:
+            yield image_id, cams, ids
+            continue
+        q = crf_probabilities(dataset.load_image(image_id), cam_probabilities(cams, background_score), iterations)
+        yield image_id, q[1:] / np.maximum(q[1:] + q[:1], 1e-8), ids  # P(class | class or background)
+
+
+def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
+                       masks: Iterable[tuple[str, np.ndarray]], split: str | None = None) -> Path:
+    """A VOC-layout folder of pseudo-masks (palette PNGs, 255 = ignore) whose images link to
+    the originals, so the segmentation stage reads it through the one data path."""
+    split = split or dataset.split
+    with VOCWriter(root, dataset.class_names) as writer:
+        for image_id, mask in masks:
+            writer.add_mask(split, image_id, mask, dataset.image_path(image_id))
+    return Path(root)
