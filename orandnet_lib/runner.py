@@ -36,6 +36,7 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "01_classifiers_and_cams": ("00_dataset",),
     "02_or_and_ensembles": ("01_classifiers_and_cams",),
     "03_orandnet": ("01_classifiers_and_cams", "02_or_and_ensembles"),
+    "04_refinement": ("01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet"),
 }
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 

@@ -53,6 +53,16 @@ class Stage:
             )
         return path
 
+    def cam_store(self, variant: str, split: str) -> Path:
+        """The CAM store of a variant written by any completed earlier stage
+        (``<run_dir>/<stage>/cams/<variant>_<split>``)."""
+        name = f"{variant}_{split}"
+        found = sorted(p for p in self.run_dir.glob(f"*/cams/{name}") if store.read_manifest(p.parent.parent))
+        if not found:
+            known = sorted({p.name for p in self.run_dir.glob("*/cams/*")})
+            raise FileNotFoundError(f"no CAM store {name!r} in {self.run_dir}; stores present: {known}")
+        return found[-1]
+
     def upstream_key(self, *stages: str) -> str:
         """A short hash of the named upstream stages' manifests: put it in the name of a
         checkpoint trained on their outputs, so a changed input never resumes a stale one."""

@@ -68,14 +68,21 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
     runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
                     progress=True, log=lambda m: None)
     result = runner.run()
-    stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet"]
+    stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement"]
     assert result.executed == stages
     cams = result.summary["cams"]
     for name in ("mean", "max", "or", "and", "or+offset", "and+offset"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold", "crossover"}
     assert (tmp_path / "runs" / "02_or_and_ensembles" / "cams" / "and+offset_train" / "index.npz").exists()
-    for name in ("orandnet", "orandnet (bce)", "orandnet (softmax)", "orandnet (bce, +image)", "nway:and (3-way)"):
+    for name in ("orandnet", "orandnet (softmax)", "orandnet (bce, +image)", "nway:and (3-way)"):
         assert 0 <= cams[name]["miou"] <= 100, name
+    for variant in ("cnn", "and+offset", "orandnet"):
+        levels = result.summary["pseudo_masks"][variant]
+        assert set(levels) == {"cam", "crf", "rw", "rw_fixed"}
+        assert set(levels["rw"]) == {"miou", "precision", "recall", "threshold"}
+        pseudo_root = tmp_path / "runs" / "04_refinement" / "pseudo_masks" / variant
+        from orandnet_lib.voc import VOCDataset
+        assert len(VOCDataset(pseudo_root, "train")) == 48
     for name in ("cnn", "vit"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold"}
         assert 0 <= cams[name]["miou"] <= 100 and 0 <= cams[name]["threshold"] <= 100
