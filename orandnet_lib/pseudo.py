@@ -116,3 +116,40 @@ def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
         for image_id, mask in masks:
             writer.add_mask(split, image_id, mask, dataset.image_path(image_id))
     return Path(root)
+
+
+def refine_variant(store: CamStore, dataset: VOCDataset, net: BoundaryNet, out_dir: str | os.PathLike[str], *,
+                   beta: float = 10.0, iterations: int = 8, radius: int = 5, rw_background: float = 0.25,
+                   crf_iterations: int = 10, keep: int = 0, progress: bool = True) -> dict[str, object]:
+    """One CAM variant through stage 4: scores of the CAM, the CAM after a dense CRF and after
+    the random walk (best-mIoU sweeps), and of the random walk at a fixed background score,
+    whose masks are written as pseudo-masks in ``out_dir`` (VOC layout).
+
+    Returns {"scores": {level: {miou, precision, recall, threshold}}, "timings": {...},
+    "examples": the first ``keep`` random-walk results}.
+    """
+    import time
+
+    from .cams import sweep_store, sweep_stream
+    from .metrics import ConfusionMatrix, cam_to_mask
+
+    cam_sweep = sweep_store(store, dataset)
+    t0 = time.perf_counter()
+    crf_sweep = sweep_stream(crf_cams(store, dataset, cam_sweep.best()["threshold"] / 100, crf_iterations,
+                                      progress=progress), dataset)
+    t1 = time.perf_counter()
+    walked = list(random_walk_cams(net, store, dataset, beta, iterations, radius, progress=progress))
+    t2 = time.perf_counter()
+    fixed = ConfusionMatrix(dataset.num_classes)
+    masks = {}
+    for image_id, cams, ids in walked:
+        masks[image_id] = cam_to_mask(cams, ids, rw_background)
+        fixed.update(masks[image_id], dataset.load_mask(image_id))
+    write_pseudo_masks(out_dir, dataset, masks.items())
+    return {
+        "scores": {"cam": cam_sweep.best(), "crf": crf_sweep.best(), "rw": sweep_stream(walked, dataset).best(),
+                   "rw_fixed": {**fixed.scores().summary(), "threshold": 100 * rw_background}},
+        "timings": {"crf_ms_per_image": 1000 * (t1 - t0) / len(dataset),
+                    "rw_ms_per_image": 1000 * (t2 - t1) / len(dataset)},
+        "examples": walked[:keep],
+    }
