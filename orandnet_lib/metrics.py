@@ -151,6 +151,23 @@ class SweepResult:
     def best(self) -> dict[str, float]:
         return self.at(self.best_index)
 
+    def seed_quality(self) -> dict[str, np.ndarray]:
+        """At each score t, what IRN-style confident labels thresholded at t would hold:
+        ``fg_share`` / ``bg_share``, the fraction of labelled pixels marked foreground (CAM
+        above t) or background (every CAM at or below t), and ``fg_precision`` /
+        ``bg_precision``, the fraction of those that the ground truth agrees with (the right
+        class, or background). Pooled over pixels, in [0, 1]; NaN where nothing is marked."""
+        m = self.matrices.astype(np.float64)
+        total = m.sum(axis=(1, 2))
+        bg_marked, bg_right = m[:, :, 0].sum(axis=1), m[:, 0, 0]
+        fg_marked = total - bg_marked
+        fg_right = np.trace(m, axis1=1, axis2=2) - bg_right
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {"threshold": self.thresholds.astype(np.float64),
+                    "fg_share": fg_marked / total, "bg_share": bg_marked / total,
+                    "fg_precision": np.where(fg_marked > 0, fg_right / fg_marked, np.nan),
+                    "bg_precision": np.where(bg_marked > 0, bg_right / bg_marked, np.nan)}
+
     def crossover(self) -> dict[str, float]:
         return self.at(self.crossover_index)
 

@@ -159,3 +159,16 @@ def random_walk(scores: np.ndarray, transition: sparse.csr_matrix, iterations: i
     for _ in range(iterations):
         flat = transition @ flat
     return flat.T.reshape(c, h, w)
+
+
+def random_walk_steps(scores: np.ndarray, transition: sparse.csr_matrix, steps: Sequence[int]) -> list[np.ndarray]:
+    """The walk's state after each number of iterations in ``steps`` (ascending), for figures
+    that show the propagation step by step; ``random_walk`` at the last entry."""
+    if list(steps) != sorted(steps) or (len(steps) and steps[0] < 0):
+        raise ValueError(f"steps must be ascending and non-negative, got {list(steps)}")
+    out, done, current = [], 0, scores.astype(np.float64)
+    for n in steps:
+        current = random_walk(current, transition, n - done)
+        done = n
+        out.append(current)
+    return out

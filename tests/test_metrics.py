@@ -121,3 +121,19 @@ def test_crossover_is_first_threshold_where_precision_reaches_recall():
 def test_sweep_rejects_unsorted_thresholds():
     with pytest.raises(ValueError):
         ThresholdSweep(2, [0.5, 0.1])
+
+
+def test_seed_quality_counts_confident_labels_by_hand():
+    # Same 1 x 10 row: class 1 on the first two pixels, the CAM falls off to the right.
+    gt = np.zeros((1, 10), int)
+    gt[0, :2] = 1
+    cam = np.array([[[0.9, 0.8, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3]]], np.float32)
+    sweep = ThresholdSweep(2, [0.2, 0.45, 0.7, 0.95])
+    sweep.update(cam, [1], gt)
+    q = sweep.result().seed_quality()
+    # t=0.2: all 10 marked foreground, 2 right; t=0.45: 4 marked, 2 right, 6 background all right;
+    # t=0.7: 2 marked, both right; t=0.95: no foreground, 10 background of which 8 right.
+    np.testing.assert_allclose(q["fg_share"], [1.0, 0.4, 0.2, 0.0])
+    np.testing.assert_allclose(q["fg_precision"], [0.2, 0.5, 1.0, np.nan])
+    np.testing.assert_allclose(q["bg_share"], [0.0, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(q["bg_precision"], [np.nan, 1.0, 1.0, 0.8])

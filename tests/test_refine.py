@@ -3,7 +3,8 @@ import pytest
 
 from orandnet_lib.metrics import ConfusionMatrix
 from orandnet_lib.refine import (boundary_affinities, cam_probabilities, confident_labels, crf_labels,
-                                 crf_probabilities, neighbour_offsets, random_walk, transition_matrix)
+                                 crf_probabilities, neighbour_offsets, random_walk, random_walk_steps,
+                                 transition_matrix)
 
 
 def test_neighbour_offsets_cover_each_pair_once():
@@ -21,6 +22,11 @@ def test_random_walk_on_a_three_pixel_chain_by_hand():
                                [1 / 2, 1 / 3, 0])
     np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 2)[0, 0],
                                [1 / 4 + 1 / 6, (1 / 2 + 1 / 3) / 3, 1 / 6])
+    steps = random_walk_steps(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), [0, 1, 2])
+    np.testing.assert_allclose(np.stack([s[0, 0] for s in steps]),
+                               [[1, 0, 0], [1 / 2, 1 / 3, 0], [1 / 4 + 1 / 6, (1 / 2 + 1 / 3) / 3, 1 / 6]])
+    with pytest.raises(ValueError):
+        random_walk_steps(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), [2, 1])
 
 
 def test_affinity_is_one_minus_the_strongest_boundary_on_the_path():
