@@ -14,25 +14,28 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .cams import CamStore, to_tensor
+from .parallel import imap
 from .progress import bar as progress_bar
-from .refine import cam_probabilities, confident_labels, crf_probabilities, random_walk, transition_matrix
+from .refine import (adaptive_avg_pool, cam_probabilities, confident_labels, crf_probabilities, random_walk,
+                     resize_bilinear, transition_matrix)
 from .relation import BoundaryNet, affinity_loss, downsample_labels
 from .voc import VOCDataset, VOCWriter
 
 
 class BoundarySet(Dataset):
     """(image (3, H, W), confident labels (H/stride, W/stride)) pairs, flipped at random.
-    The labels of every image are computed once from the CAM store (with a dense CRF)."""
+    The labels of every image are computed once from the CAM store (with a dense CRF), in
+    ``workers`` processes (0: one per CPU)."""
 
     def __init__(self, store: CamStore, dataset: VOCDataset, stride: int, fg_threshold: float = 0.30,
-                 bg_threshold: float = 0.05, use_crf: bool = True, seed: int = 0, progress: bool = True):
+                 bg_threshold: float = 0.05, use_crf: bool = True, seed: int = 0, progress: bool = True,
+                 workers: int = 0):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
-        self.labels = {}
-        for image_id in progress_bar(dataset.ids, desc="confident labels", disable=not progress):
-            cams, ids = store[image_id]
-            image = dataset.load_image(image_id) if use_crf else None
-            self.labels[image_id] = downsample_labels(confident_labels(cams, ids, fg_threshold, bg_threshold, image),
-                                                      stride)
+        items = ((cams, ids, fg_threshold, bg_threshold, dataset.load_image(i) if use_crf else None, stride)
+                 for i in dataset.ids for cams, ids in [store[i]])
+        labels = imap(_confident_cells, items, workers)
+        self.labels = dict(zip(dataset.ids, progress_bar(labels, total=len(dataset), desc="confident labels",
+                                                         disable=not progress)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -72,39 +75,79 @@ def boundary_map(model: BoundaryNet, image: np.ndarray) -> np.ndarray:
     return model(to_tensor(image).to(device))[0, 0].float().cpu().numpy()
 
 
-def random_walk_cams(model: BoundaryNet, store: CamStore, dataset: VOCDataset, beta: float = 10.0,
-                     iterations: int = 8, radius: int = 5, progress: bool = True
+@torch.no_grad()
+def boundary_maps(model: BoundaryNet, dataset: VOCDataset, batch_size: int = 64, progress: bool = True
+                  ) -> dict[str, np.ndarray]:
+    """Every image's boundary map (stride-4 grid), computed once and shared by the variants;
+    images of one size go through the network together."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, np.ndarray] = {}
+    ids = list(dataset.ids)
+    for start in progress_bar(range(0, len(ids), batch_size), desc="boundary maps", disable=not progress):
+        chunk = ids[start : start + batch_size]
+        images = [dataset.load_image(i) for i in chunk]
+        if len({im.shape for im in images}) == 1:
+            maps = model(to_tensor(np.stack(images)).to(device))[:, 0].float().cpu().numpy()
+        else:
+            maps = [boundary_map(model, im) for im in images]
+        out.update(zip(chunk, maps))
+    return out
+
+
+def random_walk_cams(model: BoundaryNet | None, store: CamStore, dataset: VOCDataset, beta: float = 10.0,
+                     iterations: int = 8, radius: int = 5, progress: bool = True,
+                     boundaries: dict[str, np.ndarray] | None = None, workers: int = 0
                      ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """IRN's propagation: each image's CAMs, downsampled to the boundary grid, walk along
     the boundary-derived affinities, are upsampled back and max-normalised per class.
-    Yields (image id, refined cams (K, H, W) in [0, 1], class ids)."""
-    for image_id in progress_bar(dataset.ids, desc="random walk", disable=not progress):
-        cams, ids = store[image_id]
-        if len(ids) == 0:
-            yield image_id, cams, ids
-            continue
-        image = dataset.load_image(image_id)
-        boundary = boundary_map(model, image)
-        h, w = cams.shape[1:]
-        small = F.adaptive_avg_pool2d(torch.from_numpy(cams)[None], boundary.shape)[0].numpy()
-        walked = random_walk(small, transition_matrix(boundary, radius, beta), iterations)
-        up = F.interpolate(torch.from_numpy(walked).float()[None], size=(h, w), mode="bilinear",
-                           align_corners=False)[0].numpy()
-        up = np.maximum(up, 0)
-        yield image_id, up / (up.reshape(len(ids), -1).max(axis=1)[:, None, None] + 1e-5), ids
+    ``boundaries`` (from :func:`boundary_maps`) saves recomputing the maps; the walks run in
+    ``workers`` processes (0: one per CPU). Yields (image id, refined cams (K, H, W) in [0, 1],
+    class ids)."""
+    if boundaries is None:
+        if model is None:
+            raise ValueError("random_walk_cams needs the boundary network or precomputed boundary maps")
+        boundaries = boundary_maps(model, dataset, progress=progress)
+    items = ((*store[i], boundaries[i], beta, iterations, radius) for i in dataset.ids)
+    walked = imap(_walk_one, items, workers)
+    for image_id, (cams, ids) in progress_bar(zip(dataset.ids, walked), total=len(dataset), desc="random walk",
+                                              disable=not progress):
+        yield image_id, cams, ids
+
+
+def _walk_one(item: tuple[np.ndarray, np.ndarray, np.ndarray, float, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    cams, ids, boundary, beta, iterations, radius = item
+    if len(ids) == 0:
+        return cams, ids
+    small = adaptive_avg_pool(cams, boundary.shape)  # numpy only: this runs in forked workers
+    walked = random_walk(small, transition_matrix(boundary, radius, beta), iterations)
+    up = np.maximum(resize_bilinear(walked, cams.shape[1:]), 0).astype(np.float32)
+    return up / (up.reshape(len(ids), -1).max(axis=1)[:, None, None] + 1e-5), ids
 
 
 def crf_cams(store: CamStore, dataset: VOCDataset, background_score: float, iterations: int = 10,
-             progress: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+             progress: bool = True, workers: int = 0) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Dense CRF on each image's CAM probabilities (background score stacked first);
-    yields the refined class probabilities (K, H, W) so they can be swept like CAMs."""
-    for image_id in progress_bar(dataset.ids, desc="dense CRF", disable=not progress):
-        cams, ids = store[image_id]
-        if len(ids) == 0:
-            yield image_id, cams, ids
-            continue
-        q = crf_probabilities(dataset.load_image(image_id), cam_probabilities(cams, background_score), iterations)
-        yield image_id, q[1:] / np.maximum(q[1:] + q[:1], 1e-8), ids  # P(class | class or background)
+    yields the refined class probabilities (K, H, W) so they can be swept like CAMs.
+    Images are refined in ``workers`` processes (0: one per CPU), in order."""
+    items = ((dataset.load_image(i), *store[i], background_score, iterations) for i in dataset.ids)
+    refined = imap(_crf_one, items, workers)
+    for image_id, (cams, ids) in progress_bar(zip(dataset.ids, refined), total=len(dataset), desc="dense CRF",
+                                              disable=not progress):
+        yield image_id, cams, ids
+
+
+def _crf_one(item: tuple[np.ndarray, np.ndarray, np.ndarray, float, int]) -> tuple[np.ndarray, np.ndarray]:
+    image, cams, ids, background_score, iterations = item
+    if len(ids) == 0:
+        return cams, ids
+    q = crf_probabilities(image, cam_probabilities(cams, background_score), iterations)
+    return q[1:] / np.maximum(q[1:] + q[:1], 1e-8), ids  # P(class | class or background)
+
+
+def _confident_cells(item: tuple[np.ndarray, np.ndarray, float, float, np.ndarray | None, int]) -> np.ndarray:
+    cams, ids, fg, bg, image, stride = item
+    return downsample_labels(confident_labels(cams, ids, fg, bg, image), stride)
 
 
 def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
@@ -120,13 +163,15 @@ def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
 
 def refine_variant(store: CamStore, dataset: VOCDataset, net: BoundaryNet, out_dir: str | os.PathLike[str], *,
                    beta: float = 10.0, iterations: int = 8, radius: int = 5, rw_background: float = 0.25,
-                   crf_iterations: int = 10, keep: int = 0, progress: bool = True) -> dict[str, object]:
+                   crf_iterations: int = 10, keep: int = 0, progress: bool = True,
+                   boundaries: dict[str, np.ndarray] | None = None, workers: int = 0) -> dict[str, object]:
     """One CAM variant through stage 4: scores of the CAM, the CAM after a dense CRF and after
     the random walk (best-mIoU sweeps), and of the random walk at a fixed background score,
     whose masks are written as pseudo-masks in ``out_dir`` (VOC layout).
 
     Returns {"scores": {level: {miou, precision, recall, threshold}}, "timings": {...},
-    "examples": the first ``keep`` random-walk results}.
+    "examples": the first ``keep`` random-walk results}. ``boundaries``: precomputed boundary
+    maps (shared across variants); ``workers``: processes for the CRF and the walk.
     """
     import time
 
@@ -136,9 +181,10 @@ def refine_variant(store: CamStore, dataset: VOCDataset, net: BoundaryNet, out_d
     cam_sweep = sweep_store(store, dataset)
     t0 = time.perf_counter()
     crf_sweep = sweep_stream(crf_cams(store, dataset, cam_sweep.best()["threshold"] / 100, crf_iterations,
-                                      progress=progress), dataset)
+                                      progress=progress, workers=workers), dataset)
     t1 = time.perf_counter()
-    walked = list(random_walk_cams(net, store, dataset, beta, iterations, radius, progress=progress))
+    walked = list(random_walk_cams(net, store, dataset, beta, iterations, radius, progress=progress,
+                                   boundaries=boundaries, workers=workers))
     t2 = time.perf_counter()
     fixed = ConfusionMatrix(dataset.num_classes)
     masks = {}

@@ -172,3 +172,38 @@ def random_walk_steps(scores: np.ndarray, transition: sparse.csr_matrix, steps: 
         done = n
         out.append(current)
     return out
+
+
+# numpy twins of torch's adaptive average pooling and bilinear resizing: the random walk runs
+# in forked worker processes, where torch's thread pool, inherited mid-use, can deadlock.
+
+def _bins(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(n_out)
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)  # floor(i n / m), ceil((i + 1) n / m)
+
+
+def adaptive_avg_pool(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) -> (C, h, w), each output cell the mean of its input bin (as torch's
+    ``adaptive_avg_pool2d``), from an integral image."""
+    c, h, w = array.shape
+    integral = np.zeros((c, h + 1, w + 1), np.float64)
+    integral[:, 1:, 1:] = array.astype(np.float64).cumsum(1).cumsum(2)
+    y0, y1 = _bins(h, size[0])
+    x0, x1 = _bins(w, size[1])
+    total = (integral[:, y1][:, :, x1] - integral[:, y0][:, :, x1] - integral[:, y1][:, :, x0]
+             + integral[:, y0][:, :, x0])
+    return total / ((y1 - y0)[:, None] * (x1 - x0)[None, :])
+
+
+def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, H, W), bilinear with half-pixel centres (torch's
+    ``align_corners=False``, no antialiasing)."""
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, wy = axis(array.shape[1], size[0])
+    x0, x1, wx = axis(array.shape[2], size[1])
+    rows = array[:, y0] * (1 - wy)[None, :, None] + array[:, y1] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx

@@ -37,6 +37,7 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "02_or_and_ensembles": ("01_classifiers_and_cams",),
     "03_orandnet": ("01_classifiers_and_cams", "02_or_and_ensembles"),
     "04_refinement": ("01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet"),
+    "05_segmentation_curriculum": ("00_dataset", "04_refinement"),
 }
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 

@@ -21,9 +21,10 @@ from . import profiles, store
 METRICS_FILE = "metrics.json"
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory in MiB (Linux reports KiB) of this process, or with
+    ``RUSAGE_CHILDREN`` of the largest of its finished worker processes."""
+    peak = resource.getrusage(who).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
@@ -63,6 +64,17 @@ class Stage:
             raise FileNotFoundError(f"no CAM store {name!r} in {self.run_dir}; stores present: {known}")
         return found[-1]
 
+    def pseudo_masks(self, variant: str) -> Path:
+        """The VOC-layout pseudo-mask folder of a variant written by the refinement stage
+        (``<run_dir>/04_refinement/pseudo_masks/<variant>``)."""
+        root = self.upstream("04_refinement") / "pseudo_masks"
+        path = root / variant
+        if not path.is_dir():
+            known = sorted(p.name for p in root.glob("*") if p.is_dir())
+            raise FileNotFoundError(f"no pseudo-masks {variant!r} in {root}; variants present: {known} "
+                                    "(stage 4's `variants` parameter chooses them)")
+        return path
+
     def upstream_key(self, *stages: str) -> str:
         """A short hash of the named upstream stages' manifests: put it in the name of a
         checkpoint trained on their outputs, so a changed input never resumes a stale one."""
@@ -79,6 +91,7 @@ class Stage:
             "summary": summary or {},
             "kernel_wall_time_s": time.perf_counter() - self.started,
             "peak_rss_mb": peak_rss_mb(),
+            "peak_worker_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         }
         store.write_json(self.dir / METRICS_FILE, record)
         return record

@@ -68,7 +68,8 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
     runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
                     progress=True, log=lambda m: None)
     result = runner.run()
-    stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement"]
+    stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement",
+              "05_segmentation_curriculum"]
     assert result.executed == stages
     cams = result.summary["cams"]
     for name in ("mean", "max", "or", "and", "or+offset", "and+offset"):
@@ -83,6 +84,13 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
         pseudo_root = tmp_path / "runs" / "04_refinement" / "pseudo_masks" / variant
         from orandnet_lib.voc import VOCDataset
         assert len(VOCDataset(pseudo_root, "train")) == 48
+    seg = result.summary["segmentation"]
+    assert set(seg) == {"gt", "cnn", "orandnet"} and set(seg["gt"]) == {"constant", "curriculum"}
+    for tset in ("cnn", "orandnet"):  # the headline, over the smoke profile's two seeds
+        entry = seg[tset]["curriculum"]
+        assert entry["seeds"] == [0, 1] and entry["miou_std"] >= 0 and len(entry["per_seed"]) == 2
+        assert entry["miou"] == np.mean([s["miou"] for s in entry["per_seed"]])
+    assert seg["gt"]["constant"]["seeds"] == [0] and 0 <= seg["gt"]["constant"]["miou"] <= 100
     for name in ("cnn", "vit"):
         assert set(cams[name]) >= {"miou", "precision", "recall", "threshold"}
         assert 0 <= cams[name]["miou"] <= 100 and 0 <= cams[name]["threshold"] <= 100

@@ -135,3 +135,19 @@ def test_random_walk_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
         assert cams.shape == store[image_id][0].shape and cams.max() <= 1.0 + 1e-6 and cams.min() >= 0
     crf = list(crf_cams(store, ds, 0.3, iterations=2, progress=False))
     assert all(c.shape == store[i][0].shape for i, c, _ in crf)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 96, 96), (24, 24)), ((1, 21, 17), (6, 5)), ((3, 7, 9), (7, 9))])
+def test_numpy_pooling_and_resizing_match_torch(shape, size):
+    import torch
+    import torch.nn.functional as F
+
+    from orandnet_lib.refine import adaptive_avg_pool, resize_bilinear
+
+    x = np.random.default_rng(0).random(shape)
+    t = torch.from_numpy(x)[None]
+    np.testing.assert_allclose(adaptive_avg_pool(x, size), F.adaptive_avg_pool2d(t, size)[0].numpy(), atol=1e-12)
+    small = x[:, : size[0], : size[1]]
+    np.testing.assert_allclose(resize_bilinear(small, shape[1:]),
+                               F.interpolate(torch.from_numpy(small)[None], size=shape[1:], mode="bilinear",
+                                             align_corners=False)[0].numpy(), atol=1e-12)

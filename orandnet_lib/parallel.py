@@ -1,0 +1,31 @@
+"""Order-preserving map over forked worker processes, for per-image CPU work that holds
+the GIL or runs single-threaded C++ (the dense CRF): two cores give close to twice the speed."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """``ORANDNET_WORKERS`` if set, else the CPUs this process may use."""
+    env = os.environ.get("ORANDNET_WORKERS", "")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def imap(fn: Callable[[T], R], items: Iterable[T], workers: int = 0, chunksize: int = 8) -> Iterator[R]:
+    """``fn`` over ``items``, results in input order. ``workers`` 0: one per CPU; 1: in this
+    process (no fork). ``fn`` must be a module-level function (or a partial of one)."""
+    workers = workers or default_workers()
+    if workers <= 1 or not hasattr(os, "fork"):
+        yield from map(fn, items)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(fn, items, chunksize)

@@ -1,0 +1,487 @@
+"""Stage 5: DeepLab trained on pseudo-masks, with the scale-scheduling curriculum.
+
+DeepLab here is a timm backbone at output stride 8 with either the v1 LargeFOV head (one
+dilated 3x3 convolution, then two 1x1) or the v2 ASPP head (parallel dilated 3x3
+classifiers, summed). Training goes through the one training loop; a ``ScaleSchedule``
+sets, per epoch, the scale at which images and masks are seen, so that small (often noisy)
+pseudo-mask regions vanish early in training and come back as the scale grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import store
+from .cams import to_tensor
+from .metrics import ConfusionMatrix
+from .models import _pretrained_kwargs
+from .progress import bar as progress_bar
+from .refine import crf_probabilities
+from .train import TrainConfig, fit, load_checkpoint, resolve_device
+from .voc import IGNORE_INDEX, VOCDataset
+
+
+# ----------------------------------------------------------------------------- schedule
+
+@dataclass(frozen=True)
+class ScaleSchedule:
+    """Piecewise-constant input scale over training: ``points`` are (start, scale) pairs,
+    ``start`` the fraction of training from which ``scale`` holds (the first must be 0)."""
+
+    points: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
+
+    def __post_init__(self) -> None:
+        pts = tuple((float(a), float(s)) for a, s in self.points)
+        starts = [a for a, _ in pts]
+        if not pts or starts[0] != 0.0:
+            raise ValueError(f"scale schedule {list(self.points)}: the first point must start at fraction 0.0")
+        if starts != sorted(starts) or len(set(starts)) != len(starts) or starts[-1] >= 1.0:
+            raise ValueError(f"scale schedule {list(self.points)}: start fractions must rise strictly within [0, 1)")
+        if any(not 0.0 < s <= 4.0 for _, s in pts):
+            raise ValueError(f"scale schedule {list(self.points)}: scales must lie in (0, 4]")
+        object.__setattr__(self, "points", pts)
+
+    @classmethod
+    def parse(cls, value: "ScaleSchedule | Sequence[Sequence[float]] | str | None") -> "ScaleSchedule":
+        """A schedule from parameters: ``"constant"`` / ``None`` / ``[]`` (scale 1.0 throughout)
+        or a list of [start fraction, scale] pairs, e.g. ``[[0, 0.5], [0.5, 0.75], [0.75, 1]]``."""
+        if isinstance(value, ScaleSchedule):
+            return value
+        if value is None or value == "constant" or (not isinstance(value, str) and len(value) == 0):
+            return cls()
+        if isinstance(value, str):
+            raise ValueError(f"scale schedule {value!r}: give 'constant' or a list of [fraction, scale] pairs")
+        try:
+            return cls(tuple((a, s) for a, s in value))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ValueError) and "scale schedule" in str(e):
+                raise
+            raise ValueError(f"scale schedule {value!r}: give a list of [fraction, scale] pairs") from e
+
+    def scale_at(self, progress: float) -> float:
+        """The scale at a fraction of training in [0, 1]."""
+        scale = self.points[0][1]
+        for start, s in self.points:
+            if progress >= start:
+                scale = s
+        return scale
+
+    @property
+    def constant(self) -> bool:
+        return all(s == 1.0 for _, s in self.points)
+
+
+def downsample_mask(mask: np.ndarray, size: tuple[int, int], num_classes: int, mode: str = "majority") -> np.ndarray:
+    """(H, W) labels in {0..C-1, 255} -> (h, w). ``"nearest"`` samples one pixel per cell;
+    ``"majority"`` keeps the label covering most of each cell's footprint (ignore counts as a
+    label), so a region smaller than a cell vanishes and a large one keeps its shape."""
+    if mode not in ("nearest", "majority"):
+        raise ValueError(f"mask downsampling must be 'nearest' or 'majority', got {mode!r}")
+    if tuple(mask.shape) == tuple(size):
+        return mask.copy()
+    t = torch.from_numpy(mask.astype(np.int64))
+    if mode == "nearest":
+        return F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].numpy().astype(mask.dtype)
+    labels = torch.where(t == IGNORE_INDEX, torch.tensor(num_classes), t)
+    if int(labels.max()) > num_classes:
+        raise ValueError(f"mask values must be below {num_classes} or {IGNORE_INDEX}, found {int(t.max())}")
+    onehot = F.one_hot(labels, num_classes + 1).permute(2, 0, 1)[None].float()
+    votes = F.interpolate(onehot, size=size, mode="area")[0]
+    out = votes.argmax(dim=0).numpy()  # ties go to the lower label (background first)
+    out[out == num_classes] = IGNORE_INDEX
+    return out.astype(mask.dtype)
+
+
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) -> (3, h, w), bilinear with antialiasing when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+class SegmentationSet(Dataset):
+    """(image (3, S, S), mask (S, S) int64) pairs for training: optional random rescale, a
+    random crop padded with ignore, a random flip, then the schedule's scale for the epoch
+    (the image resized bilinearly, the mask downsampled by ``mask_mode``). Augmentation is
+    drawn from (seed, epoch, index), so epochs are reproducible and resumable."""
+
+    def __init__(self, dataset: VOCDataset, crop_size: int = 0, schedule: ScaleSchedule | None = None,
+                 epochs: int = 1, scale_range: tuple[float, float] = (1.0, 1.0), flip: bool = True,
+                 mask_mode: str = "majority", seed: int = 0):
+        self.dataset, self.crop_size, self.epochs = dataset, crop_size, max(1, epochs)
+        self.schedule = schedule or ScaleSchedule()
+        self.scale_range, self.flip, self.mask_mode, self.seed = tuple(scale_range), flip, mask_mode, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def scale(self) -> float:
+        return self.schedule.scale_at(self.epoch / self.epochs)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.dataset[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        x = to_tensor(sample.image)[0]
+        y = torch.from_numpy(sample.mask.astype(np.int64))
+        lo, hi = self.scale_range
+        if (lo, hi) != (1.0, 1.0):
+            r = float(rng.uniform(lo, hi))
+            size = (max(1, round(y.shape[0] * r)), max(1, round(y.shape[1] * r)))
+            x = resize_image(x, size)
+            y = F.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        if self.crop_size:
+            x, y = _random_crop(x, y, self.crop_size, rng)
+        if self.flip and rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        s = self.scale
+        if s != 1.0:
+            size = (max(1, round(y.shape[0] * s)), max(1, round(y.shape[1] * s)))
+            x = resize_image(x, size)
+            y = torch.from_numpy(downsample_mask(y.numpy(), size, self.dataset.num_classes, self.mask_mode))
+        return x.contiguous(), y.contiguous()
+
+
+def _random_crop(x: torch.Tensor, y: torch.Tensor, size: int, rng: np.random.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    h, w = y.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:  # pad: image with 0 (the mean after normalisation), mask with ignore
+        x = F.pad(x, (0, pw, 0, ph))
+        y = F.pad(y, (0, pw, 0, ph), value=IGNORE_INDEX)
+    top = int(rng.integers(0, y.shape[0] - size + 1))
+    left = int(rng.integers(0, y.shape[1] - size + 1))
+    return x[:, top : top + size, left : left + size], y[top : top + size, left : left + size]
+
+
+# ----------------------------------------------------------------------------- model
+
+class DeepLab(nn.Module):
+    """DeepLab on a timm backbone at output stride 8. ``head="largefov"`` (v1): a 3x3
+    convolution dilated by ``rates[0]``, two 1x1 layers with dropout; ``head="aspp"`` (v2):
+    one dilated 3x3 classifier per rate, their logits summed. ``forward`` returns logits
+    upsampled to the input size; ``stride`` is the feature grid's."""
+
+    def __init__(self, num_classes: int, backbone: str = "resnet101", pretrained: str = "", head: str = "aspp",
+                 rates: Sequence[int] = (6, 12, 18, 24), head_channels: int = 1024, dropout: float = 0.5,
+                 output_stride: int = 8, backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        if head not in ("largefov", "aspp"):
+            raise ValueError(f"head must be 'largefov' or 'aspp', got {head!r}")
+        if not rates:
+            raise ValueError("rates must name at least one dilation rate")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (backbone_kwargs or {}).items()}
+        self.backbone = timm.create_model(backbone, features_only=True, out_indices=(-1,),
+                                          output_stride=output_stride, **_pretrained_kwargs(pretrained), **kwargs)
+        channels = self.backbone.feature_info.channels()[-1]
+        self.stride = self.backbone.feature_info.reduction()[-1]
+        self.head_kind = head
+        if head == "largefov":
+            r = int(rates[0])
+            self.head = nn.Sequential(
+                nn.Conv2d(channels, head_channels, 3, padding=r, dilation=r), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+                nn.Conv2d(head_channels, head_channels, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+                nn.Conv2d(head_channels, num_classes, 1))
+        else:
+            self.head = nn.ModuleList(nn.Conv2d(channels, num_classes, 3, padding=int(r), dilation=int(r))
+                                      for r in rates)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H/stride, W/stride) logits on the feature grid."""
+        f = self.backbone(x)[-1]
+        if self.head_kind == "largefov":
+            return self.head(f)
+        return torch.stack([branch(f) for branch in self.head]).sum(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
+        """The paper's code trains the new head at 10x the backbone's learning rate."""
+        return [{"params": list(self.backbone.parameters()), "lr_mult": 1.0},
+                {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
+
+
+def segmentation_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pixel cross-entropy; label 255 carries no gradient."""
+    images, masks = batch
+    logits = model(images)
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+    return loss, {}
+
+
+# ----------------------------------------------------------------------------- inference and evaluation
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  device: torch.device | None = None) -> np.ndarray:
+    """(B, H, W, 3) uint8 images of one size -> (B, C, H, W) class probabilities, averaged
+    over the test scales (and horizontal flips)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    x = to_tensor(images).to(device)
+    h, w = x.shape[-2:]
+    total = torch.zeros(0)
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        views = [xs, xs.flip(-1)] if flip else [xs]
+        for i, v in enumerate(views):
+            p = F.interpolate(model(v), size=(h, w), mode="bilinear", align_corners=False).softmax(dim=1)
+            p = p.flip(-1) if i == 1 else p
+            total = p if total.numel() == 0 else total + p
+    return (total / (len(scales) * (2 if flip else 1))).float().cpu().numpy()
+
+
+def segment(model: nn.Module, dataset: VOCDataset, scales: Sequence[float] = (1.0,), flip: bool = False,
+            crf_iterations: int = 0, batch_size: int = 32, progress: bool = True, desc: str = "segmenting"
+            ) -> Iterator[tuple[str, np.ndarray]]:
+    """(image id, predicted mask (H, W) uint8) for every image of the split; consecutive
+    images of one size go through the network together. ``crf_iterations`` > 0 refines each
+    prediction with a dense CRF (DeepLab's post-processing)."""
+    device = next(model.parameters()).device
+    ids = list(dataset.ids)
+    bar = progress_bar(total=len(ids), desc=desc, disable=not progress)
+    i = 0
+    while i < len(ids):
+        first = dataset.load_image(ids[i])
+        batch_ids, images = [ids[i]], [first]
+        while i + len(batch_ids) < len(ids) and len(batch_ids) < batch_size:
+            nxt = dataset.load_image(ids[i + len(batch_ids)])
+            if nxt.shape != first.shape:
+                break
+            batch_ids.append(ids[i + len(batch_ids)])
+            images.append(nxt)
+        probs = predict_probs(model, np.stack(images), scales, flip, device)
+        for image_id, image, p in zip(batch_ids, images, probs):
+            if crf_iterations > 0:
+                p = crf_probabilities(image, p, crf_iterations)
+            yield image_id, p.argmax(axis=0).astype(np.uint8)
+        i += len(batch_ids)
+        bar.update(len(batch_ids))
+    bar.close()
+
+
+def component_recall(pred: np.ndarray, gt: np.ndarray) -> list[tuple[int, int, float]]:
+    """Each connected ground-truth object (a foreground class's 8-connected component):
+    (class, area in pixels, fraction of its pixels predicted as that class)."""
+    out = []
+    for c in np.unique(gt):
+        if c == 0 or c == IGNORE_INDEX:
+            continue
+        components, n = ndimage.label(gt == c, structure=np.ones((3, 3)))
+        if n == 0:
+            continue
+        hit = (pred == c)
+        area = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        found = np.bincount(components.ravel(), weights=hit.ravel(), minlength=n + 1)[1:]
+        out += [(int(c), int(a), float(f / a)) for a, f in zip(area, found)]
+    return out
+
+
+@dataclass
+class Evaluation:
+    """A model's scores on a split: the confusion matrix and every ground-truth object's recall."""
+
+    matrix: ConfusionMatrix
+    objects: list[tuple[int, int, float]]  # (class, area, recall)
+    image_size: list[int] = field(default_factory=list)  # pixels per image, for area fractions
+
+    def summary(self) -> dict[str, float]:
+        return self.matrix.scores().summary()
+
+
+def evaluate(model: nn.Module, dataset: VOCDataset, scales: Sequence[float] = (1.0,), flip: bool = False,
+             crf_iterations: int = 0, batch_size: int = 32, progress: bool = True, keep: Sequence[str] = ()
+             ) -> tuple[Evaluation, dict[str, np.ndarray]]:
+    """Scores against the split's masks, plus the predictions of the ids in ``keep``."""
+    matrix = ConfusionMatrix(dataset.num_classes)
+    objects: list[tuple[int, int, float]] = []
+    sizes, kept = [], {}
+    for image_id, pred in segment(model, dataset, scales, flip, crf_iterations, batch_size, progress,
+                                  desc="evaluating"):
+        gt = dataset.load_mask(image_id)
+        matrix.update(pred, gt)
+        found = component_recall(pred, gt)
+        objects += found
+        sizes += [gt.size] * len(found)
+        if image_id in keep:
+            kept[image_id] = pred
+    return Evaluation(matrix, objects, sizes), kept
+
+
+def recall_by_size(evaluation: Evaluation, edges: tuple[float, float]) -> dict[str, float]:
+    """Mean object recall (%) in three bins of object area (fraction of the image):
+    small < edges[0] <= medium < edges[1] <= large."""
+    if not evaluation.objects:
+        return {"small": float("nan"), "medium": float("nan"), "large": float("nan")}
+    area = np.array([a for _, a, _ in evaluation.objects]) / np.array(evaluation.image_size)
+    rec = np.array([r for _, _, r in evaluation.objects])
+    bins = np.digitize(area, edges)
+    return {name: float(100 * rec[bins == i].mean()) if (bins == i).any() else float("nan")
+            for i, name in enumerate(("small", "medium", "large"))}
+
+
+# ----------------------------------------------------------------------------- one trained model
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """Everything that defines one DeepLab training run (besides its data and seed)."""
+
+    backbone: str = "resnet101"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""
+    head: str = "aspp"
+    rates: tuple[int, ...] = (6, 12, 18, 24)
+    head_channels: int = 1024
+    dropout: float = 0.5
+    crop_size: int = 0  # 0: whole images (they must share one size)
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    flip: bool = True
+    schedule: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
+    mask_mode: str = "majority"
+    epochs: int = 10
+    batch_size: int = 10
+    optimizer: str = "sgd"
+    lr: float = 2.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    head_lr_mult: float = 10.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SegmenterSpec":
+        values = dict(values)
+        if "schedule" in values:
+            values["schedule"] = ScaleSchedule.parse(values["schedule"]).points
+        return store.dataclass_from_dict(cls, values, "segmentation settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def build(self, num_classes: int) -> DeepLab:
+        return DeepLab(num_classes, self.backbone, self.pretrained, self.head, self.rates, self.head_channels,
+                       self.dropout, backbone_kwargs=dict(self.backbone_kwargs))
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           momentum=self.momentum, optimizer=self.optimizer, seed=seed)
+
+
+def masks_fingerprint(dataset: VOCDataset) -> str:
+    """Hash of a split's masks (the pseudo-masks differ between runs where ids do not)."""
+    return store.hash_obj({"classes": list(dataset.class_names), "split": dataset.split,
+                           "masks": [store.hash_file(dataset.mask_path(i)) for i in dataset.ids]})[:16]
+
+
+@dataclass
+class TrainedSegmenter:
+    name: str
+    model: DeepLab
+    history: list[dict[str, float]]
+    train_seconds: float
+    checkpoint: Path
+
+
+def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: str | Path, seed: int = 0,
+                    val: VOCDataset | None = None, progress: bool = True) -> TrainedSegmenter:
+    """Train DeepLab on ``train``'s masks (or resume, or reload when finished). With ``val``,
+    its mIoU is logged after every epoch (the training curve). The checkpoint is named by the
+    spec, the seed and the training masks' content."""
+    if train.num_classes < 2:
+        raise ValueError(f"{train.root}: segmentation needs background and at least one class")
+    torch.manual_seed(seed)
+    model = spec.build(train.num_classes)
+    key = store.hash_obj({"spec": spec.to_dict(), "seed": seed, "masks": masks_fingerprint(train)})[:12]
+    ckpt = Path(out_dir) / f"deeplab-{name}-{key}.pt"
+    cfg = spec.train_config(seed)
+    data = SegmentationSet(train, spec.crop_size, ScaleSchedule(spec.schedule), spec.epochs, spec.scale_range,
+                           flip=spec.flip, mask_mode=spec.mask_mode, seed=seed)
+
+    def per_epoch(m: nn.Module, epoch: int) -> dict[str, float]:
+        out: dict[str, float] = {"scale": ScaleSchedule(spec.schedule).scale_at((epoch - 1) / max(1, spec.epochs))}
+        if val is not None:
+            ev, _ = evaluate(m, val, progress=False)
+            out["val_miou"] = ev.summary()["miou"]
+        return out
+
+    history = fit(model, data, segmentation_loss, cfg, checkpoint=ckpt, param_groups=model.param_groups(spec.head_lr_mult),
+                  evaluate=per_epoch, progress=progress, desc=f"training DeepLab on {name}")
+    return TrainedSegmenter(name, model, history, sum(h["seconds"] for h in history), ckpt)
+
+
+def load_segmenter(path: str | Path, spec: SegmenterSpec, num_classes: int) -> DeepLab:
+    model = spec.build(num_classes)
+    model.load_state_dict(load_checkpoint(Path(path))["model"])
+    return model.eval().to(resolve_device())
+
+
+# ----------------------------------------------------------------------------- runs of stage 5
+
+@dataclass
+class SegmentationRun:
+    """One DeepLab trained on one training set with one schedule and seed, and its scores."""
+
+    training_set: str
+    schedule: str
+    seed: int
+    history: list[dict[str, float]]
+    evaluation: Evaluation
+    examples: dict[str, np.ndarray]
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return self.evaluation.summary()
+
+
+def train_and_evaluate(training_set: str, schedule: str, spec: SegmenterSpec, train: VOCDataset, val: VOCDataset,
+                       out_dir: str | Path, seed: int = 0, *, eval_scales: Sequence[float] = (1.0,),
+                       eval_flip: bool = False, eval_crf_iterations: int = 0, keep: Sequence[str] = (),
+                       progress: bool = True) -> SegmentationRun:
+    """Train (or reload) DeepLab on ``train`` and score it on ``val`` with the test-time
+    options (scales, flip, CRF)."""
+    import time
+
+    trained = train_segmenter(f"{training_set}-{schedule}-s{seed}", spec, train, out_dir, seed, val=val,
+                              progress=progress)
+    start = time.perf_counter()
+    evaluation, examples = evaluate(trained.model, val, eval_scales, eval_flip, eval_crf_iterations,
+                                    progress=progress, keep=keep)
+    return SegmentationRun(training_set, schedule, seed, trained.history, evaluation, examples,
+                           trained.train_seconds, time.perf_counter() - start)
+
+
+def summarise_runs(runs: Sequence[SegmentationRun]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{training set: {schedule: {miou, precision, recall, <each>_std, seeds, per_seed}}}``:
+    means over seeds, with the sample standard deviation where there are two or more."""
+    grouped: dict[tuple[str, str], list[SegmentationRun]] = {}
+    for run in runs:
+        grouped.setdefault((run.training_set, run.schedule), []).append(run)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (tset, sched), group in grouped.items():
+        group = sorted(group, key=lambda r: r.seed)
+        entry: dict[str, Any] = {"seeds": [r.seed for r in group],
+                                 "per_seed": [{k: float(v) for k, v in r.scores.items()} for r in group]}
+        for key in ("miou", "precision", "recall"):
+            values = np.array([r.scores[key] for r in group])
+            entry[key] = float(values.mean())
+            if len(values) > 1:
+                entry[f"{key}_std"] = float(values.std(ddof=1))
+        out.setdefault(tset, {})[sched] = entry
+    return out
