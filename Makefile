@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 FMNIST_DIR := $(or $(ORANDNET_FASHION_MNIST),/usr/share/datasets/fashion-mnist)
 
-.PHONY: install fashion-mnist data notebooks book test bench clean
+.PHONY: install fashion-mnist data notebooks widgets-js book test bench clean
 
 install: $(STAMP)
 
@@ -39,11 +39,29 @@ data: install fashion-mnist
 notebooks: data
 	$(BIN)/orandnet run --profile $(PROFILE)
 
-book: notebooks
+# The widget manager's JavaScript, served with the book so that its widgets work offline
+# (installed from npm at build time, never committed).
+WIDGETS_JS := _static/widgets/embed-amd.js
+$(WIDGETS_JS):
+	@command -v npm >/dev/null || { echo "npm is needed for the book's widgets (apt-get install npm)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix .cache/npm @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8
+	mkdir -p _static/widgets
+	cp .cache/npm/node_modules/requirejs/require.js _static/widgets/require.js
+	cd .cache/npm/node_modules/@jupyter-widgets/html-manager/dist && \
+	  cp $$(ls | grep -v '\.map$$' | grep -v '^embed\.js' | grep -v '^libembed') $(CURDIR)/_static/widgets/
+	for d in book/executed/@jupyter-widgets/html-manager/dist book/executed/@jupyter-widgets; do \
+	  mkdir -p .cache/html_extra/$$d && cp _static/widgets/*.woff* _static/widgets/*.ttf _static/widgets/*.eot \
+	    _static/widgets/*.svg .cache/html_extra/$$d/; done
+
+widgets-js: $(WIDGETS_JS)
+
+book: notebooks widgets-js
+	$(BIN)/orandnet pages --profile $(PROFILE)
 	$(BIN)/jupyter-book build --all . 2>&1 | tail -n 4
 	@test -f _build/html/index.html && echo "== book: _build/html/index.html"
 
 test: install fashion-mnist
+	@$(MAKE) --no-print-directory widgets-js || echo "== no npm: the real-browser test of the book will be skipped"
 	$(BIN)/python -m pytest -q
 
 clean:

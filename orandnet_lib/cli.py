@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stages = sub.add_parser("stages", help="list the stages and their parameters")
     _add_common(stages)
+
+    pages = sub.add_parser("pages", help="write the book's generated pages (results, parameters)")
+    pages.add_argument("--profile", default="smoke", help="the run whose summary.json feeds the results page")
     return parser
 
 
@@ -57,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise profiles.ConfigError(f"profile {prof['name']!r} reads existing data; nothing to generate")
             out = Path(args.out) if args.out else profiles.data_root(prof)
             synth.generate(out, profiles.embedded_config(prof))
+        elif args.command == "pages":
+            from .bookpages import write_pages
+
+            for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"]):
+                print(f"wrote {path}")
         elif args.command == "stages":
             from .runner import Runner, depends_on, notebook_parameters
 

@@ -38,6 +38,8 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "03_orandnet": ("01_classifiers_and_cams", "02_or_and_ensembles"),
     "04_refinement": ("01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet"),
     "05_segmentation_curriculum": ("00_dataset", "04_refinement"),
+    "06_precision_vs_miou": ("01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement",
+                             "05_segmentation_curriculum"),
 }
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 

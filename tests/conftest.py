@@ -56,3 +56,17 @@ def smoke_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(fashion_mnist.HOW_TO_GET)
     cfg = synth.SceneConfig(image_size=48, n_train=12, n_val=4, seed=3)
     return synth.generate(tmp_path_factory.mktemp("bench") / "embedded", cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory):
+    """Every stage notebook of the smoke profile, run once per test session (progress on,
+    no terminal: bars go to each stage's progress.log). Returns (runner result, folder)."""
+    if not _fashion_mnist_available():
+        pytest.skip(fashion_mnist.HOW_TO_GET)
+    from orandnet_lib.runner import Runner
+
+    base = tmp_path_factory.mktemp("smoke_run")
+    runner = Runner("smoke", root=REPO, run_dir=base / "runs", book_dir=base / "book" / "executed",
+                    progress=True, log=lambda m: None)
+    return runner.run(), base

@@ -62,14 +62,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "unknown profile 'nope'" in capsys.readouterr().err
 
 
-@requires_fashion_mnist
-def test_stage_notebooks_on_smoke_profile(tmp_path):
-    # progress on, no terminal (pytest captures it): bars go to each stage's progress.log
-    runner = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
-                    progress=True, log=lambda m: None)
-    result = runner.run()
+def test_stage_notebooks_on_smoke_profile(smoke_run):
+    result, tmp_path = smoke_run
     stages = ["00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement",
-              "05_segmentation_curriculum"]
+              "05_segmentation_curriculum", "06_precision_vs_miou"]
     assert result.executed == stages
     cams = result.summary["cams"]
     for name in ("mean", "max", "or", "and", "or+offset", "and+offset"):
@@ -101,13 +97,17 @@ def test_stage_notebooks_on_smoke_profile(tmp_path):
     stage_dir = tmp_path / "runs" / "01_classifiers_and_cams"
     assert "training cnn" in (stage_dir / "progress.log").read_text()
     assert (stage_dir / "cams" / "cnn_train" / "cams.f16").exists()
-    executed = json.loads((tmp_path / "book" / "01_classifiers_and_cams.ipynb").read_text())
+    executed = json.loads((tmp_path / "book" / "executed" / "01_classifiers_and_cams.ipynb").read_text())
     outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
         "progress bars must not be stored as widgets in executed notebooks"
     assert not any(o["output_type"] == "stream" and "training" in "".join(o["text"]) for o in outputs), \
         "progress bars must not be stored as text in executed notebooks either"
     # A second run with unchanged parameters skips both stages.
-    again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book",
+    assert "precision_vs_miou" in result.summary and "fits" in result.summary["precision_vs_miou"]
+    widget_nb = json.loads((tmp_path / "book" / "executed" / "06_precision_vs_miou.ipynb").read_text())
+    assert widget_nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"], \
+        "the teaching widget's state must be stored for the static book"
+    again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book" / "executed",
                    progress=False, log=lambda m: None).run()
     assert again.executed == [] and again.skipped == stages

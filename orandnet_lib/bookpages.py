@@ -1,0 +1,122 @@
+"""Book pages generated from the run, never typed by hand: the results summary (from a run's
+summary.json) and the parameters of every notebook (from their parameters cells and the
+profiles). ``orandnet pages`` writes them into ``book/generated/`` before the book is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import profiles, store
+
+PROFILES = ("smoke", "default", "paper")
+
+
+def _cell(value: Any) -> str:
+    """A parameter value as inline code, in Python literal syntax (what ``-p`` accepts)."""
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats shown with one decimal, other values as given (escaped by
+    the caller where they may hold a '|')."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.1f}"
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parameters_page(notebook_dir: Path, profile_names: Sequence[str] = PROFILES) -> str:
+    """One table per notebook: each parameter, its notebook default (the value a hand-opened
+    notebook uses), each profile's override and the parameter's comment."""
+    import papermill
+
+    loaded = {name: profiles.load_profile(name) for name in profile_names}
+    out = ["# Parameters of every notebook", "",
+           "Generated from the notebooks' `parameters` cells and the profiles in `orandnet_lib/profiles/`. "
+           "A blank profile cell means the notebook default applies. Override any value with "
+           "`orandnet run --profile NAME -p STAGE.NAME=VALUE` (values are Python literals).", ""]
+    for path in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb")):
+        stage = path.stem
+        found = papermill.inspect_notebook(str(path))
+        rows = []
+        for name, info in found.items():
+            if name in ("profile", "data_root", "run_dir"):
+                continue
+            over = [_cell(p["stages"].get(stage, {})[name]) if name in p["stages"].get(stage, {}) else ""
+                    for p in loaded.values()]
+            rows.append([f"`{name}`", f"`{info['default']}`".replace("|", "\\|"), *over,
+                         (info.get("help") or "").replace("|", "\\|")])
+        out += [f"## {stage}", "", table(["parameter", "notebook default", *loaded, "meaning"], rows), ""]
+    return "\n".join(out)
+
+
+def _scores_rows(entries: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    return [[name, float(e.get("miou", math.nan)), float(e.get("precision", math.nan)),
+             float(e.get("recall", math.nan))] for name, e in entries.items() if isinstance(e, Mapping)]
+
+
+def results_page(summary: Mapping[str, Any]) -> str:
+    """The run's headline numbers, section by section, from its summary.json."""
+    out = [f"# Results of the `{summary.get('profile', '?')}` run", "",
+           f"Generated from `runs/{summary.get('profile', '?')}/summary.json` (seed {summary.get('seed', '?')}). "
+           "All numbers are percentages on the embedded benchmark unless the profile says otherwise; "
+           "each chapter explains how they were measured.", ""]
+    if "stages" in summary:
+        rows = [[s, float(v.get("wall_time_s", math.nan)), float(v.get("peak_rss_mb", math.nan))]
+                for s, v in summary["stages"].items()]
+        total = sum(r[1] for r in rows if not math.isnan(r[1]))
+        out += ["## Stages", "", table(["stage", "wall time (s)", "peak memory (MiB)"], rows), "",
+                f"Total wall time of the stages: {total / 60:.1f} min.", ""]
+    if "classifiers" in summary:
+        rows = [[n, float(c.get("val_map", math.nan))] for n, c in summary["classifiers"].items()]
+        out += ["## Classifiers", "", table(["classifier", "validation mAP"], rows), ""]
+    if "cams" in summary:
+        rows = [[*row, float(summary["cams"][row[0]].get("threshold", math.nan))] for row in _scores_rows(summary["cams"])]
+        out += ["## CAM variants (train split, best-mIoU background score)", "",
+                table(["variant", "mIoU", "precision", "recall", "background score"], rows), ""]
+    if "pseudo_masks" in summary:
+        rows = [[f"{v} / {k}", *_scores_rows({k: s})[0][1:]] for v, levels in summary["pseudo_masks"].items()
+                for k, s in levels.items()]
+        out += ["## Pseudo-masks (train split)", "", table(["variant / refinement", "mIoU", "precision", "recall"], rows), ""]
+    if "segmentation" in summary:
+        rows = []
+        for tset, by in summary["segmentation"].items():
+            for sched, e in by.items():
+                std = e.get("miou_std")
+                rows.append([tset, sched, len(e.get("seeds", [])), float(e["miou"]),
+                             float(std) if std is not None else math.nan, float(e["precision"]), float(e["recall"])])
+        out += ["## Segmentation (validation split)", "",
+                table(["training set", "schedule", "seeds", "mIoU", "mIoU sd", "precision", "recall"], rows), ""]
+    if "precision_vs_miou" in summary:
+        p = summary["precision_vs_miou"]
+        rows = [[name, term, float(f["coef"][term]), float(f["se"][term])]
+                for name, f in p.get("fits", {}).items() if "coef" in f for term in f["coef"]]
+        out += ["## Precision against final mIoU", "", table(["model", "term", "coefficient", "standard error"], rows), ""]
+        if "gain" in p:
+            out += [f"ORANDNet's gain over the baseline in segmentation mIoU: paper {p['gain']['paper']:+.1f} (VOC 2012), "
+                    f"this run {p['gain']['ours']:+.1f}.", ""]
+    return "\n".join(out)
+
+
+def write_pages(root: Path, profile: str, out_dir: Path | None = None) -> list[Path]:
+    """Write ``parameters.md`` and ``results.md`` into ``book/generated/``. Without a
+    summary for the profile, the results page says how to produce one."""
+    out_dir = out_dir or root / "book" / "generated"
+    summary_path = root / "runs" / profile / "summary.json"
+    if summary_path.exists():
+        results = results_page(store.read_json(summary_path))
+    else:
+        results = (f"# Results\n\nNo run of the `{profile}` profile yet: `make book PROFILE={profile}` or "
+                   f"`orandnet run --profile {profile}` produces `{summary_path.relative_to(root)}`.\n")
+    written = []
+    for name, text in (("parameters.md", parameters_page(root / "notebooks")), ("results.md", results)):
+        store.write_text(out_dir / name, text)
+        written.append(out_dir / name)
+    return written
