@@ -64,5 +64,10 @@ test: install fashion-mnist
 	@$(MAKE) --no-print-directory widgets-js || echo "== no npm: the real-browser test of the book will be skipped"
 	$(BIN)/python -m pytest -q
 
+# Stages of the default run (if present) and every hot kernel against a naive reference;
+# writes bench/results.json. Takes a few minutes; run it with nothing else on the machine.
+bench: install fashion-mnist
+	$(BIN)/python -m orandnet_lib.bench --profile $(PROFILE)
+
 clean:
 	rm -rf _build book/executed runs

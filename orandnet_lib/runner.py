@@ -246,6 +246,8 @@ class Runner:
             "wall_time_s": round(wall, 3),
             "kernel_wall_time_s": round(record.get("kernel_wall_time_s", float("nan")), 3),
             "peak_rss_mb": round(record.get("peak_rss_mb", float("nan")), 1),
+            "peak_worker_rss_mb": round(record.get("peak_worker_rss_mb", float("nan")), 1),
+            "cpu_time_s": round(record.get("cpu_time_s", float("nan")), 3),
             "metrics": record.get("metrics", {}),
             "summary": record.get("summary", {}),
         }
@@ -265,7 +267,8 @@ class Runner:
             if manifest is None:
                 continue
             summary = store.deep_merge(summary, manifest.get("summary", {}))
-            summary["stages"][stage] = {"wall_time_s": manifest["wall_time_s"], "peak_rss_mb": manifest["peak_rss_mb"]}
+            summary["stages"][stage] = {k: manifest[k] for k in ("wall_time_s", "cpu_time_s", "peak_rss_mb")
+                                        if k in manifest}
         store.write_json(self.run_dir / SUMMARY_FILE, summary)
         return summary
 

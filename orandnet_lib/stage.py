@@ -28,6 +28,13 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished workers."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 @dataclass
 class Stage:
     name: str
@@ -92,6 +99,7 @@ class Stage:
             "kernel_wall_time_s": time.perf_counter() - self.started,
             "peak_rss_mb": peak_rss_mb(),
             "peak_worker_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
+            "cpu_time_s": cpu_seconds(),
         }
         store.write_json(self.dir / METRICS_FILE, record)
         return record

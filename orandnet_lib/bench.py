@@ -1,0 +1,295 @@
+"""``make bench``: every stage of a run and every hot kernel, measured, each kernel side by
+side with a naive reference in the same process so that the ratio holds on a noisy machine.
+
+Writes ``bench/results.json`` and prints a table. Kernels run on synthetic inputs of the
+default profile's shapes (96 px images, 6 classes, the default networks at random weights),
+so the benchmark needs no finished run; the stage table reads ``runs/<profile>/`` if present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import store
+from .stage import peak_rss_mb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, min_seconds: float = 0.2) -> float:
+    """Best-of-``repeats`` seconds per call (each repeat runs at least ``min_seconds``)."""
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = min(best, elapsed / n)
+    return best
+
+
+def _row(name: str, unit: str, fast: float, naive: float | None, per: float = 1.0, **extra: Any) -> dict[str, Any]:
+    """Throughput of the fast path (and the naive one) as ``per`` items per call."""
+    out = {"kernel": name, "unit": unit, "value": per / fast, **extra}
+    if naive is not None:
+        out.update(naive_value=per / naive, speedup=naive / fast)
+    return out
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def bench_cam_inference(rng: np.random.Generator) -> dict[str, Any]:
+    from .cams import _forward_cams, cam_function, to_tensor
+    from .models import CNNCAM
+
+    torch.manual_seed(0)
+    model = CNNCAM(6, "resnet18", output_stride=16,
+                   backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)}).eval()
+    images = rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8)
+    x = to_tensor(images)
+    fn = cam_function(model, "cam")
+    scales = (1.0, 0.5, 1.5)
+    with torch.inference_mode():
+        fast = timed(lambda: _forward_cams(fn, x, scales, True), repeats=2)
+        naive = timed(lambda: [_forward_cams(fn, x[i : i + 1], scales, True) for i in range(len(x))], repeats=2)
+    return _row("CAM inference (3 scales + flip, batch 32 vs one image at a time)", "images/s", fast, naive, len(x))
+
+
+def bench_ensemble(rng: np.random.Generator) -> dict[str, Any]:
+    from .ensemble import fuse
+
+    a, b = rng.random((2, 96, 96), dtype=np.float32), rng.random((2, 96, 96), dtype=np.float32)
+
+    def naive() -> np.ndarray:  # per class, per pixel, in Python
+        out = np.empty_like(a)
+        for c in range(a.shape[0]):
+            for y in range(a.shape[1]):
+                for x in range(a.shape[2]):
+                    out[c, y, x] = a[c, y, x] + b[c, y, x] - a[c, y, x] * b[c, y, x]
+        return out
+
+    np.testing.assert_allclose(fuse([a, b], "or"), naive(), rtol=1e-5)
+    return _row("OR ensemble of two CAMs (vectorised vs per-pixel loops)", "images/s",
+                timed(lambda: fuse([a, b], "or")), timed(naive, repeats=1), 1)
+
+
+def bench_orandnet(rng: np.random.Generator) -> dict[str, Any]:
+    from .orandnet import ORANDNet
+
+    torch.manual_seed(0)
+    model = ORANDNet("small", widths=(16, 32, 64)).eval()
+    maps = torch.from_numpy(rng.random((64, 1, 96, 96), dtype=np.float32))  # 32 images x 2 classes
+    with torch.inference_mode():
+        fast = timed(lambda: model(maps), repeats=2)
+        naive = timed(lambda: [model(maps[i : i + 1]) for i in range(len(maps))], repeats=2)
+    return _row("ORANDNet inference (all class channels at once vs one at a time)", "images/s", fast, naive, 32)
+
+
+def bench_crf(rng: np.random.Generator) -> list[dict[str, Any]]:
+    from .parallel import imap
+    from .pseudo import _crf_one
+
+    items = [(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), rng.random((2, 96, 96), dtype=np.float32),
+              np.array([1, 2]), 0.5, 10) for _ in range(32)]
+    one = timed(lambda: list(imap(_crf_one, items, workers=1)), repeats=1, min_seconds=0.0)
+    many = timed(lambda: list(imap(_crf_one, items, workers=0)), repeats=1, min_seconds=0.0)
+    return [_row("dense CRF, 10 iterations (worker processes vs one process)", "images/s", many, one, 32,
+                 ms_per_image=1000 * many / 32)]
+
+
+def bench_random_walk(rng: np.random.Generator, sizes: tuple[int, ...] = (96, 128, 256, 512)) -> list[dict[str, Any]]:
+    from .refine import random_walk, transition_matrix
+
+    rows = []
+    for size in sizes:
+        grid = size // 4
+        boundary = rng.random((grid, grid)) * 0.2
+        boundary[:, grid // 2] = 1.0  # a wall
+        scores = rng.random((2, grid, grid))
+
+        def sparse_walk() -> np.ndarray:
+            return random_walk(scores, transition_matrix(boundary, 5, 10.0), 8)
+
+        naive = None
+        if grid * grid <= 64 * 64:  # a dense N x N matrix: 128 MB at 256 px, 2 GB at 512 px
+            dense = transition_matrix(boundary, 5, 10.0).toarray()
+            flat = scores.reshape(2, -1).T
+
+            def dense_walk() -> np.ndarray:
+                out = flat
+                for _ in range(8):
+                    out = dense @ out
+                return out
+
+            np.testing.assert_allclose(dense_walk().T.reshape(scores.shape), sparse_walk(), atol=1e-9)
+            naive = timed(dense_walk, repeats=2)
+        fast = timed(sparse_walk, repeats=2)
+        rows.append(_row(f"random walk at {size} px (sparse vs dense N x N)", "images/s", fast, naive, 1,
+                         ms_per_image=1000 * fast, pixels=size * size))
+    return rows
+
+
+def bench_confusion(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256, 512)) -> list[dict[str, Any]]:
+    from .metrics import ConfusionMatrix
+
+    rows = []
+    for size in sizes:
+        pred = rng.integers(0, 7, (size, size))
+        gt = rng.integers(0, 7, (size, size))
+
+        def fast() -> None:
+            ConfusionMatrix(7).update(pred, gt)
+
+        def naive() -> np.ndarray:
+            m = np.zeros((7, 7), np.int64)
+            for y in range(size):
+                for x in range(size):
+                    m[gt[y, x], pred[y, x]] += 1
+            return m
+
+        t_naive = timed(naive, repeats=1, min_seconds=0.0) if size <= 128 else None
+        rows.append(_row(f"confusion matrix at {size} px (bincount vs nested loops)", "Mpixels/s", timed(fast),
+                         t_naive, size * size / 1e6, pixels=size * size))
+    return rows
+
+
+def bench_cam_scaling(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256, 512)) -> list[dict[str, Any]]:
+    from .cams import _forward_cams, cam_function, to_tensor
+    from .models import CNNCAM
+
+    torch.manual_seed(0)
+    model = CNNCAM(6, "resnet18", output_stride=16,
+                   backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)}).eval()
+    fn = cam_function(model, "cam")
+    rows = []
+    for size in sizes:
+        x = to_tensor(rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8))
+        with torch.inference_mode():
+            t = timed(lambda: _forward_cams(fn, x, (1.0, 0.5, 1.5), True), repeats=2)
+        rows.append({"kernel": f"CAM inference at {size} px (one image, 3 scales + flip)", "unit": "ms/image",
+                     "value": 1000 * t, "pixels": size * size, "ns_per_pixel": 1e9 * t / (size * size)})
+    return rows
+
+
+def bench_segmentation_training(rng: np.random.Generator) -> dict[str, Any]:
+    from .segmentation import DeepLab, segmentation_loss
+
+    torch.manual_seed(0)
+    model = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
+                    backbone_kwargs={"channels": (16, 32, 64, 128), "layers": (1, 1, 1, 1)})
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(32, 3, 96, 96)
+    y = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
+
+    def step(inputs: torch.Tensor) -> None:
+        loss, _ = segmentation_loss(model, (inputs, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    contiguous = timed(lambda: step(x), repeats=2)
+    model.to(memory_format=torch.channels_last)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    channels_last = timed(lambda: step(cl), repeats=2)
+    return _row("DeepLab training step, batch 32 at 96 px (channels-last vs contiguous)", "images/s",
+                channels_last, contiguous, 32)
+
+
+# ----------------------------------------------------------------------------- stages and re-runs
+
+def stage_table(profile: str) -> list[dict[str, Any]]:
+    run_dir = ROOT / "runs" / profile
+    rows = []
+    for path in sorted(run_dir.glob("*/manifest.json")):
+        m = store.read_json(path)
+        rows.append({"stage": path.parent.name, "wall_time_s": m.get("wall_time_s"),
+                     "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb")})
+    return rows
+
+
+def incremental_rerun(tmp: Path) -> dict[str, Any]:
+    """Smoke profile: a full run, then one segmentation parameter changed: which stages
+    re-run and what each run costs."""
+    cmd = [sys.executable, "-m", "orandnet_lib.cli", "run", "--profile", "smoke", "--run-dir", str(tmp / "runs"),
+           "--book-dir", str(tmp / "book"), "--quiet"]
+    out: dict[str, Any] = {}
+    for label, extra in (("full", []), ("unchanged", []),
+                         ("one segmentation parameter changed", ["-p", "05_segmentation_curriculum.eval_flip=True"])):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"smoke run failed:\n{proc.stderr[-2000:]}")
+        ran = [line.split("]")[0].strip("[") for line in proc.stdout.splitlines() if "done in" in line]
+        out[label] = {"seconds": time.perf_counter() - start, "stages_run": ran}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orandnet-bench", description=__doc__)
+    parser.add_argument("--profile", default="default", help="the run whose stages are tabled")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument("--skip-rerun", action="store_true", help="skip the incremental re-run measurement")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    kernels: list[dict[str, Any]] = []
+    for fn in (bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
+               bench_segmentation_training):
+        res = fn(rng)
+        kernels += res if isinstance(res, list) else [res]
+        print(f"  measured {fn.__name__[6:]}", file=sys.stderr)
+    scaling = bench_cam_scaling(rng)
+    results: dict[str, Any] = {
+        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+        "stages": stage_table(args.profile), "kernels": kernels, "cam_scaling": scaling,
+    }
+    if not args.skip_rerun:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            results["incremental_rerun"] = incremental_rerun(Path(tmp))
+    results["bench_seconds"] = time.perf_counter() - started
+    results["bench_peak_rss_mb"] = peak_rss_mb()
+    store.write_json(Path(args.out), results)
+    print(format_table(results))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["stage                            wall s   CPU s  peak MiB"]
+    for r in results["stages"]:
+        cpu = r["cpu_time_s"]
+        lines.append(f"{r['stage']:<32} {r['wall_time_s'] or 0:7.1f} {cpu if cpu is not None else float('nan'):7.1f} "
+                     f"{r['peak_rss_mb'] or 0:9.0f}")
+    lines += ["", f"{'kernel':<72} {'value':>10} {'naive':>10} {'ratio':>7}  unit"]
+    for k in results["kernels"]:
+        naive = f"{k['naive_value']:10.1f}" if "naive_value" in k else f"{'-':>10}"
+        ratio = f"{k['speedup']:7.1f}" if "speedup" in k else f"{'-':>7}"
+        lines.append(f"{k['kernel']:<72} {k['value']:10.1f} {naive} {ratio}  {k['unit']}")
+    lines += ["", "CAM inference by image size:"]
+    lines += [f"  {r['pixels']:>7} px^2  {r['value']:8.1f} ms  {r['ns_per_pixel']:6.1f} ns/pixel" for r in results["cam_scaling"]]
+    if "incremental_rerun" in results:
+        lines += ["", "incremental re-run (smoke):"]
+        lines += [f"  {k}: {v['seconds']:.1f} s, stages run: {', '.join(v['stages_run']) or 'none'}"
+                  for k, v in results["incremental_rerun"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
