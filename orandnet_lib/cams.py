@@ -174,6 +174,19 @@ class CamStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def check_matches(self, dataset: VOCDataset) -> None:
+        """Refuse a store computed on another dataset or split than ``dataset`` (its meta
+        records both): image ids such as ``train_00000`` repeat across datasets."""
+        from .profiles import data_fingerprint
+
+        split = self.meta.get("split")
+        if split is not None and split != dataset.split:
+            raise DataError(f"CAM store {self.path} was computed on split {split!r}, not {dataset.split!r}")
+        data = self.meta.get("data")
+        if data is not None and data != data_fingerprint(dataset.root):
+            raise DataError(f"CAM store {self.path} was computed on another dataset ({data}) than {dataset.root} "
+                            f"({data_fingerprint(dataset.root)}); re-run the stage that wrote it")
+
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._row
 
@@ -209,7 +222,10 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     """
     model.eval().to(device)
     cam_fn = cam_function(model, method)
-    meta = {"split": dataset.split, "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+    from .profiles import data_fingerprint
+
+    meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
             "scales": list(scales), "flip": flip, "method": method, **(meta or {})}
     with CamStoreWriter(path, meta) as writer, progress_bar(total=len(dataset), desc=desc, disable=not progress) as bar:
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -248,6 +264,7 @@ def sweep_stream(items: Iterable[tuple[str, np.ndarray, np.ndarray]], dataset: V
 
 def sweep_store(cams: CamStore, dataset: VOCDataset, thresholds: Sequence[float] | None = None) -> "SweepResult":
     """Threshold sweep of a CAM store over every image of the dataset's split (one pass)."""
+    cams.check_matches(dataset)
     missing = [i for i in dataset.ids if i not in cams]
     if missing:
         raise DataError(f"CAM store {cams.path} lacks {len(missing)} image(s) of split {dataset.split!r} "

@@ -16,7 +16,7 @@ from .profiles import data_fingerprint
 from .cams import compute_store
 from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from .models import create_classifier
-from .train import TrainConfig, fit, load_checkpoint, resolve_device
+from .train import TrainConfig, fit, load_weights, resolve_device
 from .voc import VOCDataset
 
 
@@ -112,7 +112,7 @@ def load_trained(name: str, spec: ClassifierSpec, train: VOCDataset, out_dir: Pa
     """The finished model of an earlier run (for later stages), from its checkpoint."""
     model = build(spec, train.num_classes - 1)
     ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, train)}.pt"
-    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    load_weights(model, ckpt)
     return model.eval()
 
 

@@ -87,7 +87,7 @@ def write_fused_store(stores: Mapping[str, CamStore], ids: Sequence[str], op: st
     meta = {"source": f"{op}({', '.join(stores)})", "operator": op, "inputs": [str(s.path) for s in stores.values()],
             "offsets": dict(offsets or {})}
     first = next(iter(stores.values()))
-    meta.update({k: first.meta[k] for k in ("split", "num_classes", "class_names") if k in first.meta})
+    meta.update({k: first.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in first.meta})
     with CamStoreWriter(path, meta) as writer:
         for image_id, cams, class_ids in fused_cams(stores, ids, op, offsets):
             writer.add(image_id, cams, class_ids)

@@ -186,7 +186,8 @@ def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: 
                 meta: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's)."""
     device = next(model.parameters()).device
-    with CamStoreWriter(path, {"source": "orandnet", "loss": kind, **(meta or {})}) as writer:
+    inherited = {k: or_store.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in or_store.meta}
+    with CamStoreWriter(path, {"source": "orandnet", "loss": kind, **inherited, **(meta or {})}) as writer:
         for image_id in progress_bar(dataset.ids, desc="ORANDNet maps", disable=not progress):
             or_cams, class_ids = or_store[image_id]
             if len(class_ids) == 0:

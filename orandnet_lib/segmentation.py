@@ -29,7 +29,7 @@ from .metrics import ConfusionMatrix
 from .models import _pretrained_kwargs
 from .progress import bar as progress_bar
 from .refine import crf_probabilities
-from .train import TrainConfig, fit, load_checkpoint, resolve_device
+from .train import TrainConfig, fit, load_weights, resolve_device
 from .voc import IGNORE_INDEX, VOCDataset
 
 
@@ -426,7 +426,7 @@ def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: 
 
 def load_segmenter(path: str | Path, spec: SegmenterSpec, num_classes: int) -> DeepLab:
     model = spec.build(num_classes)
-    model.load_state_dict(load_checkpoint(Path(path))["model"])
+    load_weights(model, path)
     return model.eval().to(resolve_device())
 
 

@@ -106,6 +106,27 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def load_weights(model: nn.Module, path: str | Path, state: dict[str, Any] | None = None) -> nn.Module:
+    """Put a checkpoint's weights into ``model``; a checkpoint whose layers differ in shape
+    (another class count: another labels.txt or dataset) is refused with a message naming
+    the file and the first mismatching layer, instead of torch's size-mismatch trace."""
+    path = Path(path)
+    if state is None:
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        state = load_checkpoint(path)
+    weights = state["model"] if "model" in state else state
+    own = model.state_dict()
+    for name, tensor in weights.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise ValueError(
+                f"{path}: layer {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(own[name].shape)} in the model: the checkpoint was trained with another number of "
+                "classes (another labels.txt or dataset); point at the right run or delete the checkpoint")
+    model.load_state_dict(weights)
+    return model
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with store.atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -147,7 +168,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         if state["config"] != _config_key(cfg):
             raise ValueError(f"{ckpt_path}: checkpoint was written with another training config; "
                              f"delete it to start afresh\n  saved: {state['config']}\n  now:   {_config_key(cfg)}")
-        model.load_state_dict(state["model"])
+        load_weights(model, ckpt_path, state)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
