@@ -65,10 +65,14 @@ def seed_everything(seed: int) -> None:
 
 class EpochSampler(Sampler[int]):
     """A permutation of the dataset drawn from (seed, epoch); ``skip`` drops the first
-    indices (resume inside an epoch)."""
+    indices (resume inside an epoch). With ``world`` > 1 (distributed training) each global
+    batch of ``batch_size`` is cut into ``world`` equal pieces and this rank yields its piece,
+    so the ranks together see exactly the batches one process would."""
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True,
+                 rank: int = 0, world: int = 1, batch_size: int = 1):
         self.n, self.seed, self.epoch, self.skip, self.shuffle = n, seed, epoch, skip, shuffle
+        self.rank, self.world, self.batch_size = rank, world, batch_size
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -76,11 +80,20 @@ class EpochSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def _mine(self) -> list[int]:
+        order = self.order()[self.skip :]
+        if self.world == 1:
+            return order
+        per = self.batch_size // self.world
+        full = len(order) - len(order) % self.batch_size
+        return [i for start in range(0, full, self.batch_size)
+                for i in order[start + self.rank * per : start + (self.rank + 1) * per]]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.skip :])
+        return iter(self._mine())
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return self.n - self.skip if self.world == 1 else len(self._mine())
 
 
 def poly_lr(step: int, total: int, power: float, warmup: int = 0) -> float:
@@ -146,7 +159,15 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     returns validation scalars after each epoch. With ``checkpoint`` set, training resumes
     from that file when it exists, and saves to it periodically and at the end.
     """
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if world > 1 and (cfg.batch_size % world or not cfg.drop_last):
+        raise ValueError(f"{desc}: distributed training needs drop_last and a batch_size ({cfg.batch_size}) "
+                         f"that splits evenly over {world} processes")
     device = resolve_device(cfg.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: one GPU per process
     use_amp = cfg.amp and device.type == "cuda"
     model.to(device)
     if cfg.channels_last:
@@ -158,6 +179,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     total_steps = per_epoch * cfg.epochs
     optimizer = make_optimizer(param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # DDP averages gradients over the ranks; each rank's loss is a mean over its equal share
+    # of the global batch, so the update is the one-process update.
+    train_model: nn.Module = nn.parallel.DistributedDataParallel(model) if distributed else model
     seed_everything(cfg.seed)
     step, history = 0, []
     sums: dict[str, float] = {}  # running sums of the logged scalars over the current epoch
@@ -176,20 +200,21 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         sums, count = dict(state["epoch_sums"]), int(state["epoch_count"])
 
     def save() -> None:
-        if ckpt_path is not None:
+        if ckpt_path is not None and rank == 0:  # one writer; the others read the same file on resume
             _save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": _config_key(cfg),
                 "epoch_sums": sums, "epoch_count": count,
             })
 
-    bar = progress_bar(total=total_steps, initial=step, desc=desc, disable=not progress, leave=True)
+    bar = progress_bar(total=total_steps, initial=step, desc=desc, disable=not progress or rank != 0, leave=True)
     while step < total_steps:
         epoch, within = divmod(step, per_epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        sampler = EpochSampler(n, cfg.seed, epoch, skip=within * cfg.batch_size)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        sampler = EpochSampler(n, cfg.seed, epoch, skip=within * cfg.batch_size, rank=rank, world=world,
+                               batch_size=cfg.batch_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.num_workers,
                             drop_last=cfg.drop_last, collate_fn=collate, pin_memory=device.type == "cuda",
                             # its own generator: creating the iterator must not draw from the global RNG
                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
@@ -201,7 +226,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
                 group["lr"] = cfg.lr * group["lr_mult"] * scale
             batch = _to_device(batch, device, cfg.channels_last)
             with torch.autocast(device.type, enabled=use_amp):
-                loss, logs = loss_fn(model, batch)
+                loss, logs = loss_fn(train_model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -224,6 +249,11 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step % per_epoch:
                 save()
         if step % per_epoch == 0:
+            if distributed:  # the logged means are over every rank's share
+                keys = sorted(sums)
+                totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+                dist.all_reduce(totals)
+                sums = {k: float(v) / world for k, v in zip(keys, totals)}
             entry = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                      "seconds": time.perf_counter() - start, **{k: v / max(1, count) for k, v in sums.items()}}
             if evaluate is not None:
