@@ -119,9 +119,14 @@ class ViTCAM(nn.Module):
         self.head = nn.Linear(self.vit.embed_dim, num_classes, bias=False)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Final normalised tokens (B, prefix + N, D) and the patch grid (h, w)."""
-        grid = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
-        return self.vit.forward_features(x), grid
+        """Final normalised tokens (B, prefix + N, D) and the patch grid (h, w). A side that
+        is not a multiple of the stride (VOC photos: 500 x 375) is resized to the nearest
+        multiple first, so the grid still covers the whole image."""
+        h, w = x.shape[-2:]
+        gh, gw = max(1, round(h / self.stride)), max(1, round(w / self.stride))
+        if (gh * self.stride, gw * self.stride) != (h, w):
+            x = F.interpolate(x, size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False)
+        return self.vit.forward_features(x), (gh, gw)
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pool == "token":

@@ -139,12 +139,20 @@ def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None, 
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Batch of images -> one batch of class channels, with ``owner`` telling whose they are."""
+    """Batch of images -> one batch of class channels, with ``owner`` telling whose they are.
+    Images of different sizes (VOC) are zero-padded at the right and bottom to the largest:
+    no activation in the OR input and none in the AND target there."""
+    h = max(item["or"].shape[-2] for item in items)
+    w = max(item["or"].shape[-1] for item in items)
     xs, targets, owners = [], [], []
     for i, item in enumerate(items):
         x = make_inputs(item["or"], item.get("image"))
+        target = item["and"].unsqueeze(1)
+        pad = (0, w - x.shape[-1], 0, h - x.shape[-2])
+        if any(pad):
+            x, target = F.pad(x, pad), F.pad(target, pad)
         xs.append(x)
-        targets.append(item["and"].unsqueeze(1))
+        targets.append(target)
         owners.append(torch.full((x.shape[0],), i, dtype=torch.long))
     return {"x": torch.cat(xs), "target": torch.cat(targets), "owner": torch.cat(owners)}
 

@@ -51,6 +51,19 @@ class BoundarySet(Dataset):
             x, y = x.flip(-1), y.flip(-1)
         return x, y
 
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack a batch; images of different sizes (VOC) are padded at the right and bottom,
+        with 0 (the mean) in the image and ignore in the labels. (The training loop uses a
+        dataset's own ``collate`` when it has one.)"""
+        h = max(x.shape[-2] for x, _ in items)
+        w = max(x.shape[-1] for x, _ in items)
+        lh = max(y.shape[-2] for _, y in items)
+        lw = max(y.shape[-1] for _, y in items)
+        xs = [F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])) for x, _ in items]
+        ys = [F.pad(y, (0, lw - y.shape[-1], 0, lh - y.shape[-2]), value=255) for _, y in items]
+        return torch.stack(xs), torch.stack(ys)
+
     def label_statistics(self) -> dict[str, float]:
         """Shares of confident foreground, background and ignored cells."""
         flat = np.concatenate([v.ravel() for v in self.labels.values()])

@@ -215,7 +215,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         sampler = EpochSampler(n, cfg.seed, epoch, skip=within * cfg.batch_size, rank=rank, world=world,
                                batch_size=cfg.batch_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.num_workers,
-                            drop_last=cfg.drop_last, collate_fn=collate, pin_memory=device.type == "cuda",
+                            drop_last=cfg.drop_last, collate_fn=collate or getattr(dataset, "collate", None), pin_memory=device.type == "cuda",
                             # its own generator: creating the iterator must not draw from the global RNG
                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         model.train()

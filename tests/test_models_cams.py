@@ -172,3 +172,12 @@ def test_checkpoint_name_changes_with_spec_seed_and_training_data(tiny_voc):
     assert name != ClassifierSpec(kind="cnn", backbone="resnet18", epochs=9).fingerprint(0, ds)
     (tiny_voc / "ImageSets/Segmentation/train.txt").write_text("train_0\ntrain_1\n")
     assert name != spec.fingerprint(0, VOCDataset(tiny_voc, "train"))
+
+
+def test_vit_cams_cover_images_whose_sides_are_not_multiples_of_the_patch():
+    torch.manual_seed(0)
+    model = create_classifier("vit", 3, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8,
+                              backbone_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2}).eval()
+    x = torch.randn(1, 3, 44, 36)  # 5.5 x 4.5 patches: resized to 6 x 4 patches (48 x 32)
+    assert model.cam(x).shape == (1, 3, 6, 4)
+    assert model(x).shape == (1, 3)

@@ -28,6 +28,12 @@ def test_collate_flattens_class_channels_and_keeps_owners():
     batch = collate(items)
     assert batch["x"].shape == (3, 1, 8, 8) and batch["target"].shape == (3, 1, 8, 8)
     assert batch["owner"].tolist() == [0, 0, 1]
+    # images of different sizes: zero-padded at the right and bottom to the largest
+    mixed = collate([{"or": torch.ones(1, 4, 6), "and": torch.ones(1, 4, 6)},
+                     {"or": torch.ones(1, 5, 3), "and": torch.ones(1, 5, 3)}])
+    assert mixed["x"].shape == (2, 1, 5, 6)
+    assert mixed["x"][0, 0, 4].sum() == 0 and mixed["x"][0, 0, :4].sum() == 24
+    assert mixed["target"][1, 0, :, 3:].sum() == 0 and mixed["target"][1, 0, :, :3].sum() == 15
 
 
 def test_softmax_loss_gives_zero_gradient_on_a_single_class_image_and_bce_does_not():
