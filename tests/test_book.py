@@ -54,7 +54,14 @@ def test_parameters_page_lists_every_parameter_and_profile_override():
 
 
 @pytest.fixture(scope="session")
-def built_book(smoke_run, tmp_path_factory):
+def built_book(request, tmp_path_factory):
+    """A book built from the smoke run, or the one ORANDNET_BOOK_HTML names (check the real
+    `make book` output: ORANDNET_BOOK_HTML=_build/html pytest tests/test_book.py -k browser)."""
+    import os
+
+    if os.environ.get("ORANDNET_BOOK_HTML"):
+        return Path(os.environ["ORANDNET_BOOK_HTML"]).resolve()
+    smoke_run = request.getfixturevalue("smoke_run")
     if not (REPO / "_static" / "widgets" / "embed-amd.js").exists():
         pytest.skip("widget manager not installed: run `make widgets-js` (npm)")
     result, base = smoke_run

@@ -81,7 +81,8 @@ def test_stage_notebooks_on_smoke_profile(smoke_run):
         from orandnet_lib.voc import VOCDataset
         assert len(VOCDataset(pseudo_root, "train")) == 48
     seg = result.summary["segmentation"]
-    assert set(seg) == {"gt", "cnn", "orandnet"} and set(seg["gt"]) == {"constant", "curriculum"}
+    assert set(seg) == {"gt", "cnn", "and+offset", "orandnet"} and set(seg["gt"]) == {"constant", "curriculum"}
+    assert set(seg["and+offset"]) == {"curriculum"}  # not in schedule_sets: the headline schedule only
     for tset in ("cnn", "orandnet"):  # the headline, over the smoke profile's two seeds
         entry = seg[tset]["curriculum"]
         assert entry["seeds"] == [0, 1] and entry["miou_std"] >= 0 and len(entry["per_seed"]) == 2
