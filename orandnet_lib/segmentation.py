@@ -413,7 +413,7 @@ def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: 
                            flip=spec.flip, mask_mode=spec.mask_mode, seed=seed)
 
     def per_epoch(m: nn.Module, epoch: int) -> dict[str, float]:
-        out: dict[str, float] = {"scale": ScaleSchedule(spec.schedule).scale_at((epoch - 1) / max(1, spec.epochs))}
+        out: dict[str, float] = {"scale": data.scale}  # the scale this epoch trained at
         if val is not None:
             ev, _ = evaluate(m, val, progress=False)
             out["val_miou"] = ev.summary()["miou"]
