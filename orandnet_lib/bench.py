@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import store
-from .stage import peak_rss_mb
+from .core import store
+from .book.stage import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def _row(name: str, unit: str, fast: float, naive: float | None, per: float = 1.
 # ----------------------------------------------------------------------------- kernels
 
 def bench_cam_inference(rng: np.random.Generator) -> dict[str, Any]:
-    from .cams import _forward_cams, cam_function, to_tensor
-    from .models import CNNCAM
+    from .methods.cams import _forward_cams, cam_function, to_tensor
+    from .nets.classifiers import CNNCAM
 
     torch.manual_seed(0)
     model = CNNCAM(6, "resnet18", output_stride=16,
@@ -70,7 +70,7 @@ def bench_cam_inference(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def bench_ensemble(rng: np.random.Generator) -> dict[str, Any]:
-    from .ensemble import fuse
+    from .methods.ensemble import fuse
 
     a, b = rng.random((2, 96, 96), dtype=np.float32), rng.random((2, 96, 96), dtype=np.float32)
 
@@ -88,7 +88,7 @@ def bench_ensemble(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def bench_orandnet(rng: np.random.Generator) -> dict[str, Any]:
-    from .orandnet import ORANDNet
+    from .nets.orandnet import ORANDNet
 
     torch.manual_seed(0)
     model = ORANDNet("small", widths=(16, 32, 64)).eval()
@@ -100,8 +100,8 @@ def bench_orandnet(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def bench_crf(rng: np.random.Generator) -> list[dict[str, Any]]:
-    from .parallel import imap
-    from .pseudo import _crf_one
+    from .core.parallel import imap
+    from .methods.pseudo import _crf_one
 
     items = [(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), rng.random((2, 96, 96), dtype=np.float32),
               np.array([1, 2]), 0.5, 10) for _ in range(32)]
@@ -112,7 +112,7 @@ def bench_crf(rng: np.random.Generator) -> list[dict[str, Any]]:
 
 
 def bench_random_walk(rng: np.random.Generator, sizes: tuple[int, ...] = (96, 128, 256, 512)) -> list[dict[str, Any]]:
-    from .refine import random_walk, transition_matrix
+    from .methods.refine import random_walk, transition_matrix
 
     rows = []
     for size in sizes:
@@ -144,7 +144,7 @@ def bench_random_walk(rng: np.random.Generator, sizes: tuple[int, ...] = (96, 12
 
 
 def bench_confusion(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256, 512)) -> list[dict[str, Any]]:
-    from .metrics import ConfusionMatrix
+    from .core.metrics import ConfusionMatrix
 
     rows = []
     for size in sizes:
@@ -168,8 +168,8 @@ def bench_confusion(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256
 
 
 def bench_cam_scaling(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256, 512)) -> list[dict[str, Any]]:
-    from .cams import _forward_cams, cam_function, to_tensor
-    from .models import CNNCAM
+    from .methods.cams import _forward_cams, cam_function, to_tensor
+    from .nets.classifiers import CNNCAM
 
     torch.manual_seed(0)
     model = CNNCAM(6, "resnet18", output_stride=16,
@@ -186,7 +186,7 @@ def bench_cam_scaling(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 2
 
 
 def bench_segmentation_training(rng: np.random.Generator) -> dict[str, Any]:
-    from .segmentation import DeepLab, segmentation_loss
+    from .methods.segmentation import DeepLab, segmentation_loss
 
     torch.manual_seed(0)
     model = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,

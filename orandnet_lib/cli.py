@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import profiles, synth
-from .errors import OrandnetError, StageFailed
+from .book import profiles
+from .data import synth
+from .core.errors import OrandnetError, StageFailed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            from .runner import Runner
+            from .book.runner import Runner
 
             runner = Runner(args.profile, data_root=args.data_root, run_dir=args.run_dir,
                             overrides=args.overrides, book_dir=args.book_dir, progress=not args.quiet)
@@ -61,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else profiles.data_root(prof)
             synth.generate(out, profiles.embedded_config(prof))
         elif args.command == "pages":
-            from .bookpages import write_pages
+            from .book.pages import write_pages
 
             for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"]):
                 print(f"wrote {path}")
         elif args.command == "stages":
-            from .runner import Runner, depends_on, notebook_parameters
+            from .book.runner import Runner, depends_on, notebook_parameters
 
             runner = Runner(args.profile, overrides=args.overrides)
             for stage in runner.stages:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orandnet_lib import fashion_mnist, synth
-from orandnet_lib.voc import VOCWriter
+from orandnet_lib.data import fashion_mnist
+from orandnet_lib.data import synth
+from orandnet_lib.data.voc import VOCWriter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory):
     no terminal: bars go to each stage's progress.log). Returns (runner result, folder)."""
     if not _fashion_mnist_available():
         pytest.skip(fashion_mnist.HOW_TO_GET)
-    from orandnet_lib.runner import Runner
+    from orandnet_lib.book.runner import Runner
 
     base = tmp_path_factory.mktemp("smoke_run")
     runner = Runner("smoke", root=REPO, run_dir=base / "runs", book_dir=base / "book" / "executed",

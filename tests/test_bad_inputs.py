@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from orandnet_lib.cams import CamStore, compute_store, sweep_store
-from orandnet_lib.errors import DataError
-from orandnet_lib.models import create_classifier
-from orandnet_lib.segmentation import DeepLab
-from orandnet_lib.train import load_weights
-from orandnet_lib.voc import VOCDataset, VOCWriter
+from orandnet_lib.methods.cams import CamStore, compute_store, sweep_store
+from orandnet_lib.core.errors import DataError
+from orandnet_lib.nets.classifiers import create_classifier
+from orandnet_lib.methods.segmentation import DeepLab
+from orandnet_lib.core.train import load_weights
+from orandnet_lib.data.voc import VOCDataset, VOCWriter
 
 from conftest import write_tiny_voc
 

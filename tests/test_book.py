@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orandnet_lib import bookpages
+from orandnet_lib.book import pages as bookpages
 
 from conftest import REPO
 
@@ -39,7 +39,7 @@ def test_results_page_matches_the_summary(smoke_run):
 
 def test_parameters_page_lists_every_parameter_and_profile_override():
     page = bookpages.parameters_page(REPO / "notebooks")
-    from orandnet_lib.runner import notebook_parameters
+    from orandnet_lib.book.runner import notebook_parameters
 
     for nb in sorted((REPO / "notebooks").glob("0*.ipynb")):
         assert f"## {nb.stem}" in page

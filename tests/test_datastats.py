@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orandnet_lib import datastats
-from orandnet_lib.voc import VOCDataset
+from orandnet_lib.data import stats as datastats
+from orandnet_lib.data.voc import VOCDataset
 
 
 def test_dataset_tables_count_images_pixels_and_objects(tiny_voc):

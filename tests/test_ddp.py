@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from orandnet_lib.train import TrainConfig, fit
+from orandnet_lib.core.train import TrainConfig, fit
 
 CFG = TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=3, optimizer="sgd", channels_last=False)
 

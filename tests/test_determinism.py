@@ -4,7 +4,7 @@ the timings and memory figures."""
 
 import pytest
 
-from orandnet_lib.runner import Runner
+from orandnet_lib.book.runner import Runner
 
 from conftest import REPO
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from orandnet_lib.cams import CamStore, CamStoreWriter, sweep_store, sweep_stream
-from orandnet_lib.ensemble import fuse, fused_cams, write_fused_store
-from orandnet_lib.errors import DataError
-from orandnet_lib.voc import VOCDataset
+from orandnet_lib.methods.cams import CamStore, CamStoreWriter, sweep_store, sweep_stream
+from orandnet_lib.methods.ensemble import fuse, fused_cams, write_fused_store
+from orandnet_lib.core.errors import DataError
+from orandnet_lib.data.voc import VOCDataset
 
 A = np.array([[0.0, 0.5], [1.0, 0.2]])
 B = np.array([[0.4, 0.5], [0.0, 1.0]])
@@ -80,7 +80,7 @@ def test_sources_that_disagree_on_classes_are_refused(tmp_path):
 
 
 def test_variants_in_one_pass_match_separate_sweeps(tmp_path, tiny_voc):
-    from orandnet_lib.ensemble import standard_variants, sweep_variants
+    from orandnet_lib.methods.ensemble import standard_variants, sweep_variants
 
     ds = VOCDataset(tiny_voc, "train")
     rng = np.random.default_rng(2)
@@ -99,7 +99,7 @@ def test_variants_in_one_pass_match_separate_sweeps(tmp_path, tiny_voc):
 
 
 def test_error_overlap_counts_shared_mistakes(tmp_path):
-    from orandnet_lib.metrics import ErrorOverlap
+    from orandnet_lib.core.metrics import ErrorOverlap
 
     gt = np.array([[0, 0, 1, 1]])
     a = np.array([[1, 0, 1, 0]])  # FP of class 1 at pixel 0, FN of class 1 at pixel 3

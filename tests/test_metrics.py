@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from orandnet_lib.metrics import ConfusionMatrix, Scores, ThresholdSweep, cam_to_mask
+from orandnet_lib.core.metrics import ConfusionMatrix, Scores, ThresholdSweep, cam_to_mask
 
 
 def test_confusion_matrix_by_hand_with_ignore():

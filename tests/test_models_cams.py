@@ -6,10 +6,10 @@ import timm
 import torch
 from torch import nn
 
-from orandnet_lib.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
-from orandnet_lib.errors import DataError
-from orandnet_lib.models import CNNCAM, ViTCAM, create_classifier
-from orandnet_lib.voc import VOCDataset
+from orandnet_lib.methods.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
+from orandnet_lib.core.errors import DataError
+from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM, create_classifier
+from orandnet_lib.data.voc import VOCDataset
 
 SMALL_RESNET = {"backbone": "resnet18", "backbone_kwargs": {"channels": (8, 16, 16, 32)}}
 SMALL_VIT = {"backbone": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 1, "stem_widths": (8, 16),
@@ -162,7 +162,7 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
 
 
 def test_checkpoint_name_changes_with_spec_seed_and_training_data(tiny_voc):
-    from orandnet_lib.classifiers import ClassifierSpec
+    from orandnet_lib.stages.s1_classifiers import ClassifierSpec
 
     spec = ClassifierSpec(kind="cnn", backbone="resnet18")
     ds = VOCDataset(tiny_voc, "train")

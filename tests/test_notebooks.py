@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orandnet_lib import cli, store
-from orandnet_lib.runner import Runner
-from orandnet_lib.voc import save_mask_png
+from orandnet_lib import cli
+from orandnet_lib.core import store
+from orandnet_lib.book.runner import Runner
+from orandnet_lib.data.voc import save_mask_png
 
 from conftest import REPO, requires_fashion_mnist
 
@@ -78,7 +79,7 @@ def test_stage_notebooks_on_smoke_profile(smoke_run):
         assert set(levels) == {"cam", "crf", "rw", "rw_fixed"}
         assert set(levels["rw"]) == {"miou", "precision", "recall", "threshold"}
         pseudo_root = tmp_path / "runs" / "04_refinement" / "pseudo_masks" / variant
-        from orandnet_lib.voc import VOCDataset
+        from orandnet_lib.data.voc import VOCDataset
         assert len(VOCDataset(pseudo_root, "train")) == 48
     seg = result.summary["segmentation"]
     assert set(seg) == {"gt", "cnn", "and+offset", "orandnet"} and set(seg["gt"]) == {"constant", "curriculum"}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from orandnet_lib.orandnet import ORANDNet, collate, make_inputs, orand_loss, predict
+from orandnet_lib.nets.orandnet import ORANDNet, collate, make_inputs, orand_loss, predict
 
 
 def test_per_class_channel_shapes_with_and_without_image():
@@ -65,10 +65,10 @@ def test_softmax_loss_by_hand():
 def test_orandnet_store_round_trips_and_training_lowers_the_loss(tmp_path, tiny_voc):
     import numpy as np
 
-    from orandnet_lib.cams import CamStore, CamStoreWriter
-    from orandnet_lib.orandnet import OrAndSet, loss_fn, write_store
-    from orandnet_lib.train import TrainConfig, fit
-    from orandnet_lib.voc import VOCDataset
+    from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+    from orandnet_lib.nets.orandnet import OrAndSet, loss_fn, write_store
+    from orandnet_lib.core.train import TrainConfig, fit
+    from orandnet_lib.data.voc import VOCDataset
 
     ds = VOCDataset(tiny_voc, "train")
     rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@ testing with CRF), with sizes made small through -p overrides and no downloads."
 import numpy as np
 import pytest
 
-from orandnet_lib.runner import Runner
-from orandnet_lib.voc import VOC_CLASSES, VOCWriter
+from orandnet_lib.book.runner import Runner
+from orandnet_lib.data.voc import VOC_CLASSES, VOCWriter
 
 from conftest import REPO
 

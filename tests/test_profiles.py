@@ -1,7 +1,7 @@
 import pytest
 
-from orandnet_lib import profiles
-from orandnet_lib.errors import ConfigError
+from orandnet_lib.book import profiles
+from orandnet_lib.core.errors import ConfigError
 
 
 def test_builtin_profiles_load_and_embedded_configs_validate():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from orandnet_lib.metrics import ConfusionMatrix
-from orandnet_lib.refine import (boundary_affinities, cam_probabilities, confident_labels, crf_labels,
+from orandnet_lib.core.metrics import ConfusionMatrix
+from orandnet_lib.methods.refine import (boundary_affinities, cam_probabilities, confident_labels, crf_labels,
                                  crf_probabilities, neighbour_offsets, random_walk, random_walk_steps,
                                  transition_matrix)
 
@@ -94,8 +94,8 @@ def test_crf_on_probabilities_keeps_shape_and_sums_to_one():
 
 
 def test_pseudo_masks_round_trip_through_the_voc_reader(tiny_voc, tmp_path):
-    from orandnet_lib.pseudo import write_pseudo_masks
-    from orandnet_lib.voc import VOCDataset
+    from orandnet_lib.methods.pseudo import write_pseudo_masks
+    from orandnet_lib.data.voc import VOCDataset
 
     ds = VOCDataset(tiny_voc, "train")
     masks = {i: np.where(ds.load_mask(i) == 2, 255, ds.load_mask(i)).astype(np.uint8) for i in ds.ids}
@@ -111,10 +111,10 @@ def test_pseudo_masks_round_trip_through_the_voc_reader(tiny_voc, tmp_path):
 def test_random_walk_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     import torch
 
-    from orandnet_lib.cams import CamStore, CamStoreWriter
-    from orandnet_lib.pseudo import BoundarySet, crf_cams, random_walk_cams
-    from orandnet_lib.relation import BoundaryNet
-    from orandnet_lib.voc import VOCDataset
+    from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+    from orandnet_lib.methods.pseudo import BoundarySet, crf_cams, random_walk_cams
+    from orandnet_lib.nets.boundary import BoundaryNet
+    from orandnet_lib.data.voc import VOCDataset
 
     ds = VOCDataset(tiny_voc, "train")
     with CamStoreWriter(tmp_path / "cams") as w:
@@ -142,7 +142,7 @@ def test_numpy_pooling_and_resizing_match_torch(shape, size):
     import torch
     import torch.nn.functional as F
 
-    from orandnet_lib.refine import adaptive_avg_pool, resize_bilinear
+    from orandnet_lib.methods.refine import adaptive_avg_pool, resize_bilinear
 
     x = np.random.default_rng(0).random(shape)
     t = torch.from_numpy(x)[None]

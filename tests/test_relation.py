@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from orandnet_lib.refine import boundary_affinities, neighbour_offsets
-from orandnet_lib.relation import BoundaryNet, affinity_loss, downsample_labels, pair_labels, path_max
+from orandnet_lib.methods.refine import boundary_affinities, neighbour_offsets
+from orandnet_lib.nets.boundary import BoundaryNet, affinity_loss, downsample_labels, pair_labels, path_max
 
 
 def test_torch_path_max_matches_the_numpy_affinities():

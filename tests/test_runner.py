@@ -6,9 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from orandnet_lib import store
-from orandnet_lib.errors import ConfigError, StageFailed
-from orandnet_lib.runner import Runner
+from orandnet_lib.core import store
+from orandnet_lib.core.errors import ConfigError, StageFailed
+from orandnet_lib.book.runner import Runner
 
 COMMON = 'profile = "x"\ndata_root = ""\nrun_dir = ""\nseed = 0\n'
 
@@ -28,14 +28,14 @@ def project(tmp_path, tiny_voc):
     (root / "notebooks").mkdir(parents=True)
     (root / "_toc.yml").write_text("format: jb-book\n")
     _notebook(root / "notebooks" / "00_first.ipynb", "x = 1\n",
-              "from orandnet_lib.stage import open_stage\n"
-              "from orandnet_lib.voc import VOCDataset\n"
+              "from orandnet_lib.book.stage import open_stage\n"
+              "from orandnet_lib.data.voc import VOCDataset\n"
               "stage = open_stage('00_first', profile, data_root, run_dir, seed)\n"
               "n = len(VOCDataset(data_root, 'train'))\n"
               "(stage.dir / 'out.txt').write_text(str(x * n))\n"
               "stage.record(metrics={'x': x}, summary={'first': {'product': x * n}})\n")
     _notebook(root / "notebooks" / "01_second.ipynb", "y = 2\nfail = False\n",
-              "from orandnet_lib.stage import open_stage\n"
+              "from orandnet_lib.book.stage import open_stage\n"
               "stage = open_stage('01_second', profile, data_root, run_dir, seed)\n"
               "value = int((stage.upstream('00_first') / 'out.txt').read_text())\n"
               "if fail:\n    raise ValueError('boom in second')\n"

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from orandnet_lib.segmentation import (DeepLab, Evaluation, ScaleSchedule, SegmentationSet, SegmenterSpec,
+from orandnet_lib.methods.segmentation import (DeepLab, Evaluation, ScaleSchedule, SegmentationSet, SegmenterSpec,
                                        component_recall, downsample_mask, evaluate, predict_probs, recall_by_size,
                                        segmentation_loss, train_segmenter)
-from orandnet_lib.metrics import ConfusionMatrix
-from orandnet_lib.voc import VOCDataset, VOCWriter
+from orandnet_lib.core.metrics import ConfusionMatrix
+from orandnet_lib.data.voc import VOCDataset, VOCWriter
 
 TINY = {"channels": [8, 8, 16, 16], "layers": [1, 1, 1, 1]}
 
@@ -147,7 +147,7 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
 
 
 def test_runs_are_summarised_per_set_and_schedule_with_seed_spread():
-    from orandnet_lib.segmentation import SegmentationRun, summarise_runs
+    from orandnet_lib.methods.segmentation import SegmentationRun, summarise_runs
 
     def run(tset, sched, seed, diag):
         m = ConfusionMatrix(2)

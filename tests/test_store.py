@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from orandnet_lib import store
+from orandnet_lib.core import store
 
 
 def test_atomic_write_keeps_previous_file_on_error(tmp_path):

@@ -5,9 +5,10 @@ import struct
 import numpy as np
 import pytest
 
-from orandnet_lib import fashion_mnist, synth
-from orandnet_lib.errors import DataError
-from orandnet_lib.voc import VOCDataset
+from orandnet_lib.data import fashion_mnist
+from orandnet_lib.data import synth
+from orandnet_lib.core.errors import DataError
+from orandnet_lib.data.voc import VOCDataset
 
 from conftest import requires_fashion_mnist
 

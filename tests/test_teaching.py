@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from orandnet_lib.analysis import ols
-from orandnet_lib.teaching import Level, explorer, image_scores, png_bytes, refined_mask
+from orandnet_lib.core.stats import ols
+from orandnet_lib.book.teaching import Level, explorer, image_scores, png_bytes, refined_mask
 
 
 def test_ols_recovers_an_exact_line_and_gives_textbook_standard_errors():

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from orandnet_lib.classification import classification_scores
-from orandnet_lib.metrics import average_precision, multilabel_f1
-from orandnet_lib.train import InterruptTraining, TrainConfig, fit, load_checkpoint, poly_lr
+from orandnet_lib.methods.classification import classification_scores
+from orandnet_lib.core.metrics import average_precision, multilabel_f1
+from orandnet_lib.core.train import InterruptTraining, TrainConfig, fit, load_checkpoint, poly_lr
 
 
 def _data():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orandnet_lib.errors import DataError
-from orandnet_lib.voc import VOC_CLASSES, VOCDataset, VOCWriter, save_mask_png, voc_palette
+from orandnet_lib.core.errors import DataError
+from orandnet_lib.data.voc import VOC_CLASSES, VOCDataset, VOCWriter, save_mask_png, voc_palette
 
 
 def test_palette_matches_known_voc_colours():

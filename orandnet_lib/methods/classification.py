@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .cams import to_tensor
-from .metrics import average_precision, multilabel_f1
-from .voc import VOCDataset
+from ..core.metrics import average_precision, multilabel_f1
+from ..data.voc import VOCDataset
 
 
 class ClassificationSet(Dataset):

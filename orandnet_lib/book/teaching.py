@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .metrics import ConfusionMatrix, cam_to_mask
-from .refine import cam_probabilities, crf_probabilities
+from ..core.metrics import ConfusionMatrix, cam_to_mask
+from ..methods.refine import cam_probabilities, crf_probabilities
 
 
 @dataclass(frozen=True)

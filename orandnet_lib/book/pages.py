@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import profiles, store
+from . import profiles
+from ..core import store
 
 PROFILES = ("smoke", "default", "paper")
 

@@ -17,9 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import store, synth
-from .errors import ConfigError
-from .voc import check_layout
+from ..core import store
+from ..data import synth
+from ..core.errors import ConfigError
+from ..data.voc import check_layout
 
 PROFILE_NAMES = ("smoke", "default", "paper")
 
@@ -44,7 +45,7 @@ def load_profile(name: str) -> dict[str, Any]:
             raise ConfigError(f"profile file {path} does not exist")
         text = path.read_text()
     elif name in PROFILE_NAMES:
-        text = resources.files("orandnet_lib").joinpath(f"profiles/{name}.toml").read_text()
+        text = resources.files("orandnet_lib.book").joinpath(f"profiles/{name}.toml").read_text()
     else:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)} or give a .toml path")
     try:
@@ -134,10 +135,16 @@ def prepare_data(profile: dict[str, Any], override: str | os.PathLike[str] | Non
 
 def data_fingerprint(path: Path) -> str:
     """What identifies a dataset's content cheaply: its generator fingerprint when it was
-    generated here, else the hash of its split lists and labels.txt."""
+    generated here, its artifact key when a stage wrote it, else the hash of its split lists
+    and labels.txt."""
+    from ..core.identity import read_identity
+
     config = synth.read_config(path)
     if config is not None and "fingerprint" in config:
         return f"embedded:{config['fingerprint']}"
+    identity = read_identity(path)  # a folder this project wrote (pseudo-masks): its artifact key
+    if identity is not None:
+        return f"artifact:{identity['digest']}"
     parts: dict[str, str] = {}
     for sub in ("ImageSets/Segmentation", "ImageSets/SegmentationAug"):
         for f in sorted((path / sub).glob("*.txt")):

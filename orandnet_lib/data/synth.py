@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import fashion_mnist, store
-from .progress import bar as progress_bar
+from . import fashion_mnist
+from ..core import store
+from ..core.progress import bar as progress_bar
 from .voc import VOCWriter
 
 GENERATOR_VERSION = 1

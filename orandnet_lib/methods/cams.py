@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store
-from .progress import bar as progress_bar
-from .errors import DataError
-from .models import IMAGENET_MEAN, IMAGENET_STD
-from .voc import VOCDataset
+from ..core import store
+from ..core.progress import bar as progress_bar
+from ..core.errors import DataError
+from ..nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from ..data.voc import VOCDataset
 
 if TYPE_CHECKING:
-    from .metrics import ErrorOverlap, SweepResult
+    from ..core.metrics import ErrorOverlap, SweepResult
 
 DATA_FILE = "cams.f16"
 INDEX_FILE = "index.npz"
@@ -174,10 +174,21 @@ class CamStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def digest(self) -> str:
+        """The store's artifact key digest (its ``identity`` in meta.json), which downstream
+        artifacts put in their own keys; a store written without one is keyed by its meta."""
+        identity = self.meta.get("identity")
+        if identity is not None:
+            from ..core.identity import ArtifactKey
+
+            return ArtifactKey.from_dict(identity).digest
+        return store.hash_obj(self.meta)[:16]
+
     def check_matches(self, dataset: VOCDataset) -> None:
         """Refuse a store computed on another dataset or split than ``dataset`` (its meta
         records both): image ids such as ``train_00000`` repeat across datasets."""
-        from .profiles import data_fingerprint
+        from ..book.profiles import data_fingerprint
 
         split = self.meta.get("split")
         if split is not None and split != dataset.split:
@@ -222,7 +233,7 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     """
     model.eval().to(device)
     cam_fn = cam_function(model, method)
-    from .profiles import data_fingerprint
+    from ..book.profiles import data_fingerprint
 
     meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names),
@@ -254,7 +265,7 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
 def sweep_stream(items: Iterable[tuple[str, np.ndarray, np.ndarray]], dataset: VOCDataset,
                  thresholds: Sequence[float] | None = None) -> "SweepResult":
     """Threshold sweep of (image id, cams (K, H, W), class ids) items against the dataset's masks."""
-    from .metrics import ThresholdSweep
+    from ..core.metrics import ThresholdSweep
 
     sweep = ThresholdSweep(dataset.num_classes, thresholds)
     for image_id, cams, class_ids in items:
@@ -276,7 +287,7 @@ def error_overlap(store_a: CamStore, store_b: CamStore, dataset: VOCDataset, bac
                   background_b: float) -> "ErrorOverlap":
     """How many false positives / negatives two CAM sources share, each masked at its own
     background score, over every image of the dataset's split."""
-    from .metrics import ErrorOverlap, cam_to_mask
+    from ..core.metrics import ErrorOverlap, cam_to_mask
 
     overlap = ErrorOverlap(dataset.num_classes)
     for image_id in dataset.ids:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import store
+from .identity import ArtifactKey
 from .progress import bar as progress_bar
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -169,12 +170,15 @@ def _batches_per_epoch(n: int, cfg: TrainConfig) -> int:
 def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *,
         checkpoint: str | Path | None = None, param_groups: Sequence[dict[str, Any]] | None = None,
         evaluate: EvalFn | None = None, collate: Callable[[list[Any]], Any] | None = None,
-        progress: bool = True, desc: str = "training", stop_after_steps: int | None = None) -> list[dict[str, float]]:
+        progress: bool = True, desc: str = "training", stop_after_steps: int | None = None,
+        identity: ArtifactKey | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place and return the per-epoch history.
 
     ``loss_fn(model, batch)`` returns the loss and scalars to log; ``evaluate(model, epoch)``
     returns validation scalars after each epoch. With ``checkpoint`` set, training resumes
-    from that file when it exists, and saves to it periodically and at the end.
+    from that file when it exists, and saves to it periodically and at the end. ``identity``
+    (the artifact key that names the checkpoint, see :mod:`orandnet_lib.core.identity`) is
+    written into it and must match on resume: a file never continues another run.
     """
     dist = torch.distributed
     distributed = dist.is_available() and dist.is_initialized()
@@ -209,6 +213,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         if state["config"] != _config_key(cfg):
             raise ValueError(f"{ckpt_path}: checkpoint was written with another training config; "
                              f"delete it to start afresh\n  saved: {state['config']}\n  now:   {_config_key(cfg)}")
+        if identity is not None and state.get("identity") != identity.to_dict():
+            raise ValueError(f"{ckpt_path}: checkpoint belongs to another artifact; delete it to start afresh\n"
+                             f"  saved: {state.get('identity')}\n  now:   {identity.to_dict()}")
         load_weights(model, ckpt_path, state)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -222,6 +229,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": _config_key(cfg),
                 "epoch_sums": sums, "epoch_count": count,
+                **({"identity": identity.to_dict()} if identity is not None else {}),
             })
 
     bar = progress_bar(total=total_steps, initial=step, desc=desc, disable=not progress or rank != 0, leave=True)
@@ -301,8 +309,3 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool = False) ->
     if isinstance(batch, dict):
         return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
     return batch
-
-
-def count_parameters(modules: Iterable[nn.Module] | nn.Module) -> int:
-    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
-    return sum(p.numel() for m in mods for p in m.parameters())

@@ -23,14 +23,14 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import store
+from ..core import store
 from .cams import to_tensor
-from .metrics import ConfusionMatrix
-from .models import _pretrained_kwargs
-from .progress import bar as progress_bar
+from ..core.metrics import ConfusionMatrix
+from ..nets.classifiers import _pretrained_kwargs
+from ..core.progress import bar as progress_bar
 from .refine import crf_probabilities
-from .train import TrainConfig, fit, load_weights, resolve_device
-from .voc import IGNORE_INDEX, VOCDataset
+from ..core.train import TrainConfig, fit, load_weights, resolve_device
+from ..data.voc import IGNORE_INDEX, VOCDataset
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -422,12 +422,6 @@ def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: 
     history = fit(model, data, segmentation_loss, cfg, checkpoint=ckpt, param_groups=model.param_groups(spec.head_lr_mult),
                   evaluate=per_epoch, progress=progress, desc=f"training DeepLab on {name}")
     return TrainedSegmenter(name, model, history, sum(h["seconds"] for h in history), ckpt)
-
-
-def load_segmenter(path: str | Path, spec: SegmenterSpec, num_classes: int) -> DeepLab:
-    model = spec.build(num_classes)
-    load_weights(model, path)
-    return model.eval().to(resolve_device())
 
 
 # ----------------------------------------------------------------------------- runs of stage 5

@@ -12,11 +12,17 @@ import os
 import resource
 import sys
 import time
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import profiles, store
+from . import profiles
+from ..core import store
+from ..core.errors import ConfigError
+
+P = TypeVar("P")
 
 METRICS_FILE = "metrics.json"
 
@@ -35,6 +41,32 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """A completed earlier stage, as later stages read it."""
+
+    name: str
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.manifest["params"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.manifest.get("summary", {})
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the manifest: changes whenever the stage re-ran differently."""
+        return store.hash_obj(self.manifest)[:16]
+
+
 @dataclass
 class Stage:
     name: str
@@ -51,15 +83,26 @@ class Stage:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def upstream(self, stage: str) -> Path:
-        """The artifact folder of an earlier stage; it must have completed."""
+    def upstream(self, stage: str) -> "Upstream":
+        """What an earlier stage recorded: its folder, parameters, metrics and summary. It
+        must have completed in this run folder."""
         path = self.run_dir / stage
-        if store.read_manifest(path) is None:
+        manifest = store.read_manifest(path)
+        if manifest is None:
             raise FileNotFoundError(
                 f"stage {stage} has not completed in {self.run_dir}; run `orandnet run --profile {self.profile} "
                 f"--only {stage}` (or the whole profile) first"
             )
-        return path
+        return Upstream(stage, path, manifest)
+
+    def params(self, cls: type[P], namespace: Mapping[str, Any]) -> P:
+        """The stage's typed parameters (a dataclass of its notebook's parameters cell) from the
+        notebook's variables: ``p = stage.params(s4.Params, globals())``."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        missing = [n for n in names if n not in namespace]
+        if missing:
+            raise ConfigError(f"stage {self.name}: the parameters cell lacks {missing}")
+        return store.dataclass_from_dict(cls, {n: namespace[n] for n in names}, f"{self.name} parameters")
 
     def cam_store(self, variant: str, split: str) -> Path:
         """The CAM store of a variant written by any completed earlier stage
@@ -74,7 +117,7 @@ class Stage:
     def pseudo_masks(self, variant: str) -> Path:
         """The VOC-layout pseudo-mask folder of a variant written by the refinement stage
         (``<run_dir>/04_refinement/pseudo_masks/<variant>``)."""
-        root = self.upstream("04_refinement") / "pseudo_masks"
+        root = self.upstream("04_refinement").dir / "pseudo_masks"
         path = root / variant
         if not path.is_dir():
             known = sorted(p.name for p in root.glob("*") if p.is_dir())
@@ -82,19 +125,19 @@ class Stage:
                                     "(stage 4's `variants` parameter chooses them)")
         return path
 
-    def upstream_key(self, *stages: str) -> str:
-        """A short hash of the named upstream stages' manifests: put it in the name of a
-        checkpoint trained on their outputs, so a changed input never resumes a stale one."""
-        return store.hash_obj([store.read_manifest(self.upstream(s)) for s in stages])[:12]
-
-    def record(self, metrics: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    def record(self, metrics: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
+               artifacts: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write this stage's metrics (and its sections of summary.json) atomically.
 
         ``summary`` is merged into ``<run_dir>/summary.json`` by the runner, e.g.
-        ``{"dataset": {"n_train": 3000}}``.
+        ``{"dataset": {"n_train": 3000}}``. ``artifacts`` ({name: ArtifactKey}) are recorded
+        as ``metrics["artifacts"]`` ({name: {kind, digest}}) for later stages and the bench.
         """
+        metrics = dict(metrics or {})
+        if artifacts:
+            metrics["artifacts"] = {name: {"kind": key.kind, "digest": key.digest} for name, key in artifacts.items()}
         record = {
-            "metrics": metrics or {},
+            "metrics": metrics,
             "summary": summary or {},
             "kernel_wall_time_s": time.perf_counter() - self.started,
             "peak_rss_mb": peak_rss_mb(),

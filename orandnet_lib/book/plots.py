@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from .voc import IGNORE_INDEX, voc_palette
+from ..data.voc import IGNORE_INDEX, voc_palette
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:

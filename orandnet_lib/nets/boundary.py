@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .refine import neighbour_offsets
-from .voc import IGNORE_INDEX
+from ..methods.refine import neighbour_offsets
+from ..data.voc import IGNORE_INDEX
 
 
 class BoundaryNet(nn.Module):
@@ -29,7 +29,7 @@ class BoundaryNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", pretrained: str = "", width: int = 32,
                  backbone_kwargs: dict[str, Any] | None = None):
         super().__init__()
-        from .models import _pretrained_kwargs
+        from .classifiers import _pretrained_kwargs
 
         self.features = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3, 4),
                                           **_pretrained_kwargs(pretrained), **(backbone_kwargs or {}))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .voc import IGNORE_INDEX
+from ..data.voc import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -24,8 +24,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, profiles, progress, store
-from .errors import ConfigError, StageFailed
+from .. import __version__
+from . import profiles
+from ..core import progress
+from ..core import store
+from ..core.errors import ConfigError, StageFailed
 from .stage import METRICS_FILE
 
 SUMMARY_FILE = "summary.json"

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .cams import CamStore, CamStoreWriter
-from .errors import DataError
-from .metrics import SweepResult, ThresholdSweep
-from .progress import bar as progress_bar
-from .voc import VOCDataset
+from ..core.errors import DataError
+from ..core.metrics import SweepResult, ThresholdSweep
+from ..core.progress import bar as progress_bar
+from ..data.voc import VOCDataset
 
 OPERATORS = ("or", "and", "mean", "max", "min")
 

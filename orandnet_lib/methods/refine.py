@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
-from .voc import IGNORE_INDEX
+from ..data.voc import IGNORE_INDEX
 
 
 def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: float = 0.7, iterations: int = 10,

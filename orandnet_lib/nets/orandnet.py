@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .cams import CamStore, CamStoreWriter, to_tensor
-from .progress import bar as progress_bar
-from .voc import VOCDataset
+from ..methods.cams import CamStore, CamStoreWriter, to_tensor
+from ..core.progress import bar as progress_bar
+from ..data.voc import VOCDataset
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from ..core.train import TrainConfig
 
 LOSSES = ("softmax", "bce")
 
@@ -214,8 +214,8 @@ def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: V
     """Train one ORANDNet variant with the one training loop (resuming from its checkpoint)
     and write its maps of ``dataset`` as a CAM store. ``key`` (e.g. the upstream stages'
     hash) goes into the checkpoint name so changed inputs never resume a stale run."""
-    from . import store
-    from .train import fit
+    from ..core import store
+    from ..core.train import fit
 
     torch.manual_seed(cfg.seed)
     model = ORANDNet(encoder, use_image=use_image, widths=widths)

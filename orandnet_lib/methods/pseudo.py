@@ -14,12 +14,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .cams import CamStore, to_tensor
-from .parallel import imap
-from .progress import bar as progress_bar
+from ..core.parallel import imap
+from ..core.progress import bar as progress_bar
 from .refine import (adaptive_avg_pool, cam_probabilities, confident_labels, crf_probabilities, random_walk,
                      resize_bilinear, transition_matrix)
-from .relation import BoundaryNet, affinity_loss, downsample_labels
-from .voc import VOCDataset, VOCWriter
+from ..nets.boundary import BoundaryNet, affinity_loss, downsample_labels
+from ..data.voc import VOCDataset, VOCWriter
 
 
 class BoundarySet(Dataset):
@@ -189,7 +189,7 @@ def refine_variant(store: CamStore, dataset: VOCDataset, net: BoundaryNet, out_d
     import time
 
     from .cams import sweep_store, sweep_stream
-    from .metrics import ConfusionMatrix, cam_to_mask
+    from ..core.metrics import ConfusionMatrix, cam_to_mask
 
     cam_sweep = sweep_store(store, dataset)
     t0 = time.perf_counter()

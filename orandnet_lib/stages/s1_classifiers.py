@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import store
-from .profiles import data_fingerprint
-from .cams import compute_store
-from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
-from .models import create_classifier
-from .train import TrainConfig, fit, load_weights, resolve_device
-from .voc import VOCDataset
+from ..core import store
+from ..book.profiles import data_fingerprint
+from ..methods.cams import compute_store
+from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
+from ..nets.classifiers import create_classifier
+from ..core.train import TrainConfig, fit, load_weights, resolve_device
+from ..data.voc import VOCDataset
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,6 @@ def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VO
     seconds = sum(h["seconds"] for h in history)  # epochs only, also when resumed from a checkpoint
     val_scores = classification_scores(*predict(model, val_set, device=device))
     return TrainedClassifier(name, spec, model, history, val_scores, seconds, ckpt)
-
-
-def load_trained(name: str, spec: ClassifierSpec, train: VOCDataset, out_dir: Path, seed: int = 0) -> nn.Module:
-    """The finished model of an earlier run (for later stages), from its checkpoint."""
-    model = build(spec, train.num_classes - 1)
-    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, train)}.pt"
-    load_weights(model, ckpt)
-    return model.eval()
 
 
 def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_dir: Path, scales: list[float],
