@@ -1,13 +1,19 @@
-"""orandnet_lib: the tested helper library behind the ORANDNet companion book.
+"""orandnet_lib: the tested library behind the ORANDNet companion book.
 
-Modules, one concern each:
+The folders follow the pipeline, data in to book out:
 
-- :mod:`orandnet_lib.data.voc`       the one data path (PASCAL VOC layout reader and writer)
-- :mod:`orandnet_lib.data.synth`     the embedded benchmark, generated into VOC layout
-- :mod:`orandnet_lib.core.metrics`   confusion matrices, precision / recall / IoU, threshold sweeps
-- :mod:`orandnet_lib.core.store`     atomic writes, manifests and hashes (the one artifact store)
-- :mod:`orandnet_lib.book.profiles`  profiles as data (smoke, default, paper)
-- :mod:`orandnet_lib.book.runner`    executes the stage notebooks in order with papermill
+- ``data/``     the one data path: VOC-layout reader/writer, the embedded benchmark, dataset statistics
+- ``nets/``     networks: CAM classifiers, ORANDNet's encoder-decoder, IRN's boundary net, DeepLab
+- ``methods/``  the WSSS algorithms the stages compose: CAM methods and stores, ensemble operators,
+                refinements (CRF, random walk), pseudo-masks, segmentation training data and evaluation
+- ``stages/``   one module per stage, ``s0_dataset`` ... ``s6_precision``: its parameters, the keys of
+                its artifacts and its recipe, read top to bottom (the notebooks call these)
+- ``core/``     shared machinery: artifact store and identities, registries, the training loop,
+                metrics, statistics, the paper's numbers, worker pool, progress, errors
+- ``book/``     the runner, stage context, profiles, generated pages, plots and teaching widgets
+
+Extension points are registries (``core.registry``): a CAM method, ensemble operator,
+refinement, classifier kind or segmentation head is one function and one registration.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

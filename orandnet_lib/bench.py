@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .core import store
+from .book.runner import LAST_RUN_FILE
 from .book.stage import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,8 +235,8 @@ def incremental_rerun(tmp: Path) -> dict[str, Any]:
         proc = subprocess.run(cmd + extra, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(f"smoke run failed:\n{proc.stderr[-2000:]}")
-        ran = [line.split("]")[0].strip("[") for line in proc.stdout.splitlines() if "done in" in line]
-        out[label] = {"seconds": time.perf_counter() - start, "stages_run": ran}
+        last = store.read_json(tmp / "runs" / LAST_RUN_FILE)
+        out[label] = {"seconds": time.perf_counter() - start, "stages_run": last["executed"]}
     return out
 
 

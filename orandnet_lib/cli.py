@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orandnet", description=__doc__)
+    parser.add_argument("--project", metavar="DIR",
+                        help="the project folder (with notebooks/ and _toc.yml); default: found from the working "
+                             "directory, else the checkout orandnet_lib was installed from")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the stage notebooks in order (skipping unchanged stages)")
@@ -46,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.project:
+        project = Path(args.project).resolve()
+        if not (project / "notebooks").is_dir():
+            print(f"orandnet: error: --project {project} has no notebooks/ folder", file=sys.stderr)
+            return 2
+        os.environ["ORANDNET_ROOT"] = str(project)
     try:
         if args.command == "run":
             from .book.runner import Runner

@@ -26,12 +26,15 @@ PROFILE_NAMES = ("smoke", "default", "paper")
 
 
 def project_root(start: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding ``_toc.yml`` and ``notebooks/`` ($ORANDNET_ROOT if set), found by
-    walking up from ``start`` (default: the working directory); else the start itself."""
+    """The folder holding ``_toc.yml`` and ``notebooks/``: $ORANDNET_ROOT if set (the CLI's
+    ``--project``), else found by walking up from ``start`` (default: the working directory),
+    else the checkout this package was installed from (so ``orandnet`` works from any folder),
+    else the start itself."""
     if os.environ.get("ORANDNET_ROOT"):
         return Path(os.environ["ORANDNET_ROOT"]).resolve()
     here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
+    installed_from = Path(__file__).resolve().parents[2]
+    for folder in (*(here, *here.parents), installed_from):
         if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
             return folder
     return here

@@ -12,6 +12,8 @@ stage marked complete.
 from __future__ import annotations
 
 import ast
+import atexit
+import functools
 import os
 import platform
 import shutil
@@ -32,6 +34,7 @@ from ..core.errors import ConfigError, StageFailed
 from .stage import METRICS_FILE
 
 SUMMARY_FILE = "summary.json"
+LAST_RUN_FILE = "last_run.json"  # the stages the latest `orandnet run` executed and skipped
 COMMON_PARAMETERS = ("profile", "data_root", "run_dir", "seed")
 # Which earlier stages each stage reads. A notebook not listed here reads all earlier ones.
 STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
@@ -47,6 +50,10 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "orandnet_lib": __version__}
     for name in _VERSION_PACKAGES:
@@ -55,6 +62,25 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _ipc_kernel_manager() -> type:
+    """A kernel manager that talks to the kernel over local sockets (IPC) in a private
+    temporary folder: no TCP ports, and no "running over TCP without encryption" warning
+    printed by every stage."""
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    folder = tempfile.mkdtemp(prefix="orandnet-kernel-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = "ipc"
+        ip = os.path.join(folder, "kernel")
+
+    return IPCKernelManager
 
 
 def _progress_target(stage_dir: Path) -> str:
@@ -211,14 +237,14 @@ class Runner:
         # The kernel inherits this: its progress bars go to this terminal (or a log file), not into the notebook.
         previous = os.environ.get(progress.ENV_VAR)
         os.environ[progress.ENV_VAR] = f"file:{_progress_target(out_dir)}" if self.progress else "off"
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started_at = _now()
         start = time.perf_counter()
         try:
             with store.atomic_path(executed) as tmp:
                 try:
                     papermill.execute_notebook(
                         str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
-                        cwd=str(self.notebook_dir), progress_bar=False,
+                        cwd=str(self.notebook_dir), progress_bar=False, kernel_manager_class=_ipc_kernel_manager(),
                     )
                 except PapermillExecutionError as e:
                     shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
@@ -310,4 +336,7 @@ class Runner:
                 executed.append(stage)
             self.publish(stage)
         summary = self.write_summary()
+        # What this invocation did, for tools (make bench) that must not parse printed lines.
+        store.write_json(self.run_dir / LAST_RUN_FILE, {"profile": self.profile["name"], "executed": executed,
+                                                        "skipped": skipped, "finished_at": _now()})
         return RunResult(self.run_dir, executed, skipped, summary)

@@ -13,19 +13,41 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 from typing import IO, Any
 
 ENV_VAR = "ORANDNET_PROGRESS"
 _streams: dict[str, IO[str]] = {}
 
 
-def _stream(path: str) -> IO[str] | None:
+class LineLog:
+    """A log file that gets one line per bar update: tqdm redraws with carriage returns and
+    pads with spaces, which a terminal overwrites but a file keeps as one long line."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for line in re.split(r"[\r\n]+", text):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _stream(path: str) -> IO[str] | LineLog | None:
     if path not in _streams:
         try:
-            _streams[path] = open(path, "a", buffering=1)
-            atexit.register(_streams[path].close)
+            f = open(path, "a", buffering=1)
         except OSError:
             return None
+        _streams[path] = f if path.startswith("/dev/") else LineLog(f)  # type: ignore[assignment]
+        atexit.register(_streams[path].close)
     return _streams[path]
 
 
@@ -37,7 +59,8 @@ def bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) -> Any:
         from tqdm.std import tqdm
 
         stream = _stream(mode[len("file:"):])
-        return tqdm(iterable, file=stream, disable=disable or stream is None, mininterval=1.0, **kwargs)
+        kwargs.setdefault("mininterval", 1.0)
+        return tqdm(iterable, file=stream, disable=disable or stream is None, **kwargs)
     from tqdm.auto import tqdm as auto_tqdm
 
     return auto_tqdm(iterable, disable=disable, **kwargs)
