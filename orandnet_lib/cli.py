@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="a VOC-layout folder to use instead of the profile's data")
     run.add_argument("--run-dir", help="where stage folders go (default: runs/<profile>/)")
     run.add_argument("--book-dir", help="where executed notebooks are published (default: book/executed/)")
+    run.add_argument("--publish", action="store_true", default=None,
+                     help="publish this run's chapters into the book even though --run-dir is not the profile's "
+                          "own run folder (by default only runs/<profile>/ or an explicit --book-dir publish)")
     run.add_argument("--only", metavar="STAGE", help="run only this stage, e.g. 00_dataset")
     run.add_argument("--from", dest="start_from", metavar="STAGE", help="run this stage and every later one")
     run.add_argument("--force", action="store_true", help="run selected stages even if unchanged")
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from .book.runner import Runner
 
             runner = Runner(args.profile, data_root=args.data_root, run_dir=args.run_dir,
-                            overrides=args.overrides, book_dir=args.book_dir, progress=not args.quiet)
+                            overrides=args.overrides, book_dir=args.book_dir, progress=not args.quiet,
+                            publish=args.publish)
             result = runner.run(only=args.only, start_from=args.start_from, force=args.force)
             print(f"ran {len(result.executed)} stage(s), skipped {len(result.skipped)}; "
                   f"summary: {result.run_dir / 'summary.json'}")
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             synth.generate(out, profiles.embedded_config(prof))
         elif args.command == "pages":
             from .book.pages import write_pages
+            from .book.runner import check_one_run
+
+            check_one_run(profiles.project_root() / "book" / "executed")
 
             for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"]):
                 print(f"wrote {path}")

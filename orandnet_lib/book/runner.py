@@ -64,6 +64,42 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _commit(root: Path) -> str:
+    """The checkout's commit (short hash, "+changes" when its tracked files differ), or "unknown"."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def book_runs(book_dir: Path) -> dict[str, list[str]]:
+    """The runs the executed chapters in ``book_dir`` came from: {run description: [chapters]}."""
+    import json
+
+    runs: dict[str, list[str]] = {}
+    for path in sorted(Path(book_dir).glob("[0-9][0-9]_*.ipynb")):
+        stamp = json.loads(path.read_text()).get("metadata", {}).get("orandnet_run")
+        key = ("unstamped" if stamp is None else
+               f"{stamp['run_dir']} (profile {stamp['profile']}, data {stamp['data']})")
+        runs.setdefault(key, []).append(path.stem)
+    return runs
+
+
+def check_one_run(book_dir: Path) -> None:
+    """Refuse to build a book from executed chapters of different runs, naming them."""
+    runs = book_runs(book_dir)
+    if len(runs) > 1:
+        detail = "; ".join(f"{run}: {', '.join(chapters)}" for run, chapters in runs.items())
+        raise ConfigError(f"{book_dir} holds chapters of {len(runs)} different runs ({detail}); re-run one profile "
+                          "completely (`orandnet run --profile NAME --force`) or publish one run with --publish")
+
+
 @functools.lru_cache(maxsize=1)
 def _ipc_kernel_manager() -> type:
     """A kernel manager that talks to the kernel over local sockets (IPC) in a private
@@ -172,7 +208,7 @@ class Runner:
     def __init__(self, profile: str | dict[str, Any] = "smoke", *, data_root: str | os.PathLike[str] | None = None,
                  run_dir: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
                  root: str | os.PathLike[str] | None = None, book_dir: str | os.PathLike[str] | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print):
+                 progress: bool = True, log: Callable[[str], None] = print, publish: bool | None = None):
         self.root = Path(root).resolve() if root else profiles.project_root()
         base = profiles.load_profile(profile) if isinstance(profile, str) else profile
         self.profile = profiles.apply_overrides(base, overrides)
@@ -180,6 +216,10 @@ class Runner:
         self.run_dir = Path(run_dir).resolve() if run_dir else self.root / "runs" / self.profile["name"]
         self.notebook_dir = self.root / "notebooks"
         self.book_dir = Path(book_dir) if book_dir else self.root / "book" / "executed"
+        # A book comes from one run: the profile's own run folder publishes, an experiment in
+        # another folder does not (unless asked to, or given its own book folder).
+        default_run = self.run_dir == self.root / "runs" / self.profile["name"]
+        self.publishes = bool(publish) if publish is not None else (default_run or book_dir is not None)
         self.progress = progress
         self.log = log
         self.stages = discover_stages(self.notebook_dir)
@@ -282,11 +322,32 @@ class Runner:
         }
         store.write_json(out_dir / store.MANIFEST, manifest)
 
-    def publish(self, stage: str) -> None:
-        """Copy the executed notebook to where the book renders it."""
+    def run_identity(self, data_fp: str) -> dict[str, str]:
+        """What makes a run one run: its folder, profile and data (a book shows exactly one)."""
+        try:
+            folder = str(self.run_dir.relative_to(self.root))
+        except ValueError:
+            folder = str(self.run_dir)
+        return {"run_dir": folder, "profile": self.profile["name"], "data": data_fp}
+
+    def publish(self, stage: str, data_fp: str) -> None:
+        """Copy the executed notebook to where the book renders it, stamped with the run it
+        came from (metadata for the one-run check, and a line under the chapter's title)."""
+        import nbformat
+
         src = self.stage_dir(stage) / f"{stage}.ipynb"
+        manifest = store.read_manifest(self.stage_dir(stage)) or {}
+        identity = self.run_identity(data_fp)
+        stamp = {**identity, "commit": _commit(self.root), "executed_at": manifest.get("started_at", "")}
+        nb = nbformat.read(src, as_version=4)
+        nb.metadata["orandnet_run"] = stamp
+        line = (f"*From run `{stamp['run_dir']}`: profile `{stamp['profile']}`, data `{stamp['data'][:24]}`, "
+                f"commit `{stamp['commit']}`, executed {stamp['executed_at'].replace('T', ' ')}.*")
+        cell = nbformat.v4.new_markdown_cell(line, metadata={"tags": ["run-stamp"]})
+        cell.id = f"run-stamp-{stage[:2]}"
+        nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
         with store.atomic_path(self.book_dir / f"{stage}.ipynb") as tmp:
-            shutil.copyfile(src, tmp)
+            nbformat.write(nb, tmp)
 
     def write_summary(self) -> dict[str, Any]:
         """summary.json: the summary sections of every completed stage, in stage order."""
@@ -319,6 +380,9 @@ class Runner:
         data_fp = profiles.data_fingerprint(data_root)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         executed, skipped = [], []
+        if not self.publishes:
+            self.log(f"(an experiment in {self.run_dir}: the book's chapters in {self.book_dir} are left as they are; "
+                     "--publish publishes this run)")
         for stage in selected:
             plan = self.plan(stage, data_root, data_fp)
             if not force and self.is_current(plan):
@@ -334,7 +398,8 @@ class Runner:
                 self.log(f"[{stage}] done in {manifest.get('wall_time_s', float('nan')):.1f} s, "
                          f"peak {manifest.get('peak_rss_mb', float('nan')):.0f} MiB")
                 executed.append(stage)
-            self.publish(stage)
+            if self.publishes:
+                self.publish(stage, data_fp)
         summary = self.write_summary()
         # What this invocation did, for tools (make bench) that must not parse printed lines.
         store.write_json(self.run_dir / LAST_RUN_FILE, {"profile": self.profile["name"], "executed": executed,
