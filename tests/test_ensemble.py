@@ -111,3 +111,48 @@ def test_error_overlap_counts_shared_mistakes(tmp_path):
     assert t["fp_jaccard"][1] == pytest.approx(1 / 2)
     assert t["fn_a"][1] == 1 and t["fn_b"][1] == 2 and t["fn_shared"][1] == 1
     assert t["fn_jaccard"][1] == pytest.approx(1 / 2)
+
+
+def test_an_unknown_operator_is_refused_with_the_known_ones():
+    from orandnet_lib.core.errors import ConfigError
+    from orandnet_lib.methods.ensemble import OPERATORS, standard_operators
+
+    with pytest.raises(ConfigError, match="unknown ensemble operator 'xor'; known: mean, max, or, and, min"):
+        fuse([A, B], "xor")
+    assert OPERATORS.names() == ["mean", "max", "or", "and", "min"]
+    assert standard_operators() == ["mean", "max", "or", "and"]  # min is not a standard variant
+
+
+@pytest.fixture
+def geometric_mean():
+    """A toy operator, registered for one test: the geometric mean of the maps."""
+    from orandnet_lib.methods.ensemble import OPERATORS
+
+    OPERATORS.add("geo", lambda stack: np.prod(stack, axis=0) ** (1.0 / len(stack)), label="geometric mean",
+                  standard=True, offset=True)
+    yield "geo"
+    OPERATORS.remove("geo")
+
+
+def test_a_registered_operator_is_used_by_fuse_and_the_standard_variants(geometric_mean, tmp_path, tiny_voc):
+    from orandnet_lib.methods.ensemble import OPERATORS, standard_variants, sweep_variants
+
+    np.testing.assert_allclose(fuse([A, B], "geo"), np.sqrt(A * B), atol=1e-7)
+    variants = standard_variants(["cnn", "vit"], offset_source="vit", offset=0.15)
+    assert list(variants) == ["cnn", "vit", "mean", "max", "or", "and", "geo", "or+offset", "and+offset",
+                              "geo+offset"]
+    maps = {"cnn": A, "vit": B}
+    np.testing.assert_allclose(variants["geo+offset"].compute(maps), np.sqrt(A * np.clip(B + 0.15, 0, 1)), atol=1e-6)
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(3)
+    items = {k: [] for k in ("cnn", "vit")}
+    for image_id in ds.ids:
+        ids = np.flatnonzero(ds.load(image_id).labels) + 1
+        for k in items:
+            items[k].append((image_id, rng.random((len(ids), 20, 24)), ids))
+    stores = {k: _store(tmp_path / k, v) for k, v in items.items()}
+    sweeps = sweep_variants(stores, ds, variants, progress=False)
+    alone = sweep_stream(fused_cams(stores, ds.ids, "geo"), ds)
+    np.testing.assert_array_equal(sweeps["geo"].matrices, alone.matrices)
+    OPERATORS.remove("geo")
+    assert "geo" not in standard_variants(["cnn", "vit"])

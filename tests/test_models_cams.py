@@ -161,17 +161,27 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
         CNNCAM(3, pretrained=str(tmp_path / "nowhere.pth"), **SMALL_RESNET)
 
 
-def test_checkpoint_name_changes_with_spec_seed_and_training_data(tiny_voc):
-    from orandnet_lib.stages.s1_classifiers import ClassifierSpec
+def test_classifier_key_changes_with_spec_seed_and_data_but_not_the_cam_method(tiny_voc):
+    import dataclasses
+
+    from orandnet_lib.core.identity import dataset_fingerprint
+    from orandnet_lib.stages.s1_classifiers import ClassifierSpec, classifier_key
+
+    val = dataset_fingerprint(VOCDataset(tiny_voc, "val"))
+
+    def digest(spec, seed, ds, val_data=val):
+        return classifier_key(spec, seed, dataset_fingerprint(ds), val_data).digest
 
     spec = ClassifierSpec(kind="cnn", backbone="resnet18")
     ds = VOCDataset(tiny_voc, "train")
-    name = spec.fingerprint(0, ds)
-    assert name == spec.fingerprint(0, VOCDataset(tiny_voc, "train"))
-    assert name != spec.fingerprint(1, ds)
-    assert name != ClassifierSpec(kind="cnn", backbone="resnet18", epochs=9).fingerprint(0, ds)
+    name = digest(spec, 0, ds)
+    assert name == digest(spec, 0, VOCDataset(tiny_voc, "train"))
+    assert name != digest(spec, 1, ds)
+    assert name != digest(ClassifierSpec(kind="cnn", backbone="resnet18", epochs=9), 0, ds)
+    assert name != digest(spec, 0, ds, val_data="another validation split")  # the history holds val scores
+    assert name == digest(dataclasses.replace(spec, cam_method="gradcam"), 0, ds)  # read after training
     (tiny_voc / "ImageSets/Segmentation/train.txt").write_text("train_0\ntrain_1\n")
-    assert name != spec.fingerprint(0, VOCDataset(tiny_voc, "train"))
+    assert name != digest(spec, 0, VOCDataset(tiny_voc, "train"))
 
 
 def test_vit_cams_cover_images_whose_sides_are_not_multiples_of_the_patch():

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..core import store
 from ..core.progress import bar as progress_bar
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
+from ..core.registry import Registry
 from ..nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
 from ..data.voc import VOCDataset
 
@@ -47,15 +48,32 @@ def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     return (x - mean) / std
 
 
-def cam_function(model: nn.Module, method: str = "cam") -> Callable[[torch.Tensor], torch.Tensor]:
-    """The raw-CAM function of a classifier: "cam" (its CAM head) or "gradcam"."""
-    if method == "cam":
-        return model.cam  # type: ignore[return-value]
-    if method == "gradcam":
-        if not hasattr(model, "gradcam"):
-            raise ValueError(f"{type(model).__name__} has no Grad-CAM; use method 'cam'")
-        return model.gradcam  # type: ignore[return-value]
-    raise ValueError(f"CAM method must be 'cam' or 'gradcam', got {method!r}")
+CamFunction = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> raw CAMs (B, C, h, w)
+CamMethod = Callable[[nn.Module], CamFunction]  # a classifier -> its raw-CAM function
+
+# The CAM methods a classifier spec can name (``cam_method``). A method is one function from a
+# classifier to its raw-CAM function plus one registration; ``gradient=True`` runs it with
+# autograd enabled (the others run under inference mode).
+CAM_METHODS: Registry[CamMethod] = Registry("CAM method")
+
+
+@CAM_METHODS.register("cam", label="CAM")
+def cam_head(model: nn.Module) -> CamFunction:
+    """The classifier's CAM head on its feature map (exact for average-pooled logits)."""
+    return model.cam  # type: ignore[return-value]
+
+
+@CAM_METHODS.register("gradcam", label="Grad-CAM", gradient=True)
+def grad_cam(model: nn.Module) -> CamFunction:
+    """Grad-CAM on the classifier's last block (the ViT with class-token pooling needs it)."""
+    if not hasattr(model, "gradcam"):
+        raise ConfigError(f"{type(model).__name__} has no Grad-CAM; use CAM method 'cam'")
+    return model.gradcam  # type: ignore[return-value]
+
+
+def cam_function(model: nn.Module, method: str = "cam") -> CamFunction:
+    """The raw-CAM function of a classifier for a registered CAM method ("cam", "gradcam", ...)."""
+    return CAM_METHODS.get(method)(model)
 
 
 def multiscale_cam(cam_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -230,9 +248,12 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
 
     Images of equal size are batched; memory stays bounded by one batch whatever the split size.
     Gradient methods (``gradcam``) run with autograd enabled; the others under inference mode.
+    ``meta`` should hold ``"identity"``: the store's :class:`~orandnet_lib.core.identity.ArtifactKey`
+    as a dict (its :attr:`CamStore.digest` keys what is made from the store).
     """
     model.eval().to(device)
     cam_fn = cam_function(model, method)
+    gradient = bool(CAM_METHODS.entry(method).attrs.get("gradient"))
     from ..book.profiles import data_fingerprint
 
     meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
@@ -243,10 +264,10 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
 
         def flush() -> None:
             x = to_tensor([p[1] for p in pending]).to(device)
-            if method == "cam":
-                cams = _forward_cams(cam_fn, x, scales, flip)
-            else:
+            if gradient:
                 cams = multiscale_cam(cam_fn, x, scales, flip)
+            else:
+                cams = _forward_cams(cam_fn, x, scales, flip)
             for (image_id, _, labels), c in zip(pending, cams.cpu()):
                 writer.add(image_id, *normalise(c, labels))
             bar.update(len(pending))

@@ -9,12 +9,13 @@ clipped to [0, 1], so the probabilistic operators stay probabilities.
 - ``and``:  prod_i a_i             (probabilistic AND: high precision)
 - ``mean``, ``max``, ``min``       (the naive ensembles)
 
-For maps in [0, 1]: or >= max >= mean >= min >= and, pixel by pixel.
+For maps in [0, 1]: or >= max >= mean >= min >= and, pixel by pixel. The operators live in the
+registry ``OPERATORS``; an unknown name is a ConfigError listing the known ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +23,57 @@ import numpy as np
 
 from .cams import CamStore, CamStoreWriter
 from ..core.errors import DataError
+from ..core.identity import ArtifactKey
+from ..core.registry import Registry
 from ..core.metrics import SweepResult, ThresholdSweep
 from ..core.progress import bar as progress_bar
 from ..data.voc import VOCDataset
 
-OPERATORS = ("or", "and", "mean", "max", "min")
+Operator = Callable[[np.ndarray], np.ndarray]  # (N, ...) stacked maps in [0, 1] -> (...) fused map
+
+# The ensemble operators. ``standard=True``: part of the standard variants every chapter compares
+# (in registration order); ``offset=True``: also compared with the per-source offset. Adding an
+# operator is one function plus one registration; it then appears in stage 2's tables and in the
+# variants later stages rebuild from stage 2's record.
+OPERATORS: Registry[Operator] = Registry("ensemble operator")
+
+
+@OPERATORS.register("mean", label="mean", standard=True)
+def fuse_mean(stack: np.ndarray) -> np.ndarray:
+    return stack.mean(axis=0)
+
+
+@OPERATORS.register("max", label="max", standard=True)
+def fuse_max(stack: np.ndarray) -> np.ndarray:
+    return stack.max(axis=0)
+
+
+@OPERATORS.register("or", label="probabilistic OR", standard=True, offset=True)
+def fuse_or(stack: np.ndarray) -> np.ndarray:
+    """1 - prod_i (1 - a_i): a pixel is foreground if any source says so (high recall)."""
+    return 1.0 - np.prod(1.0 - stack, axis=0)
+
+
+@OPERATORS.register("and", label="probabilistic AND", standard=True, offset=True)
+def fuse_and(stack: np.ndarray) -> np.ndarray:
+    """prod_i a_i: a pixel is foreground only if every source says so (high precision)."""
+    return np.prod(stack, axis=0)
+
+
+@OPERATORS.register("min", label="min")
+def fuse_min(stack: np.ndarray) -> np.ndarray:
+    return stack.min(axis=0)
+
+
+def standard_operators() -> list[str]:
+    """The operators of the standard variants, in registration order (mean, max, or, and)."""
+    return [name for name in OPERATORS if OPERATORS.entry(name).attrs.get("standard")]
 
 
 def fuse(maps: Sequence[np.ndarray], op: str, offsets: Sequence[float] | None = None) -> np.ndarray:
-    """Combine N maps of equal shape with ``op``; ``offsets[i]`` is added to map i first."""
-    if op not in OPERATORS:
-        raise ValueError(f"ensemble operator must be one of {OPERATORS}, got {op!r}")
+    """Combine N maps of equal shape with the registered operator ``op``; ``offsets[i]`` is
+    added to map i first (then clipped to [0, 1])."""
+    operator = OPERATORS.get(op)
     if not maps:
         raise ValueError("fuse needs at least one map")
     if offsets is not None and len(offsets) != len(maps):
@@ -43,15 +84,7 @@ def fuse(maps: Sequence[np.ndarray], op: str, offsets: Sequence[float] | None = 
     stack = np.stack([np.asarray(m, dtype=np.float32) for m in maps])  # (N, ...)
     if offsets is not None:
         stack = np.clip(stack + np.asarray(offsets, np.float32).reshape((-1,) + (1,) * (stack.ndim - 1)), 0.0, 1.0)
-    if op == "or":
-        return 1.0 - np.prod(1.0 - stack, axis=0)
-    if op == "and":
-        return np.prod(stack, axis=0)
-    if op == "mean":
-        return stack.mean(axis=0)
-    if op == "max":
-        return stack.max(axis=0)
-    return stack.min(axis=0)
+    return operator(stack)
 
 
 def aligned(stores: Mapping[str, CamStore], ids: Sequence[str]) -> Iterator[tuple[str, list[np.ndarray], np.ndarray]]:
@@ -82,10 +115,14 @@ def fused_cams(stores: Mapping[str, CamStore], ids: Sequence[str], op: str,
 
 
 def write_fused_store(stores: Mapping[str, CamStore], ids: Sequence[str], op: str, path: str | Path,
-                      offsets: Mapping[str, float] | None = None) -> Path:
-    """Write the ensemble of ``stores`` as a CAM store of its own (same format as stage 1's)."""
+                      offsets: Mapping[str, float] | None = None, identity: ArtifactKey | None = None) -> Path:
+    """Write the ensemble of ``stores`` as a CAM store of its own (same format as stage 1's);
+    ``identity`` (the store's artifact key) goes into its meta."""
+    OPERATORS.entry(op)  # an unknown operator fails before anything is written
     meta = {"source": f"{op}({', '.join(stores)})", "operator": op, "inputs": [str(s.path) for s in stores.values()],
             "offsets": dict(offsets or {})}
+    if identity is not None:
+        meta["identity"] = identity.to_dict()
     first = next(iter(stores.values()))
     meta.update({k: first.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in first.meta})
     with CamStoreWriter(path, meta) as writer:
@@ -111,17 +148,21 @@ class Variant:
         return fuse(chosen, self.op, [off.get(s, 0.0) for s in self.sources] if off else None)
 
 
-def standard_variants(sources: Sequence[str], offset_source: str | None = None,
-                      offset: float = 0.0) -> dict[str, Variant]:
-    """Each single source, then mean, max, OR and AND of all of them; with an offset, also
-    OR and AND with ``offset`` added to ``offset_source`` (the official code's +0.15 on the ViT)."""
+def standard_variants(sources: Sequence[str], offset_source: str | None = None, offset: float = 0.0,
+                      operators: Sequence[str] | None = None) -> dict[str, Variant]:
+    """Each single source, then each operator over all of them (default: the registered
+    standard operators: mean, max, OR, AND); with an offset, also each of those operators
+    registered with ``offset=True`` (OR and AND) with ``offset`` added to ``offset_source``
+    (the official code's +0.15 on the ViT), named ``<op>+offset``."""
+    ops = list(standard_operators() if operators is None else operators)
     variants = {s: Variant((s,)) for s in sources}
     names = tuple(sources)
-    for op in ("mean", "max", "or", "and"):
+    for op in ops:
         variants[op] = Variant(names, op)
     if offset_source is not None and offset:
-        for op in ("or", "and"):
-            variants[f"{op}+offset"] = Variant(names, op, ((offset_source, offset),))
+        for op in ops:
+            if OPERATORS.entry(op).attrs.get("offset"):
+                variants[f"{op}+offset"] = Variant(names, op, ((offset_source, offset),))
     return variants
 
 

@@ -9,6 +9,7 @@ internet), ``""`` trains from scratch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import HybridEmbed
 from torch import nn
+
+from ..core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,12 +171,24 @@ class ViTCAM(nn.Module):
                 {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
 
 
+ClassifierFactory = Callable[..., nn.Module]  # (num_classes, **kwargs) -> a CAM classifier
+
+# The classifier kinds a spec can name. ``spec_kwargs`` lists the constructor arguments beyond
+# backbone / pretrained / backbone_kwargs that the kind takes from a classifier spec (the stage
+# passes only those).
+CLASSIFIER_KINDS: Registry[ClassifierFactory] = Registry("classifier kind")
+CLASSIFIER_KINDS.add("cnn", CNNCAM, label="CNN (ResNet, IRN style)")
+
+
+@CLASSIFIER_KINDS.register("vit", label="ViT with a CAM head",
+                           spec_kwargs=("img_size", "patch_size", "stem_widths", "pool"))
+def vit_classifier(num_classes: int, **kwargs: Any) -> nn.Module:
+    if "stem_widths" in kwargs:
+        kwargs["stem_widths"] = tuple(kwargs["stem_widths"])
+    return ViTCAM(num_classes, **kwargs)
+
+
 def create_classifier(kind: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Factory: ``kind`` is "cnn" or "vit"; keyword arguments go to the class."""
-    if kind == "cnn":
-        return CNNCAM(num_classes, **kwargs)
-    if kind == "vit":
-        if "stem_widths" in kwargs:
-            kwargs["stem_widths"] = tuple(kwargs["stem_widths"])
-        return ViTCAM(num_classes, **kwargs)
-    raise ValueError(f"classifier kind must be 'cnn' or 'vit', got {kind!r}")
+    """Factory: ``kind`` names a registered classifier kind ("cnn", "vit"); keyword arguments
+    go to its constructor. An unknown kind is a ConfigError listing the known ones."""
+    return CLASSIFIER_KINDS.get(kind)(num_classes, **kwargs)

@@ -1,30 +1,94 @@
-"""Stage 1 from top to bottom: build a CAM classifier from a spec, train it with the one
-training loop (resuming from its checkpoint), score it on validation, compute its CAMs."""
+"""Stage 1: two CAM classifiers, a CNN (a ResNet in the style of IRN) and a vision transformer,
+each trained from image-level labels only by the one training loop, scored as classifiers on
+validation, then turned into class activation maps (multi-scale + flip, max-normalised, kept
+for the image's classes) on the train and validation splits. The CAMs are scored by a sweep of
+the background score, and the two classifiers' mistakes are compared: an ensemble can only
+remove the mistakes the two do not share.
+
+Artifacts: one checkpoint per classifier (``classifier:<name>``), keyed by its full spec, its
+training config, the training and validation data and the seed; one CAM store per classifier
+and split (``cams:<name>_<split>``), keyed by the CAM settings, the split and the checkpoint's key.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from ..book import plots
 from ..core import store
-from ..book.profiles import data_fingerprint
-from ..methods.cams import compute_store
-from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
-from ..nets.classifiers import create_classifier
-from ..core.train import TrainConfig, fit, load_weights, resolve_device
+from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.metrics import SweepResult, cam_to_mask
+from ..core.train import TrainConfig, fit, resolve_device
 from ..data.voc import VOCDataset
+from ..methods.cams import CamStore, compute_store, error_overlap, sweep_store
+from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
+from ..nets.classifiers import CLASSIFIER_KINDS, create_classifier
+
+STAGE = "01_classifiers_and_cams"
+NOT_IN_KEYS = {
+    "cam_batch_size": "batching only: CAMs are computed image by image within a batch; the same maps",
+    "n_examples": "presentation: training images shown with their CAMs and masks",
+}
+CLASSIFIERS = ("cnn", "vit")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    train_split: str = "train"  # CAMs are scored on this split
+    val_split: str = "val"  # classifier validation and a second CAM evaluation
+    fit_split: str = ""  # the split classifiers train on; empty: train_split
+    crop_size: int = 96
+    cnn_backbone: str = "resnet18"
+    cnn_backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"channels": [32, 64, 128, 256],
+                                                                         "layers": [1, 1, 1, 1]})
+    cnn_pretrained: str = ""
+    cnn_epochs: int = 14
+    cnn_batch_size: int = 32
+    cnn_optimizer: str = "adamw"
+    cnn_lr: float = 0.002
+    cnn_weight_decay: float = 0.0001
+    cnn_head_lr_mult: float = 1.0
+    vit_backbone: str = "vit_tiny_patch16_224"
+    vit_backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"embed_dim": 96, "depth": 4, "num_heads": 4})
+    vit_pretrained: str = ""
+    vit_patch_size: int = 1
+    vit_stem_widths: tuple[int, ...] = (16, 32, 64)
+    vit_pool: str = "avg"
+    vit_cam_method: str = "cam"
+    vit_epochs: int = 14
+    vit_batch_size: int = 32
+    vit_optimizer: str = "adamw"
+    vit_lr: float = 0.001
+    vit_weight_decay: float = 0.05
+    vit_warmup_steps: int = 100
+    vit_head_lr_mult: float = 1.0
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    cam_flip: bool = True
+    cam_batch_size: int = 32
+    n_examples: int = 6
+
+    @property
+    def training_split(self) -> str:
+        """The split the classifiers train on."""
+        return self.fit_split or self.train_split
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
     """Everything that defines one trained CAM classifier."""
 
-    kind: str  # "cnn" | "vit"
+    kind: str  # a registered classifier kind: "cnn" | "vit"
     backbone: str
     pretrained: str = ""  # "" from scratch, "timm" from the hub, or a local weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -32,7 +96,7 @@ class ClassifierSpec:
     patch_size: int | None = None  # ViT only
     stem_widths: tuple[int, ...] = ()  # ViT only: convolutional stem
     pool: str = "avg"  # ViT only
-    cam_method: str = "cam"  # "cam" (CAM head) | "gradcam"
+    cam_method: str = "cam"  # a registered CAM method: "cam" (CAM head) | "gradcam"
     epochs: int = 8
     batch_size: int = 32
     lr: float = 0.05
@@ -49,24 +113,95 @@ class ClassifierSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, seed: int, data: VOCDataset) -> str:
-        """Names the checkpoint: the spec, the seed and the training data (its content
-        fingerprint and split), so no checkpoint is ever resumed on other data."""
-        return store.hash_obj({"spec": self.to_dict(), "seed": seed, "classes": list(data.class_names),
-                               "data": data_fingerprint(data.root), "split": data.split, "ids": store.hash_obj(data.ids)})[:12]
-
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                            optimizer=self.optimizer, warmup_steps=self.warmup_steps, seed=seed)
 
 
+def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
+    """The CNN's and the ViT's specs from the stage's parameters."""
+    return {
+        "cnn": ClassifierSpec.from_dict(dict(
+            kind="cnn", backbone=p.cnn_backbone, backbone_kwargs=p.cnn_backbone_kwargs, pretrained=p.cnn_pretrained,
+            crop_size=p.crop_size, epochs=p.cnn_epochs, batch_size=p.cnn_batch_size, optimizer=p.cnn_optimizer,
+            lr=p.cnn_lr, weight_decay=p.cnn_weight_decay, head_lr_mult=p.cnn_head_lr_mult)),
+        "vit": ClassifierSpec.from_dict(dict(
+            kind="vit", backbone=p.vit_backbone, backbone_kwargs=p.vit_backbone_kwargs, pretrained=p.vit_pretrained,
+            crop_size=p.crop_size, patch_size=p.vit_patch_size, stem_widths=p.vit_stem_widths, pool=p.vit_pool,
+            cam_method=p.vit_cam_method, epochs=p.vit_epochs, batch_size=p.vit_batch_size, optimizer=p.vit_optimizer,
+            lr=p.vit_lr, weight_decay=p.vit_weight_decay, warmup_steps=p.vit_warmup_steps,
+            head_lr_mult=p.vit_head_lr_mult)),
+    }
+
+
+# TrainConfig fields that change how a run executes, not what it learns (as fit's resume check)
+_RUN_ONLY = ("num_workers", "device", "checkpoint_every_steps", "channels_last")
+
+
+def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) -> ArtifactKey:
+    """A classifier checkpoint: its spec (all but the CAM method, which is read after training),
+    its training config, the training split's fingerprint, the validation split's (the
+    checkpoint holds the per-epoch validation history) and the seed."""
+    train = {k: v for k, v in spec_dict(spec.train_config(seed)).items() if k not in _RUN_ONLY}
+    architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
+    return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
+                       data=data, seed=seed)
+
+
+def cam_key(method: str, scales: Any, flip: bool, data: str, classifier: str) -> ArtifactKey:
+    """A CAM store: the CAM method, scales and flip, the split's fingerprint and the digest of
+    the classifier checkpoint it was computed with."""
+    return ArtifactKey("cams", {"method": method, "scales": [float(s) for s in scales], "flip": bool(flip)},
+                       data=data, upstream={"classifier": classifier})
+
+
+def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
+    """``classifier:<name>`` and ``cams:<name>_<split>`` for the CNN and the ViT, on the train
+    and validation splits. ``data[split]``: a split's fingerprint; no upstream artifact."""
+    keys: dict[str, ArtifactKey] = {}
+    for name, spec in classifier_specs(p).items():
+        clf = keys[f"classifier:{name}"] = classifier_key(spec, p.seed, data[p.training_split], data[p.val_split])
+        for split in (p.train_split, p.val_split):
+            keys[f"cams:{name}_{split}"] = cam_key(spec.cam_method, p.cam_scales, p.cam_flip, data[split], clf.digest)
+    return keys
+
+
+@dataclass
+class Splits:
+    train: VOCDataset  # CAMs are scored here
+    val: VOCDataset  # classifier validation, second CAM evaluation
+    fit: VOCDataset  # the classifiers train here
+
+    def fingerprints(self) -> dict[str, str]:
+        return {ds.split: dataset_fingerprint(ds) for ds in (self.train, self.val, self.fit)}
+
+    def scored(self) -> dict[str, VOCDataset]:
+        """The splits CAMs are computed and scored on, train first."""
+        return {self.train.split: self.train, self.val.split: self.val}
+
+
+def load_splits(stage: Any, p: Params) -> Splits:
+    train = VOCDataset(stage.data_root, p.train_split)
+    return Splits(train, VOCDataset(stage.data_root, p.val_split),
+                  VOCDataset(stage.data_root, p.fit_split) if p.fit_split else train)
+
+
+def keys_for(p: Params, splits: Splits) -> dict[str, ArtifactKey]:
+    """:func:`artifact_keys` with the fingerprints of the splits on disk."""
+    return artifact_keys(p, splits.fingerprints(), {})
+
+
+# -- training ------------------------------------------------------------------------------------
+
 def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
+    """The classifier a spec names, through the ``CLASSIFIER_KINDS`` registry."""
+    optional = {"img_size": spec.crop_size, "patch_size": spec.patch_size, "stem_widths": spec.stem_widths,
+                "pool": spec.pool}
+    wanted = CLASSIFIER_KINDS.entry(spec.kind).attrs.get("spec_kwargs", ())
     kwargs: dict[str, Any] = {"backbone": spec.backbone, "pretrained": spec.pretrained,
-                              "backbone_kwargs": dict(spec.backbone_kwargs)}
-    if spec.kind == "vit":
-        kwargs.update(img_size=spec.crop_size, patch_size=spec.patch_size, stem_widths=spec.stem_widths, pool=spec.pool)
+                              **{k: optional[k] for k in wanted}}
     # timm's constructors want tuples where TOML and papermill give lists (channels, layers)
-    kwargs["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["backbone_kwargs"].items()}
+    kwargs["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.backbone_kwargs.items()}
     return create_classifier(spec.kind, num_classes, **kwargs)
 
 
@@ -79,19 +214,22 @@ class TrainedClassifier:
     val_scores: dict[str, Any]
     train_seconds: float  # summed epoch times (includes per-epoch validation)
     checkpoint: Path
+    key: ArtifactKey  # the checkpoint's identity
 
 
 def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VOCDataset, out_dir: Path,
-                     seed: int = 0, progress: bool = True) -> TrainedClassifier:
+                     seed: int = 0, progress: bool = True, key: ArtifactKey | None = None) -> TrainedClassifier:
     """Train (or resume, or reload when already finished) and score on ``val``.
 
-    The checkpoint name carries the spec's fingerprint, so changing any setting starts a
-    new run instead of resuming an incompatible one.
+    The checkpoint is ``out_dir/<name>-<key digest>.pt``; ``key`` defaults to
+    :func:`classifier_key` of the spec, seed and the two splits' fingerprints, so changing
+    any setting starts a new run instead of resuming an incompatible one.
     """
+    key = key or classifier_key(spec, seed, dataset_fingerprint(train), dataset_fingerprint(val))
     torch.manual_seed(seed)
     num_classes = train.num_classes - 1
     model = build(spec, num_classes)
-    ckpt = Path(out_dir) / f"{name}-{spec.fingerprint(seed, train)}.pt"
+    ckpt = key.path(out_dir, name)
     train_set = ClassificationSet(train, spec.crop_size, augment=True, scale_range=spec.scale_range, seed=seed)
     val_set = ClassificationSet(val, spec.crop_size, augment=False)
     device = resolve_device()
@@ -100,21 +238,172 @@ def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VO
         scores = classification_scores(*predict(m, val_set, device=device))
         return {"val_map": scores["map"], "val_f1": scores["f1"]}
 
-    history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt,
+    history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt, identity=key,
                   param_groups=model.param_groups(spec.head_lr_mult), evaluate=evaluate, progress=progress,
                   desc=f"training {name}")
     seconds = sum(h["seconds"] for h in history)  # epochs only, also when resumed from a checkpoint
     val_scores = classification_scores(*predict(model, val_set, device=device))
-    return TrainedClassifier(name, spec, model, history, val_scores, seconds, ckpt)
+    return TrainedClassifier(name, spec, model, history, val_scores, seconds, ckpt, key)
 
 
-def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_dir: Path, scales: list[float],
-               flip: bool = True, batch_size: int = 32, progress: bool = True) -> dict[str, Path]:
-    """One CAM store per split under ``out_dir/<name>_<split>``; returns the paths."""
+def train_classifiers(stage: Any, p: Params, splits: Splits) -> dict[str, TrainedClassifier]:
+    """The CNN, then the ViT, on the fit split (each seeded with ``p.seed``)."""
+    keys = keys_for(p, splits)
+    torch.manual_seed(p.seed)
+    return {name: train_classifier(name, spec, splits.fit, splits.val, stage.dir, seed=p.seed,
+                                   key=keys[f"classifier:{name}"])
+            for name, spec in classifier_specs(p).items()}
+
+
+def chance_map(val: VOCDataset) -> float:
+    """The mAP of a random ranking, in percent: the share of positive image-class pairs."""
+    return 100 * float(np.mean([np.stack([s.labels for s in val]).mean(0)]))
+
+
+def classifier_table(trained: Mapping[str, TrainedClassifier]) -> pd.DataFrame:
+    return pd.DataFrame({
+        name: {"val mAP (%)": t.val_scores["map"], "val F1 (%)": t.val_scores["f1"],
+               "training time (s)": t.train_seconds, "epochs": len(t.history)}
+        for name, t in trained.items()}).T
+
+
+def per_class_ap(trained: Mapping[str, TrainedClassifier], class_names: Any) -> pd.DataFrame:
+    """(classifier, foreground class) validation AP in percent."""
+    return pd.DataFrame({name: t.val_scores["ap_per_class"] for name, t in trained.items()}, index=class_names[1:]).T
+
+
+# -- CAMs ----------------------------------------------------------------------------------------
+
+def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_dir: Path, scales: Any,
+               flip: bool = True, batch_size: int = 32, progress: bool = True,
+               keys: Mapping[str, ArtifactKey] | None = None) -> dict[str, Path]:
+    """One CAM store per split under ``out_dir/<name>_<split>``; returns the paths. ``keys``
+    (split -> store key) default to :func:`cam_key` of the settings, the split and the
+    classifier's key; each is written into its store's meta as ``identity``."""
     paths = {}
     for split, ds in splits.items():
+        key = (keys or {}).get(split) or cam_key(trained.spec.cam_method, scales, flip, dataset_fingerprint(ds),
+                                                 trained.key.digest)
         paths[split] = compute_store(
-            trained.model, ds, Path(out_dir) / f"{trained.name}_{split}", scales=scales, flip=flip,
+            trained.model, ds, Path(out_dir) / f"{trained.name}_{split}", scales=list(scales), flip=flip,
             method=trained.spec.cam_method, batch_size=batch_size, device=resolve_device(), progress=progress,
-            meta={"source": trained.name, "checkpoint": trained.checkpoint.name}, desc=f"CAMs {trained.name} {split}")
+            meta={"source": trained.name, "checkpoint": trained.checkpoint.name, "identity": key.to_dict()},
+            desc=f"CAMs {trained.name} {split}")
     return paths
+
+
+def compute_cams(stage: Any, p: Params, trained: Mapping[str, TrainedClassifier],
+                 splits: Splits) -> dict[str, dict[str, CamStore]]:
+    """Every classifier's CAM store on the train and validation splits: {name: {split: store}}."""
+    keys = keys_for(p, splits)
+    out = {}
+    for name, t in trained.items():
+        paths = cam_stores(t, splits.scored(), stage.dir / "cams", p.cam_scales, p.cam_flip, p.cam_batch_size,
+                           keys={split: keys[f"cams:{name}_{split}"] for split in splits.scored()})
+        out[name] = {split: CamStore(path) for split, path in paths.items()}
+    return out
+
+
+def sweep_cams(stores: Mapping[str, Mapping[str, CamStore]], splits: Splits) -> dict[str, dict[str, SweepResult]]:
+    """Background-score sweeps: {split: {classifier: sweep}}."""
+    return {split: {name: sweep_store(stores[name][split], ds) for name in stores}
+            for split, ds in splits.scored().items()}
+
+
+def cam_table(sweeps: Mapping[str, Mapping[str, SweepResult]]) -> pd.DataFrame:
+    """Scores at the best-mIoU and the precision = recall background score, per split and source."""
+    rows = []
+    for split, by_source in sweeps.items():
+        for name, sweep in by_source.items():
+            for rule, scores in (("best mIoU", sweep.best()), ("precision = recall", sweep.crossover())):
+                rows.append({"split": split, "source": name, "threshold rule": rule, **scores})
+    return pd.DataFrame(rows).set_index(["split", "source", "threshold rule"])
+
+
+def best_thresholds(p: Params, sweeps: Mapping[str, Mapping[str, SweepResult]]) -> dict[str, float]:
+    """Each classifier's best-mIoU background score on the train split, in [0, 1]."""
+    return {name: s.best()["threshold"] / 100 for name, s in sweeps[p.train_split].items()}
+
+
+def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, Mapping[str, CamStore]],
+                   sweeps: Mapping[str, Mapping[str, SweepResult]]) -> plt.Figure:
+    """Training images: ground truth, then per classifier its CAM (max over the image's
+    classes) and its mask at its best background score."""
+    best_t = best_thresholds(p, sweeps)
+    picks = np.linspace(0, len(train) - 1, min(p.n_examples, len(train))).astype(int)
+    rows = []
+    for i in picks:
+        sample = train[i]
+        row = [sample.image, plots.overlay(sample.image, sample.mask)]
+        for name in stores:
+            cams, ids = stores[name][p.train_split][sample.id]
+            heat = cams.max(axis=0) if len(cams) else np.zeros(sample.mask.shape)
+            row += [plots.heatmap_overlay(sample.image, heat),
+                    plots.overlay(sample.image, cam_to_mask(cams, ids, best_t[name]))]
+        rows.append(row)
+    titles = ["image", "ground truth"] + [f"{n} {kind}" for n in stores for kind in ("CAM", "mask")]
+    return plots.image_grid(rows, titles=titles, size=1.7)
+
+
+def shared_errors(p: Params, stores: Mapping[str, Mapping[str, CamStore]], train: VOCDataset,
+                  sweeps: Mapping[str, Mapping[str, SweepResult]]) -> pd.DataFrame:
+    """Per class (rows: every class name), the false positives / negatives of the two
+    classifiers at their best background scores, and the share both make (shared / union)."""
+    best_t = best_thresholds(p, sweeps)
+    a, b = list(stores)
+    overlap = error_overlap(stores[a][p.train_split], stores[b][p.train_split], train, best_t[a], best_t[b])
+    return pd.DataFrame(overlap.table(), index=train.class_names)
+
+
+def shared_errors_figure(ov: pd.DataFrame, names: list[str]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ov.iloc[1:][["fp_jaccard", "fn_jaccard"]].rename(
+        columns={"fp_jaccard": "false positives", "fn_jaccard": "false negatives"}).plot.bar(ax=ax)
+    ax.set(ylabel="shared / union", title=f"errors shared by {names[0]} and {names[1]} (train split)", ylim=(0, 1))
+    plt.xticks(rotation=30)
+    return fig
+
+
+def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mapping[str, Mapping[str, SweepResult]],
+              ov: pd.DataFrame) -> dict[str, Any]:
+    """The summary sections: ``classifiers``, ``cams`` and ``error_overlap``."""
+    cams = {name: {"miou": sw.best()["miou"], "precision": sw.best()["precision"], "recall": sw.best()["recall"],
+                   "threshold": sw.best()["threshold"], "crossover": sw.crossover(),
+                   "val": sweeps[p.val_split][name].best()}
+            for name, sw in sweeps[p.train_split].items()}
+    classifiers = {name: {"val_map": t.val_scores["map"], "val_f1": t.val_scores["f1"],
+                          "train_seconds": t.train_seconds, "spec": t.spec.to_dict()}
+                   for name, t in trained.items()}
+    fg = ov.iloc[1:]
+    shared = {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"]))}
+    return {"classifiers": classifiers, "cams": cams, "error_overlap": shared}
+
+
+def record(stage: Any, p: Params, splits: Splits, trained: Mapping[str, TrainedClassifier],
+           summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage's record: the summary, the training histories and the artifacts' keys."""
+    return stage.record(metrics={**summary, "history": {name: t.history for name, t in trained.items()}},
+                        summary=dict(summary), artifacts=keys_for(p, splits))
+
+
+def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
+    """The chapter's closing bullets (markdown), from the numbers it computed."""
+    lines = []
+    for name, c in summary["cams"].items():
+        t = summary["classifiers"][name]
+        mode = ("over-spread: it covers more of the objects than it gets right (recall above precision)"
+                if c["recall"] > c["precision"] else
+                "scattered or under-covering: what it marks is mostly right but it misses object pixels "
+                "(precision above recall)")
+        lines.append(
+            f"- **{name}**: validation mAP {t['val_map']:.1f} % (a random ranking would score about {chance:.1f} %, "
+            f"the share of positive image-class pairs), trained in {t['train_seconds']:.0f} s. Its CAM reaches "
+            f"{c['miou']:.1f} % mIoU on the {p.train_split} split at background score {c['threshold']:.0f} % "
+            f"(precision {c['precision']:.1f} %, recall {c['recall']:.1f} %); the ground truth itself would score "
+            f"100 %. Failure mode: {mode}. On {p.val_split}: {c['val']['miou']:.1f} % mIoU.")
+    shared = summary["error_overlap"]
+    lines.append(
+        f"- The two classifiers share on average {shared['fp_jaccard_mean']:.0%} of their false-positive pixels "
+        f"and {shared['fn_jaccard_mean']:.0%} of their false negatives (per class, shared / union)."
+    )
+    return "\n".join(lines)
