@@ -108,11 +108,11 @@ def test_pseudo_masks_round_trip_through_the_voc_reader(tiny_voc, tmp_path):
         assert (root / "JPEGImages" / f"{i}.jpg").is_symlink()
 
 
-def test_random_walk_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
+def test_refined_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     import torch
 
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
-    from orandnet_lib.methods.pseudo import BoundarySet, crf_cams, random_walk_cams
+    from orandnet_lib.methods.pseudo import BoundarySet, boundary_maps, refined_cams
     from orandnet_lib.nets.boundary import BoundaryNet
     from orandnet_lib.data.voc import VOCDataset
 
@@ -129,11 +129,22 @@ def test_random_walk_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     assert set(data.label_statistics()) == {"foreground", "background", "ignored"}
     x, y = data[0]
     assert x.shape == (3, 20, 24) and y.shape == (5, 6)
-    out = list(random_walk_cams(net, store, ds, iterations=4, progress=False))
+    settings = {"beta": 10.0, "iterations": 4, "radius": 5, "crf_iterations": 2}
+    with pytest.raises(ValueError, match="boundary"):
+        next(refined_cams("rw", store, ds, background=0.3, settings=settings, progress=False))
+    boundaries = boundary_maps(net, ds, progress=False)
+    out = list(refined_cams("rw", store, ds, background=0.3, settings=settings, boundaries=boundaries, workers=1,
+                            progress=False))
     assert [o[0] for o in out] == list(ds.ids)
     for image_id, cams, ids in out:
         assert cams.shape == store[image_id][0].shape and cams.max() <= 1.0 + 1e-6 and cams.min() >= 0
-    crf = list(crf_cams(store, ds, 0.3, iterations=2, progress=False))
+    # worker processes give the same result, in order
+    forked = list(refined_cams("rw", store, ds, background=0.3, settings=settings, boundaries=boundaries, workers=2,
+                               progress=False))
+    for (i, a, _), (j, b, _) in zip(out, forked):
+        assert i == j
+        np.testing.assert_array_equal(a, b)
+    crf = list(refined_cams("crf", store, ds, background=0.3, settings=settings, progress=False))
     assert all(c.shape == store[i][0].shape for i, c, _ in crf)
 
 

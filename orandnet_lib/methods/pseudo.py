@@ -1,11 +1,14 @@
-"""Stage 4 from top to bottom: CAMs -> confident labels -> boundary network -> random walk
-(or dense CRF) -> pseudo-masks written in VOC layout for the segmentation stage."""
+"""From CAM stores to pseudo-masks: the relation network's training set (confident labels),
+its boundary maps, any registered refinement over a store, and pseudo-masks written in VOC
+layout for the segmentation stage. Stage 4 (:mod:`orandnet_lib.stages.s4_refinement`)
+composes these."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +19,8 @@ from torch.utils.data import Dataset
 from .cams import CamStore, to_tensor
 from ..core.parallel import imap
 from ..core.progress import bar as progress_bar
-from .refine import (adaptive_avg_pool, cam_probabilities, confident_labels, crf_probabilities, random_walk,
-                     resize_bilinear, transition_matrix)
+from ..core.identity import ArtifactKey, write_identity
+from .refine import REFINEMENTS, RefineInputs, confident_labels
 from ..nets.boundary import BoundaryNet, affinity_loss, downsample_labels
 from ..data.voc import VOCDataset, VOCWriter
 
@@ -108,54 +111,40 @@ def boundary_maps(model: BoundaryNet, dataset: VOCDataset, batch_size: int = 64,
     return out
 
 
-def random_walk_cams(model: BoundaryNet | None, store: CamStore, dataset: VOCDataset, beta: float = 10.0,
-                     iterations: int = 8, radius: int = 5, progress: bool = True,
-                     boundaries: dict[str, np.ndarray] | None = None, workers: int = 0
-                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """IRN's propagation: each image's CAMs, downsampled to the boundary grid, walk along
-    the boundary-derived affinities, are upsampled back and max-normalised per class.
-    ``boundaries`` (from :func:`boundary_maps`) saves recomputing the maps; the walks run in
-    ``workers`` processes (0: one per CPU). Yields (image id, refined cams (K, H, W) in [0, 1],
-    class ids)."""
-    if boundaries is None:
-        if model is None:
-            raise ValueError("random_walk_cams needs the boundary network or precomputed boundary maps")
-        boundaries = boundary_maps(model, dataset, progress=progress)
-    items = ((*store[i], boundaries[i], beta, iterations, radius) for i in dataset.ids)
-    walked = imap(_walk_one, items, workers)
-    for image_id, (cams, ids) in progress_bar(zip(dataset.ids, walked), total=len(dataset), desc="random walk",
+def refined_cams(refinement: str, store: CamStore, dataset: VOCDataset, *, background: float,
+                 settings: Mapping[str, Any], boundaries: Mapping[str, np.ndarray] | None = None,
+                 workers: int = 0, progress: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """One registered refinement (:data:`~orandnet_lib.methods.refine.REFINEMENTS`) over every
+    image of ``dataset``: yields (image id, refined scores (K, H, W) in [0, 1], class ids) in
+    order. ``boundaries`` (from :func:`boundary_maps`) for a refinement that needs them;
+    the images are refined in ``workers`` processes (0: one per CPU)."""
+    entry = REFINEMENTS.entry(refinement)
+    needs_boundary = bool(entry.attrs.get("needs_boundary"))
+    if needs_boundary and boundaries is None:
+        raise ValueError(f"refinement {refinement!r} needs the relation network's boundary maps")
+    settings = dict(settings)
+    items = ((refinement, RefineInputs(dataset.load_image(i), cams, ids, background,
+                                       boundaries[i] if needs_boundary and boundaries is not None else None, settings))
+             for i in dataset.ids for cams, ids in [store[i]])
+    refined = imap(refine_one, items, 1 if entry.attrs.get("identity") else workers)
+    for image_id, (cams, ids) in progress_bar(zip(dataset.ids, refined), total=len(dataset), desc=entry.label,
                                               disable=not progress):
         yield image_id, cams, ids
 
 
-def _walk_one(item: tuple[np.ndarray, np.ndarray, np.ndarray, float, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    cams, ids, boundary, beta, iterations, radius = item
-    if len(ids) == 0:
-        return cams, ids
-    small = adaptive_avg_pool(cams, boundary.shape)  # numpy only: this runs in forked workers
-    walked = random_walk(small, transition_matrix(boundary, radius, beta), iterations)
-    up = np.maximum(resize_bilinear(walked, cams.shape[1:]), 0).astype(np.float32)
-    return up / (up.reshape(len(ids), -1).max(axis=1)[:, None, None] + 1e-5), ids
-
-
-def crf_cams(store: CamStore, dataset: VOCDataset, background_score: float, iterations: int = 10,
-             progress: bool = True, workers: int = 0) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Dense CRF on each image's CAM probabilities (background score stacked first);
-    yields the refined class probabilities (K, H, W) so they can be swept like CAMs.
-    Images are refined in ``workers`` processes (0: one per CPU), in order."""
-    items = ((dataset.load_image(i), *store[i], background_score, iterations) for i in dataset.ids)
-    refined = imap(_crf_one, items, workers)
-    for image_id, (cams, ids) in progress_bar(zip(dataset.ids, refined), total=len(dataset), desc="dense CRF",
-                                              disable=not progress):
-        yield image_id, cams, ids
+def refine_one(item: tuple[str, RefineInputs]) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's task: the named refinement of one image (an image without a class is
+    returned as it is)."""
+    name, x = item
+    if len(x.class_ids) == 0:
+        return x.cams, x.class_ids
+    return REFINEMENTS.get(name)(x), x.class_ids
 
 
 def _crf_one(item: tuple[np.ndarray, np.ndarray, np.ndarray, float, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The dense CRF of one (image, cams, ids, background, iterations) item (``make bench``)."""
     image, cams, ids, background_score, iterations = item
-    if len(ids) == 0:
-        return cams, ids
-    q = crf_probabilities(image, cam_probabilities(cams, background_score), iterations)
-    return q[1:] / np.maximum(q[1:] + q[:1], 1e-8), ids  # P(class | class or background)
+    return refine_one(("crf", RefineInputs(image, cams, ids, background_score, None, {"crf_iterations": iterations})))
 
 
 def _confident_cells(item: tuple[np.ndarray, np.ndarray, float, float, np.ndarray | None, int]) -> np.ndarray:
@@ -164,51 +153,16 @@ def _confident_cells(item: tuple[np.ndarray, np.ndarray, float, float, np.ndarra
 
 
 def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
-                       masks: Iterable[tuple[str, np.ndarray]], split: str | None = None) -> Path:
+                       masks: Iterable[tuple[str, np.ndarray]], split: str | None = None,
+                       key: ArtifactKey | None = None) -> Path:
     """A VOC-layout folder of pseudo-masks (palette PNGs, 255 = ignore) whose images link to
-    the originals, so the segmentation stage reads it through the one data path."""
+    the originals, so the segmentation stage reads it through the one data path. ``key``
+    (the set's artifact key) is written beside them in the same atomic move, so the folder's
+    data fingerprint is its identity."""
     split = split or dataset.split
     with VOCWriter(root, dataset.class_names) as writer:
         for image_id, mask in masks:
             writer.add_mask(split, image_id, mask, dataset.image_path(image_id))
+        if key is not None:
+            write_identity(writer.staging_dir, key)
     return Path(root)
-
-
-def refine_variant(store: CamStore, dataset: VOCDataset, net: BoundaryNet, out_dir: str | os.PathLike[str], *,
-                   beta: float = 10.0, iterations: int = 8, radius: int = 5, rw_background: float = 0.25,
-                   crf_iterations: int = 10, keep: int = 0, progress: bool = True,
-                   boundaries: dict[str, np.ndarray] | None = None, workers: int = 0) -> dict[str, object]:
-    """One CAM variant through stage 4: scores of the CAM, the CAM after a dense CRF and after
-    the random walk (best-mIoU sweeps), and of the random walk at a fixed background score,
-    whose masks are written as pseudo-masks in ``out_dir`` (VOC layout).
-
-    Returns {"scores": {level: {miou, precision, recall, threshold}}, "timings": {...},
-    "examples": the first ``keep`` random-walk results}. ``boundaries``: precomputed boundary
-    maps (shared across variants); ``workers``: processes for the CRF and the walk.
-    """
-    import time
-
-    from .cams import sweep_store, sweep_stream
-    from ..core.metrics import ConfusionMatrix, cam_to_mask
-
-    cam_sweep = sweep_store(store, dataset)
-    t0 = time.perf_counter()
-    crf_sweep = sweep_stream(crf_cams(store, dataset, cam_sweep.best()["threshold"] / 100, crf_iterations,
-                                      progress=progress, workers=workers), dataset)
-    t1 = time.perf_counter()
-    walked = list(random_walk_cams(net, store, dataset, beta, iterations, radius, progress=progress,
-                                   boundaries=boundaries, workers=workers))
-    t2 = time.perf_counter()
-    fixed = ConfusionMatrix(dataset.num_classes)
-    masks = {}
-    for image_id, cams, ids in walked:
-        masks[image_id] = cam_to_mask(cams, ids, rw_background)
-        fixed.update(masks[image_id], dataset.load_mask(image_id))
-    write_pseudo_masks(out_dir, dataset, masks.items())
-    return {
-        "scores": {"cam": cam_sweep.best(), "crf": crf_sweep.best(), "rw": sweep_stream(walked, dataset).best(),
-                   "rw_fixed": {**fixed.scores().summary(), "threshold": 100 * rw_background}},
-        "timings": {"crf_ms_per_image": 1000 * (t1 - t0) / len(dataset),
-                    "rw_ms_per_image": 1000 * (t2 - t1) / len(dataset)},
-        "examples": walked[:keep],
-    }

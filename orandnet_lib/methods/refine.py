@@ -1,19 +1,34 @@
 """Pseudo-mask refinement: dense CRF, IRN's confident labels, boundary affinities and a
-sparse random walk (Ahn et al. 2019).
+sparse random walk (Ahn et al. 2019), and the registry of refinements stage 4 scores.
 
 Shapes: a CAM of an image is (K, H, W) in [0, 1] for its K classes with ids (K,);
 a boundary map is (H, W) in [0, 1] (1 = a class boundary); labels are (H, W) uint8 with
 255 = ignore. Affinities are kept sparse (each pixel links to the pixels within a radius),
 so memory grows linearly with the number of pixels.
+
+A refinement is one numpy-only function of :class:`RefineInputs` (it runs in forked worker
+processes) plus one registration in :data:`REFINEMENTS`; stage 4 then scores it, stage 6
+plots it, the results page and the teaching widget list it::
+
+    @REFINEMENTS.register("blur", label="Gaussian blur", settings=("sigma",))
+    def refine_blur(x: RefineInputs) -> np.ndarray: ...
+
+Attributes of an entry: ``settings`` (the names in ``RefineInputs.settings`` it reads: they
+key the pseudo-masks it writes), ``needs_boundary`` (it reads the relation network's
+boundary map), ``uses_background`` (it reads the background score, so written pseudo-masks
+are refined again at the fixed score), ``identity`` (it returns the CAM unchanged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import sparse
 
+from ..core.registry import Registry
 from ..data.voc import IGNORE_INDEX
 
 
@@ -207,3 +222,50 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x0, x1, wx = axis(array.shape[2], size[1])
     rows = array[:, y0] * (1 - wy)[None, :, None] + array[:, y1] * wy[None, :, None]
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
+
+
+# ----------------------------------------------------------------------------- the registry
+
+@dataclass(frozen=True)
+class RefineInputs:
+    """What a refinement sees of one image."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    cams: np.ndarray  # (K, H, W) float32 in [0, 1]
+    class_ids: np.ndarray  # (K,)
+    background: float  # background score (the CRF's unary uses it)
+    boundary: np.ndarray | None = None  # (h, w) relation-net boundary map on the stride-4 grid, or None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # beta, iterations, radius, crf_iterations, ...
+
+
+Refinement = Callable[[RefineInputs], np.ndarray]  # -> refined scores (K, H, W) in [0, 1]
+
+REFINEMENTS: Registry[Refinement] = Registry("refinement")
+
+
+@REFINEMENTS.register("cam", label="CAM", settings=(), identity=True)
+def refine_cam(x: RefineInputs) -> np.ndarray:
+    """The CAM itself: the baseline every refinement is compared with."""
+    return x.cams
+
+
+@REFINEMENTS.register("crf", label="dense CRF", settings=("crf_iterations",), uses_background=True)
+def refine_crf(x: RefineInputs) -> np.ndarray:
+    """Dense CRF on the CAM probabilities (background score stacked first), returned as
+    P(class | class or background) so it can be swept like a CAM."""
+    q = crf_probabilities(x.image, cam_probabilities(x.cams, x.background), int(x.settings.get("crf_iterations", 10)))
+    return q[1:] / np.maximum(q[1:] + q[:1], 1e-8)
+
+
+@REFINEMENTS.register("rw", label="random walk", settings=("beta", "iterations", "radius"), needs_boundary=True)
+def refine_random_walk(x: RefineInputs) -> np.ndarray:
+    """IRN's propagation: the CAMs, average-pooled to the boundary grid, walk along the
+    boundary-derived affinities, are upsampled back and max-normalised per class."""
+    if x.boundary is None:
+        raise ValueError("the random walk needs the relation network's boundary map")
+    s = x.settings
+    small = adaptive_avg_pool(x.cams, x.boundary.shape)
+    walked = random_walk(small, transition_matrix(x.boundary, int(s.get("radius", 5)), float(s.get("beta", 10.0))),
+                         int(s.get("iterations", 8)))
+    up = np.maximum(resize_bilinear(walked, x.cams.shape[1:]), 0).astype(np.float32)
+    return up / (up.reshape(len(x.class_ids), -1).max(axis=1)[:, None, None] + 1e-5)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import timm
@@ -29,9 +29,6 @@ from torch.utils.data import Dataset
 from ..methods.cams import CamStore, CamStoreWriter, to_tensor
 from ..core.progress import bar as progress_bar
 from ..data.voc import VOCDataset
-
-if TYPE_CHECKING:
-    from ..core.train import TrainConfig
 
 LOSSES = ("softmax", "bce")
 
@@ -192,7 +189,9 @@ def loss_fn(kind: str) -> Callable[[nn.Module, dict[str, torch.Tensor]], tuple[t
 
 def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: str | Path, kind: str,
                 meta: dict[str, Any] | None = None, progress: bool = True) -> Path:
-    """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's)."""
+    """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's);
+    ``meta`` adds to the store's meta (its ``identity``: the artifact key, see
+    :func:`orandnet_lib.stages.s3_orandnet.train_variant`)."""
     device = next(model.parameters()).device
     inherited = {k: or_store.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in or_store.meta}
     with CamStoreWriter(path, {"source": "orandnet", "loss": kind, **inherited, **(meta or {})}) as writer:
@@ -205,25 +204,3 @@ def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: 
             out = predict(model, torch.from_numpy(or_cams).to(device), image, kind)
             writer.add(image_id, out.cpu().numpy(), class_ids)
     return Path(path)
-
-
-def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: "TrainConfig",
-                  out_dir: Path, *, loss: str = "bce", use_image: bool = False, encoder: str = "small",
-                  widths: Sequence[int] = (16, 32, 64), key: str = "", progress: bool = True
-                  ) -> tuple[list[dict[str, float]], CamStore]:
-    """Train one ORANDNet variant with the one training loop (resuming from its checkpoint)
-    and write its maps of ``dataset`` as a CAM store. ``key`` (e.g. the upstream stages'
-    hash) goes into the checkpoint name so changed inputs never resume a stale run."""
-    from ..core import store
-    from ..core.train import fit
-
-    torch.manual_seed(cfg.seed)
-    model = ORANDNet(encoder, use_image=use_image, widths=widths)
-    data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
-    tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-    settings = store.hash_obj([encoder, list(widths), loss, use_image, str(or_store.path), str(and_store.path)])[:8]
-    history = fit(model, data, loss_fn(loss), cfg, checkpoint=Path(out_dir) / f"{tag}-{key}-{settings}.pt",
-                  collate=collate, desc=f"training {name}", progress=progress)
-    path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,
-                       meta={"run": name}, progress=progress)
-    return history, CamStore(path)

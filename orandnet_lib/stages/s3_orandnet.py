@@ -1,0 +1,283 @@
+"""Stage 3: ORANDNet, from OR to AND. A small encoder-decoder takes the OR map of one class
+(what either classifier found, stage 2) and is trained to output the AND map (what both
+found); at inference it sees only OR, so its output is a learned, smoothed AND. The stage
+trains it with the chosen loss, and as ablations with the other loss (the official softmax
+over class channels gives single-class images no gradient) and with the RGB image as extra
+input; it compares every model with the single CAMs, OR and AND on one sweep, and combines
+a third classifier (stage 1's CNN retrained with another seed) in N-way OR / AND.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core import store
+from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.train import TrainConfig, fit
+from ..data.voc import VOCDataset
+from ..methods.cams import CamStore, sweep_store
+from ..methods.ensemble import Variant, sweep_variants
+from ..nets.orandnet import ORANDNet, OrAndSet, collate, loss_fn, write_store
+from . import s1_classifiers, s2_ensembles
+
+STAGE = "03_orandnet"
+# Every parameter changes a checkpoint or store this stage writes.
+NOT_IN_KEYS: dict[str, str] = {}
+
+MAIN = "orandnet"  # the main model's name; its store is "orandnet_<split>", which stage 4 refines
+STAGE1, STAGE2 = "01_classifiers_and_cams", "02_or_and_ensembles"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    train_split: str = "train"
+    or_variant: str = "or+offset"  # the stage 2 store used as input
+    and_variant: str = "and+offset"  # the stage 2 store used as target
+    encoder: str = "small"  # "small" (strides 2-8) | a timm backbone such as "vgg16" (FCN-8s)
+    widths: tuple[int, ...] = (16, 32, 64)
+    loss: str = "bce"  # the main model's loss: "bce" | "softmax" (official)
+    epochs: int = 4
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    ablate_loss: bool = True  # also train with the other loss
+    ablate_image: bool = True  # also train with the RGB image as input
+    third_classifier_seed: int = 1  # stage 1's CNN retrained with this seed; -1: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ORANDNet model of the chapter: its loss and whether it sees the image."""
+
+    loss: str
+    use_image: bool = False
+
+
+def train_config(p: Params) -> TrainConfig:
+    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
+                       weight_decay=p.weight_decay, seed=p.seed)
+
+
+def train_spec(p: Params) -> dict[str, Any]:
+    """The training config as keyed: all but what changes how a run executes, not what it
+    learns (as the training loop's resume check)."""
+    return {k: v for k, v in spec_dict(train_config(p)).items()
+            if k not in ("num_workers", "device", "checkpoint_every_steps", "channels_last")}
+
+
+def runs(p: Params) -> dict[str, Run]:
+    """The main model, then the ablations the parameters ask for (in training order)."""
+    out = {MAIN: Run(p.loss)}
+    if p.ablate_loss:
+        other = "softmax" if p.loss == "bce" else "bce"
+        out[f"orandnet ({other})"] = Run(other)
+    if p.ablate_image:
+        out[f"orandnet ({p.loss}, +image)"] = Run(p.loss, use_image=True)
+    return out
+
+
+def third_name(p: Params) -> str:
+    return f"cnn_seed{p.third_classifier_seed}"
+
+
+def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str],
+                  stage1: s1_classifiers.Params | None = None) -> dict[str, ArtifactKey]:
+    """The keys of the ORANDNet models (checkpoint and CAM store each; ``orandnet:<name>``)
+    and of the third classifier and its CAM store (``classifier:cnn_seed<n>``,
+    ``cams:cnn_seed<n>_<train_split>``).
+
+    ``data[split]``: split fingerprints (``train_split``, and stage 1's training and
+    validation splits for the third classifier); ``upstream["cams:<variant>_<split>"]``: the
+    OR and AND stores' digests. ``stage1``: stage 1's parameters (:func:`stage1_params`;
+    its defaults when not given), whose CNN the third classifier repeats with another seed.
+    """
+    train = train_spec(p)
+    inputs = {"or": upstream[f"cams:{p.or_variant}_{p.train_split}"],
+              "and": upstream[f"cams:{p.and_variant}_{p.train_split}"]}
+    keys = {f"orandnet:{name}": ArtifactKey(
+        "orandnet", {"encoder": p.encoder, "widths": list(p.widths), "loss": run.loss, "use_image": run.use_image,
+                     "train": train}, data=data[p.train_split], upstream=inputs, seed=p.seed)
+        for name, run in runs(p).items()}
+    if p.third_classifier_seed >= 0:
+        s1 = stage1 or s1_classifiers.Params()
+        spec = s1_classifiers.classifier_specs(s1)["cnn"]
+        name = third_name(p)
+        classifier = s1_classifiers.classifier_key(spec, p.third_classifier_seed, data[s1.fit_split or p.train_split],
+                                                   data[s1.val_split])
+        keys[f"classifier:{name}"] = classifier
+        keys[f"cams:{name}_{p.train_split}"] = s1_classifiers.cam_key(spec.cam_method, s1.cam_scales, s1.cam_flip,
+                                                                      data[p.train_split], classifier.digest)
+    return keys
+
+
+def stage1_params(upstream1: Any) -> s1_classifiers.Params:
+    """Stage 1's parameters from its record: its CNN (spec, training split, CAM settings) is
+    what the third classifier repeats."""
+    names = {f.name for f in dataclasses.fields(s1_classifiers.Params)}
+    return store.dataclass_from_dict(s1_classifiers.Params, {k: v for k, v in upstream1.params.items() if k in names},
+                                     "stage 1 parameters")
+
+
+@dataclass
+class Inputs:
+    """What the stage reads: the scored split, the stage-2 variants and their source stores,
+    the OR (input) and AND (target) stores, stage 1's recipe and the keys of what it writes."""
+
+    train: VOCDataset
+    variants: dict[str, Variant]
+    sources: dict[str, CamStore]
+    or_store: CamStore
+    and_store: CamStore
+    stage1: s1_classifiers.Params
+    keys: dict[str, ArtifactKey]
+
+
+def open_inputs(stage: Any, p: Params) -> Inputs:
+    train = VOCDataset(stage.data_root, p.train_split)
+    variants = s2_ensembles.variants_from(stage.upstream(STAGE2))
+    names = list(dict.fromkeys(s for v in variants.values() for s in v.sources))
+    sources = {n: CamStore(stage.cam_store(n, p.train_split)) for n in names}
+    or_store = CamStore(stage.cam_store(p.or_variant, p.train_split))
+    and_store = CamStore(stage.cam_store(p.and_variant, p.train_split))
+    stage1 = stage1_params(stage.upstream(STAGE1))
+    data = {split: dataset_fingerprint(train if split == p.train_split else VOCDataset(stage.data_root, split))
+            for split in dict.fromkeys([p.train_split, stage1.training_split, stage1.val_split])}
+    upstream = {f"cams:{p.or_variant}_{p.train_split}": or_store.digest,
+                f"cams:{p.and_variant}_{p.train_split}": and_store.digest}
+    return Inputs(train, variants, sources, or_store, and_store, stage1, artifact_keys(p, data, upstream, stage1))
+
+
+@dataclass
+class Trained:
+    history: list[dict[str, float]]
+    store: CamStore
+    checkpoint: Path
+
+
+def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: TrainConfig,
+                  out_dir: Path, key: ArtifactKey, *, loss: str = "bce", use_image: bool = False,
+                  encoder: str = "small", widths: Sequence[int] = (16, 32, 64), progress: bool = True) -> Trained:
+    """Train one ORANDNet model with the one training loop (its checkpoint named and checked
+    by ``key``, resumed when it exists) and write its maps of ``dataset`` as a CAM store
+    ``out_dir/cams/<name>_<split>`` that carries ``key`` as its identity."""
+    torch.manual_seed(cfg.seed)
+    model = ORANDNet(encoder, use_image=use_image, widths=widths)
+    data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
+    checkpoint = key.path(out_dir, name)
+    history = fit(model, data, loss_fn(loss), cfg, checkpoint=checkpoint, identity=key, collate=collate,
+                  desc=f"training {name}", progress=progress)
+    tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,
+                       meta={"run": name, "identity": key.to_dict()}, progress=progress)
+    return Trained(history, CamStore(path), checkpoint)
+
+
+def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, Trained]:
+    """The main model and the ablations, in order."""
+    return {name: train_variant(name, inputs.or_store, inputs.and_store, inputs.train, train_config(p), out_dir,
+                                inputs.keys[f"orandnet:{name}"], loss=run.loss, use_image=run.use_image,
+                                encoder=p.encoder, widths=p.widths, progress=progress)
+            for name, run in runs(p).items()}
+
+
+def compare(p: Params, inputs: Inputs, trained: Mapping[str, Trained]) -> dict[str, Any]:
+    """Sweeps of the single sources, the OR and AND variants used, and every ORANDNet model."""
+    chosen = [*inputs.sources, p.or_variant, p.and_variant]
+    sweeps = sweep_variants(inputs.sources, inputs.train, {k: inputs.variants[k] for k in dict.fromkeys(chosen)})
+    sweeps.update({name: sweep_store(t.store, inputs.train) for name, t in trained.items()})
+    return sweeps
+
+
+def comparison_table(sweeps: Mapping[str, Any]) -> Any:
+    """Each variant at its best-mIoU score and at the precision/recall crossover."""
+    import pandas as pd
+
+    rows = [{"variant": n, "threshold rule": rule, **sc} for n, s in sweeps.items()
+            for rule, sc in (("best mIoU", s.best()), ("precision = recall", s.crossover()))]
+    return pd.DataFrame(rows).set_index(["threshold rule", "variant"]).sort_index(level=0, sort_remaining=False)
+
+
+def n_way_variants(a: str, b: str, third: str = "cnn2") -> dict[str, Variant]:
+    """The third source alone, OR and AND of each pair with the first source, and of all three."""
+    return {third: Variant((third,)),
+            f"or ({a}, {b})": Variant((a, b), "or"), f"and ({a}, {b})": Variant((a, b), "and"),
+            f"or ({a}, {third})": Variant((a, third), "or"), f"and ({a}, {third})": Variant((a, third), "and"),
+            "or (3-way)": Variant((a, b, third), "or"), "and (3-way)": Variant((a, b, third), "and")}
+
+
+def third_classifier(stage: Any, p: Params, inputs: Inputs, progress: bool = True) -> dict[str, Any]:
+    """Stage 1's CNN trained again with ``third_classifier_seed`` on stage 1's training split,
+    its CAMs of ``train_split``, and the N-way sweeps; {} when skipped (seed -1)."""
+    if p.third_classifier_seed < 0:
+        return {}
+    s1, name = inputs.stage1, third_name(p)
+    fit_ds = inputs.train if s1.training_split == p.train_split else VOCDataset(stage.data_root, s1.training_split)
+    val_ds = VOCDataset(stage.data_root, s1.val_split)
+    third = s1_classifiers.train_classifier(name, s1_classifiers.classifier_specs(s1)["cnn"], fit_ds, val_ds,
+                                            stage.dir, seed=p.third_classifier_seed, progress=progress,
+                                            key=inputs.keys[f"classifier:{name}"])
+    path = s1_classifiers.cam_stores(third, {p.train_split: inputs.train}, stage.dir / "cams", s1.cam_scales,
+                                     s1.cam_flip, s1.cam_batch_size, progress=progress,
+                                     keys={p.train_split: inputs.keys[f"cams:{name}_{p.train_split}"]})[p.train_split]
+    a, b = list(inputs.sources)[:2]
+    stores = {**inputs.sources, "cnn2": CamStore(path)}
+    return sweep_variants(stores, inputs.train, n_way_variants(a, b), progress=progress)
+
+
+def cams_summary(sweeps: Mapping[str, Any], n_way: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's ``cams``: each ORANDNet model and each N-way variant (``nway:<name>``) at
+    its best-mIoU score, with its precision = recall crossover."""
+    out = {name: {**s.best(), "crossover": s.crossover()} for name, s in sweeps.items() if name.startswith("orandnet")}
+    out.update({f"nway:{name}": {**s.best(), "crossover": s.crossover()} for name, s in n_way.items()})
+    return out
+
+
+def record(stage: Any, inputs: Inputs, trained: Mapping[str, Trained], sweeps: Mapping[str, Any],
+           n_way: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage's record: ``cams`` (also in the summary), the training histories and the keys
+    of every checkpoint and store written."""
+    cams = cams_summary(sweeps, n_way)
+    return stage.record(metrics={"cams": cams, "history": {name: t.history for name, t in trained.items()}},
+                        summary={"cams": cams}, artifacts=inputs.keys)
+
+
+def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sources: Sequence[str]) -> str:
+    """The chapter's "What this chapter found", from the computed sweeps."""
+    b = {n: s.best() for n, s in sweeps.items()}
+    a, c = list(sources)[:2]
+    top_single = max((a, c), key=lambda n: b[n]["miou"])
+    m = b[MAIN]
+    more_precise = m["precision"] > b[top_single]["precision"]
+    kept_miou = m["miou"] >= b[top_single]["miou"]
+    lines = [
+        f"- **Does ORANDNet ({p.loss} loss) raise precision over the best single CAM ({top_single}) without losing "
+        f"mIoU?** Precision {m['precision']:.1f} % against {b[top_single]['precision']:.1f} % "
+        f"({'higher' if more_precise else 'not higher'}); mIoU {m['miou']:.1f} % against {b[top_single]['miou']:.1f} % "
+        f"({'kept' if kept_miou else 'lost'}). Against its own target, AND: precision "
+        f"{b[p.and_variant]['precision']:.1f} %, mIoU {b[p.and_variant]['miou']:.1f} %.",
+    ]
+    for name in runs(p):
+        if name != MAIN:
+            lines.append(f"- Ablation **{name}**: mIoU {b[name]['miou']:.1f} %, precision {b[name]['precision']:.1f} %, "
+                         f"recall {b[name]['recall']:.1f} %.")
+    if n_way:
+        nb = {n: s.best() for n, s in n_way.items()}
+        pair, same = f"({a}, {c})", f"({a}, cnn2)"
+        lines.append(
+            f"- **N-way**: AND of three sources has precision {nb['and (3-way)']['precision']:.1f} % and recall "
+            f"{nb['and (3-way)']['recall']:.1f} % (two-way {a} + {c}: {nb['and ' + pair]['precision']:.1f} % and "
+            f"{nb['and ' + pair]['recall']:.1f} %); OR of three has recall {nb['or (3-way)']['recall']:.1f} % "
+            f"(two-way: {nb['or ' + pair]['recall']:.1f} %), each at its own best-mIoU background score. Two CNNs of "
+            f"different seeds: AND precision {nb['and ' + same]['precision']:.1f} %, mIoU "
+            f"{nb['and ' + same]['miou']:.1f} % (the first CNN alone: {b[a]['precision']:.1f} % and "
+            f"{b[a]['miou']:.1f} %).")
+    lines.append("- Single seed; the later chapters repeat the headline comparison over seeds.")
+    return "\n".join(lines)

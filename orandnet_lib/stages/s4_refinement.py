@@ -1,0 +1,433 @@
+"""Stage 4: from CAMs to pseudo-masks, as IRN (Ahn et al. 2019). (1) Confident labels from a
+seed CAM: foreground where it is high, background where every class is very low, the rest
+ignored (refined by a dense CRF); (2) a relation network trained on pairs of those labels to
+predict class boundaries from the image alone; (3) every registered refinement (the CAM
+itself, a dense CRF, the random walk along the boundary affinities, ...) applied to each CAM
+variant of stages 1-3 and scored by a sweep of the background score; (4) the pseudo-masks of
+the chosen refinement at IRN's fixed background score, written in VOC layout for the
+segmentation stage, each set keyed by its CAM store, the relation network and its settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import store as files
+from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.metrics import ConfusionMatrix, cam_to_mask
+from ..core.parallel import default_workers
+from ..core.train import TrainConfig, fit
+from ..data.voc import VOCDataset
+from ..methods import pseudo
+from ..methods.cams import CamStore, sweep_store, sweep_stream
+from ..methods.refine import REFINEMENTS, adaptive_avg_pool, random_walk_steps, transition_matrix
+from ..nets.boundary import BoundaryNet
+
+STAGE = "04_refinement"
+NOT_IN_KEYS = {
+    "n_examples": "presentation: examples shown",
+    "workers": "processes only; results identical",
+    "refinements": "evaluation only: each is scored by a sweep every run, nothing of it is stored",
+    "crf_iterations": "read by the dense CRF only: scored every run, not stored, unless pseudo_mask_refinement is "
+                      "'crf', whose pseudo-mask key then holds it",
+}
+BOUNDARIES_FILE = "boundaries.npz"  # every train image's boundary map, float16, one array per image id
+
+
+def _default_backbone_kwargs() -> dict[str, Any]:
+    return {"channels": [32, 64, 128, 256], "layers": [1, 1, 1, 1]}
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    train_split: str = "train"
+    variants: tuple[str, ...] = ("cnn", "and+offset", "orandnet")  # CAM stores of stages 1-3 to refine
+    seed_variant: str = "cnn"  # the CAM whose confident labels train the relation network
+    fg_threshold: float = 0.30  # IRN's confident foreground
+    bg_threshold: float = 0.05  # IRN's confident background
+    use_crf: bool = True  # CRF on the confident labels (IRN does)
+    boundary_backbone: str = "resnet18"
+    boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
+    boundary_pretrained: str = ""
+    epochs: int = 4
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    radius: int = 5  # affinity radius on the stride-4 grid
+    beta: float = 10.0  # affinity exponent
+    iterations: int = 8  # random-walk steps
+    rw_background: float = 0.25  # IRN's background score for the written pseudo-masks (fixed)
+    crf_iterations: int = 10
+    refinements: tuple[str, ...] = ("cam", "crf", "rw")  # each scored on train_split by a sweep
+    pseudo_mask_refinement: str = "rw"  # the refinement whose masks are written
+    workers: int = 0  # processes for the refinements (0: one per CPU)
+    n_examples: int = 4
+
+
+def train_config(p: Params) -> TrainConfig:
+    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
+                       weight_decay=p.weight_decay, seed=p.seed)
+
+
+def train_spec(p: Params) -> dict[str, Any]:
+    """The training config as keyed: all but what changes how a run executes, not what it
+    learns (as the training loop's resume check)."""
+    return {k: v for k, v in spec_dict(train_config(p)).items()
+            if k not in ("num_workers", "device", "checkpoint_every_steps", "channels_last")}
+
+
+def backbone_kwargs(p: Params) -> dict[str, Any]:
+    """timm wants tuples where TOML and papermill give lists."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(p.boundary_backbone_kwargs).items()}
+
+
+def refinement_settings(p: Params) -> dict[str, Any]:
+    """Every refinement's settings (``RefineInputs.settings``)."""
+    return {"beta": p.beta, "iterations": p.iterations, "radius": p.radius, "crf_iterations": p.crf_iterations}
+
+
+def _attrs(name: str) -> dict[str, Any]:
+    # An unknown name is not validated here (the key walk perturbs names): it is keyed by
+    # everything a refinement could read.
+    if name in REFINEMENTS:
+        return REFINEMENTS.entry(name).attrs
+    return {"settings": tuple(refinement_settings(Params())), "needs_boundary": True}
+
+
+def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
+    """The relation network's checkpoint (``boundary_net``) and each variant's pseudo-mask set
+    (``pseudo_masks:<variant>``). ``data[train_split]``: the split's fingerprint;
+    ``upstream["cams:<variant>_<split>"]``: the CAM stores' digests."""
+    net = ArtifactKey("boundary_net", {
+        "backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
+        "pretrained": p.boundary_pretrained, "fg_threshold": p.fg_threshold, "bg_threshold": p.bg_threshold,
+        "use_crf": p.use_crf, "radius": p.radius, "train": train_spec(p)},
+        data=data[p.train_split], upstream={"cams": upstream[f"cams:{p.seed_variant}_{p.train_split}"]}, seed=p.seed)
+    keys = {"boundary_net": net}
+    attrs = _attrs(p.pseudo_mask_refinement)
+    settings = refinement_settings(p)
+    spec = {"refinement": p.pseudo_mask_refinement, "background": p.rw_background,
+            **{k: settings[k] for k in attrs.get("settings", ())}}
+    for v in p.variants:
+        inputs = {"cams": upstream[f"cams:{v}_{p.train_split}"]}
+        if attrs.get("needs_boundary"):
+            inputs["boundary_net"] = net.digest
+        keys[f"pseudo_masks:{v}"] = ArtifactKey("pseudo_masks", spec, data=data[p.train_split], upstream=inputs)
+    return keys
+
+
+@dataclass
+class Inputs:
+    """The scored split, the CAM stores (seed variant and variants) and the keys of what the
+    stage writes."""
+
+    train: VOCDataset
+    stores: dict[str, CamStore]
+    keys: dict[str, ArtifactKey]
+
+
+def open_inputs(stage: Any, p: Params) -> Inputs:
+    REFINEMENTS.check([*p.refinements, p.pseudo_mask_refinement])
+    train = VOCDataset(stage.data_root, p.train_split)
+    stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([p.seed_variant, *p.variants])}
+    upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
+    return Inputs(train, stores, artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream))
+
+
+# ----------------------------------------------------------------------------- the relation network
+
+@dataclass
+class RelationNet:
+    net: BoundaryNet
+    history: list[dict[str, float]]
+    labels: pseudo.BoundarySet  # the confident labels it was trained on
+    label_seconds: float
+    checkpoint: Path
+
+
+def train_boundary_net(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> RelationNet:
+    """Confident labels of the seed variant's CAMs, then the relation network trained on
+    them with the one training loop. Its checkpoint is named and checked by the
+    ``boundary_net`` key (backbone, thresholds, CRF, radius, training config, data, seed
+    store, seed), so a changed setting trains a new network instead of resuming another."""
+    key = inputs.keys["boundary_net"]
+    torch.manual_seed(p.seed)
+    net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p))
+    start = time.perf_counter()
+    labels = pseudo.BoundarySet(inputs.stores[p.seed_variant], inputs.train, net.stride, p.fg_threshold,
+                                p.bg_threshold, p.use_crf, p.seed, progress=progress, workers=p.workers)
+    label_seconds = time.perf_counter() - start
+    checkpoint = key.path(out_dir, "boundary")
+    history = fit(net, labels, pseudo.boundary_loss(p.radius), train_config(p), checkpoint=checkpoint, identity=key,
+                  desc="training the relation network", progress=progress)
+    return RelationNet(net, history, labels, label_seconds, checkpoint)
+
+
+@dataclass
+class Boundaries:
+    maps: dict[str, np.ndarray]  # image id -> (h, w) float32 boundary map on the stride-4 grid
+    ms_per_image: float
+    path: Path
+
+
+def boundary_maps(relation: RelationNet, inputs: Inputs, out_dir: Path, progress: bool = True) -> Boundaries:
+    """Every train image's boundary map, computed once for all variants and saved (float16,
+    one array per image id) to ``out_dir/boundaries.npz`` for the teaching widget."""
+    start = time.perf_counter()
+    maps = pseudo.boundary_maps(relation.net, inputs.train, progress=progress)
+    ms = 1000 * (time.perf_counter() - start) / len(inputs.train)
+    path = Path(out_dir) / BOUNDARIES_FILE
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{i: m.astype(np.float16) for i, m in maps.items()})
+    return Boundaries(maps, ms, path)
+
+
+def seed_quality(p: Params, inputs: Inputs) -> dict[str, Any]:
+    """How IRN's thresholds fall on the seed CAM (described with the ground truth, never
+    tuned on it): the seed CAM's sweep, its per-threshold shares and precisions, and the rows
+    at the two thresholds."""
+    import pandas as pd
+
+    sweep = sweep_store(inputs.stores[p.seed_variant], inputs.train)
+    quality = pd.DataFrame(sweep.seed_quality()).set_index("threshold")
+    at = {name: quality.iloc[int(np.abs(quality.index - t).argmin())]
+          for name, t in (("fg", p.fg_threshold), ("bg", p.bg_threshold))}
+    return {"sweep": sweep, "table": quality, "at": {k: {m: float(x) for m, x in row.items()} for k, row in at.items()}}
+
+
+# ----------------------------------------------------------------------------- the refinements
+
+@dataclass
+class Refined:
+    """One CAM variant through stage 4."""
+
+    scores: dict[str, dict[str, float]]  # refinement -> best-mIoU {miou, precision, recall, threshold}
+    pseudo_masks: dict[str, Any]  # the written set: {miou, precision, recall, threshold, refinement}
+    timings: dict[str, float]  # <refinement>_ms_per_image (refinement and sweep)
+    examples: list[tuple[str, np.ndarray, np.ndarray]]  # the first written set's refined scores
+    cam_background: float  # the CAM's best-mIoU background score (what the CRF's unary gets)
+
+
+def _scores(values: Mapping[str, Any]) -> dict[str, float]:
+    return {m: float(values[m]) for m in ("miou", "precision", "recall", "threshold")}
+
+
+def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, key: ArtifactKey, *,
+                   refinements: Sequence[str], pseudo_mask_refinement: str, background: float,
+                   settings: Mapping[str, Any], boundaries: Mapping[str, np.ndarray] | None = None, keep: int = 0,
+                   workers: int = 0, progress: bool = True) -> Refined:
+    """One CAM variant: each refinement swept over the background score (a refinement that
+    reads the background score gets the CAM's best-mIoU one, chosen with the ground truth as
+    IRN's CAM evaluation chooses it), then the pseudo-masks of ``pseudo_mask_refinement`` at
+    the fixed ``background``, written to ``out_dir`` (VOC layout) with ``key`` as identity."""
+    store.check_matches(dataset)
+    start = time.perf_counter()
+    reference = sweep_store(store, dataset)
+    reference_seconds = time.perf_counter() - start
+    cam_background = reference.best()["threshold"] / 100
+    scores, timings, kept = {}, {}, None
+    for name in refinements:
+        attrs = REFINEMENTS.entry(name).attrs
+        start = time.perf_counter()
+        if attrs.get("identity"):
+            sweep = reference
+        else:
+            items = pseudo.refined_cams(name, store, dataset, background=cam_background, settings=settings,
+                                        boundaries=boundaries, workers=workers, progress=progress)
+            if name == pseudo_mask_refinement and not attrs.get("uses_background"):
+                items = kept = list(items)  # the written masks are these, at the fixed background
+            sweep = sweep_stream(items, dataset)
+        scores[name] = _scores(sweep.best())
+        seconds = reference_seconds if attrs.get("identity") else time.perf_counter() - start
+        timings[f"{name}_ms_per_image"] = 1000 * seconds / len(dataset)
+    if kept is None:
+        kept = list(pseudo.refined_cams(pseudo_mask_refinement, store, dataset, background=background,
+                                        settings=settings, boundaries=boundaries, workers=workers, progress=progress))
+    fixed = ConfusionMatrix(dataset.num_classes)
+    masks = {}
+    for image_id, cams, ids in kept:
+        masks[image_id] = cam_to_mask(cams, ids, background)
+        fixed.update(masks[image_id], dataset.load_mask(image_id))
+    pseudo.write_pseudo_masks(out_dir, dataset, masks.items(), key=key)
+    written = {**_scores({**fixed.scores().summary(), "threshold": 100 * background}),
+               "refinement": pseudo_mask_refinement}
+    return Refined(scores, written, timings, kept[:keep], cam_background)
+
+
+def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: Path,
+                    progress: bool = True) -> dict[str, Refined]:
+    """Every variant through :func:`refine_variant`; pseudo-masks in ``out_dir/pseudo_masks/<variant>``."""
+    return {v: refine_variant(inputs.stores[v], inputs.train, Path(out_dir) / "pseudo_masks" / v,
+                              inputs.keys[f"pseudo_masks:{v}"], refinements=p.refinements,
+                              pseudo_mask_refinement=p.pseudo_mask_refinement, background=p.rw_background,
+                              settings=refinement_settings(p), boundaries=boundaries.maps, keep=p.n_examples,
+                              workers=p.workers, progress=progress)
+            for v in p.variants}
+
+
+def score_table(results: Mapping[str, Refined]) -> "Any":
+    """A (variant, refinement) table of the scores, the written sets last as
+    "<label>, fixed background"."""
+    import pandas as pd
+
+    rows = [{"variant": v, "refinement": REFINEMENTS.label(k), **sc} for v, r in results.items()
+            for k, sc in r.scores.items()]
+    rows += [{"variant": v, "refinement": f"{REFINEMENTS.label(r.pseudo_masks['refinement'])}, fixed background",
+              **{m: r.pseudo_masks[m] for m in ("miou", "precision", "recall", "threshold")}}
+             for v, r in results.items()]
+    order = {v: i for i, v in enumerate(results)}
+    return (pd.DataFrame(rows).sort_values("variant", key=lambda s: s.map(order), kind="stable")
+            .set_index(["variant", "refinement"]))
+
+
+def walk_steps(p: Params, store: CamStore, boundary: np.ndarray, image_id: str) -> tuple[list[int], list[np.ndarray]]:
+    """One image's CAM on the boundary grid after 0, 1, 2, 4 and ``iterations`` steps of
+    the walk (for the step-by-step figure)."""
+    cams, _ = store[image_id]
+    small = adaptive_avg_pool(cams, boundary.shape)
+    steps = sorted({0, 1, 2, 4, p.iterations})
+    return steps, random_walk_steps(small, transition_matrix(boundary, p.radius, p.beta), steps)
+
+
+def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+    """An image's confident labels (stride-4 cells) at pixel resolution."""
+    s = relation.net.stride
+    return np.kron(relation.labels.labels[image_id], np.ones((s, s), np.uint8))[: shape[0], : shape[1]]
+
+
+# ----------------------------------------------------------------------------- figures
+
+def seed_quality_figure(p: Params, quality: Mapping[str, Any]) -> Any:
+    """Shares and precisions of the seed CAM's confident foreground and background against
+    the threshold, with IRN's two thresholds and the CAM's best-mIoU score marked."""
+    import matplotlib.pyplot as plt
+
+    table = quality["table"]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
+        ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
+    for t, name in ((p.fg_threshold, "foreground threshold"), (p.bg_threshold, "background threshold"),
+                    (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
+        ax.axvline(t, color="grey", lw=0.8, ls=":")
+        ax.text(t, 102, name, rotation=90, fontsize=7, va="bottom", ha="center")
+    ax.set(xlabel=f"{p.seed_variant} CAM score", ylabel="% of pixels", ylim=(0, 100))
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    return fig
+
+
+def score_bars(table: Any) -> Any:
+    """mIoU, precision and recall per variant, one bar per refinement."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, metric in zip(axes, ("miou", "precision", "recall")):
+        sns.barplot(table.reset_index(), x="variant", y=metric, hue="refinement", ax=ax)
+        ax.set(title=metric, xlabel="", ylabel="%")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def example_figure(p: Params, inputs: Inputs, relation: RelationNet, boundaries: Boundaries,
+                   results: Mapping[str, Refined]) -> Any:
+    """For the first variant's first examples: the image, its ground truth, the confident
+    labels, the boundary map, the CAM mask (best-mIoU score) and the written pseudo-mask."""
+    import matplotlib.pyplot as plt
+
+    from ..book import plots
+
+    v0 = p.variants[0]
+    r = results[v0]
+    grid = []
+    for image_id, refined, ids in r.examples:
+        sample = inputs.train.load(image_id)
+        cams, cam_ids = inputs.stores[v0][image_id]
+        grid.append([sample.image, plots.overlay(sample.image, sample.mask),
+                     plots.colorize(upsampled_labels(relation, image_id, sample.mask.shape)),
+                     plt.get_cmap("gray_r")(boundaries.maps[image_id])[..., :3],
+                     plots.overlay(sample.image, cam_to_mask(cams, cam_ids, r.cam_background)),
+                     plots.overlay(sample.image, cam_to_mask(refined, ids, p.rw_background))])
+    label = REFINEMENTS.label(p.pseudo_mask_refinement)
+    return plots.image_grid(grid, titles=["image", "ground truth", "confident labels", "boundaries", f"{v0} CAM mask",
+                                          f"{v0} {label}"], size=1.8)
+
+
+def walk_figure(p: Params, inputs: Inputs, boundaries: Boundaries, results: Mapping[str, Refined]) -> Any:
+    """The first example's CAM (its first class) on the boundary grid after 0, 1, 2, 4 and
+    ``iterations`` steps of the random walk."""
+    import matplotlib.pyplot as plt
+
+    from ..book import plots
+
+    v0 = p.variants[0]
+    image_id = results[v0].examples[0][0]
+    bmap = boundaries.maps[image_id]
+    steps, walked = walk_steps(p, inputs.stores[v0], bmap, image_id)
+    panels = [inputs.train.load_image(image_id), plt.get_cmap("gray_r")(bmap)[..., :3]] + [
+        plt.get_cmap("jet")(w[0] / max(w[0].max(), 1e-8))[..., :3] for w in walked]
+    return plots.image_grid([panels], titles=["image", "boundaries"] + [f"step {n}" for n in steps], size=1.6)
+
+
+# ----------------------------------------------------------------------------- the record
+
+def record(stage: Any, p: Params, inputs: Inputs, relation: RelationNet, quality: Mapping[str, Any],
+           boundaries: Boundaries, results: Mapping[str, Refined]) -> dict[str, Any]:
+    refinement = {v: r.scores for v, r in results.items()}
+    written = {v: r.pseudo_masks for v, r in results.items()}
+    timings = {v: r.timings for v, r in results.items()}
+    return stage.record(
+        metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings,
+                 "relation_history": relation.history, "label_seconds": relation.label_seconds,
+                 "confident_labels": relation.labels.label_statistics(), "seed_quality": quality["at"],
+                 "boundary_ms_per_image": boundaries.ms_per_image, "workers": p.workers or default_workers()},
+        summary={"refinement": refinement, "pseudo_masks": written, "refinement_timings": timings},
+        artifacts=inputs.keys)
+
+
+def findings(p: Params, relation: RelationNet, quality: Mapping[str, Any], boundaries: Boundaries,
+             results: Mapping[str, Refined], peak_rss_mb: float) -> str:
+    """The chapter's "What this chapter found", from the computed numbers."""
+    at, best = quality["at"], quality["sweep"].best()["threshold"] / 100
+    stats = relation.labels.label_statistics()
+    lines = [
+        f"- **Confident labels.** On the {p.seed_variant} CAM, IRN's foreground threshold {p.fg_threshold:.2f} marks "
+        f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {100 * at['fg']['fg_precision']:.1f} % "
+        f"carry the right class; its background threshold {p.bg_threshold:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
+        f"as background, {100 * at['bg']['bg_precision']:.1f} % rightly. The CAM's own best-mIoU background score is "
+        f"{best:.2f}, "
+        + ("above IRN's foreground threshold: on these CAMs the 'confident' foreground is wider than the mask one "
+           "would choose, so the relation network learns from labels that spill over object edges."
+           if best > p.fg_threshold else
+           "below IRN's foreground threshold, as on VOC: the confident foreground is a core inside the mask.")
+        + f" After the CRF, {100 * stats['foreground']:.1f} % of cells are confident foreground."]
+    for v, r in results.items():
+        c = r.scores.get("cam")
+        moves = []
+        for name, sc in r.scores.items():
+            if name == "cam" or c is None:
+                continue
+            moves.append(f"the {REFINEMENTS.label(name)} moves precision {c['precision']:.1f} -> {sc['precision']:.1f} % "
+                         f"and recall {c['recall']:.1f} -> {sc['recall']:.1f} % (mIoU {c['miou']:.1f} -> "
+                         f"{sc['miou']:.1f} %)")
+        label = REFINEMENTS.label(r.pseudo_masks["refinement"])
+        lines.append(f"- **{v}**: " + ("; ".join(moves) + ". " if moves else "")
+                     + f"At IRN's fixed background score the written pseudo-masks ({label}) score "
+                       f"{r.pseudo_masks['miou']:.1f} % mIoU.")
+    n_workers = p.workers or default_workers()
+    lines.append(f"- Wall time per image with {n_workers} process(es) (boundary maps, computed once: "
+                 f"{boundaries.ms_per_image:.1f} ms): " + "; ".join(
+                     f"{v}: " + ", ".join(f"{REFINEMENTS.label(k[: -len('_ms_per_image')])} {ms:.1f} ms"
+                                          for k, ms in r.timings.items()) for v, r in results.items())
+                 + f". Peak resident memory of the stage: {peak_rss_mb / 1024:.2f} GB.")
+    return "\n".join(lines)

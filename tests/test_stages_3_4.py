@@ -1,0 +1,197 @@
+"""Stages 3 and 4 on tiny data: every checkpoint is named by its full key.
+
+The bug this guards against: the relation network's checkpoint was named
+``boundary-<upstream hash>-<seed variant>.pt``, without the confident-label thresholds, the
+CRF switch, the radius or the backbone, and the training loop resumes a finished checkpoint
+without training. Changing ``fg_threshold`` therefore reused the network trained on the old
+labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orandnet_lib.book.stage import Stage
+from orandnet_lib.core import store as files
+from orandnet_lib.core.identity import ArtifactKey, read_identity
+from orandnet_lib.core.train import TrainConfig, fit, load_checkpoint
+from orandnet_lib.data.voc import VOCDataset
+from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+from orandnet_lib.methods import pseudo
+from orandnet_lib.nets.boundary import BoundaryNet
+from orandnet_lib.stages import s3_orandnet as s3
+from orandnet_lib.stages import s4_refinement as s4
+
+SMALL = {"channels": [8, 16, 16, 32], "layers": [1, 1, 1, 1]}
+
+
+def write_run(run_dir: Path, ds: VOCDataset, variant: str = "cnn") -> None:
+    """A completed 'stage 1' in ``run_dir`` holding one CAM store: soft discs around the
+    masks' objects, so both thresholds fall inside the score range."""
+    rng = np.random.default_rng(0)
+    stage1 = run_dir / "01_classifiers_and_cams"
+    meta = {"identity": ArtifactKey("cams", {"test": variant}, data="tiny").to_dict(), "split": ds.split}
+    with CamStoreWriter(stage1 / "cams" / f"{variant}_{ds.split}", meta) as w:
+        for i in ds.ids:
+            mask = ds.load_mask(i)
+            ids = np.flatnonzero(ds.load(i).labels) + 1
+            cams = np.stack([np.clip((mask == k) * 0.6 + rng.random(mask.shape) * 0.35, 0, 1) for k in ids])
+            w.add(i, cams.astype(np.float32), ids)
+    files.write_json(stage1 / files.MANIFEST, {"params": {}, "metrics": {}})
+
+
+def tiny_params(**changes) -> s4.Params:
+    return dataclasses.replace(s4.Params(variants=("cnn",), boundary_backbone_kwargs=SMALL, use_crf=False, epochs=2,
+                                         batch_size=3, crf_iterations=2, iterations=3, n_examples=2, workers=1),
+                               **changes)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def open_tiny(root: Path, run_dir: Path, p: s4.Params) -> s4.Inputs:
+    stage = Stage("04_refinement", "smoke", run_dir, root, p.seed)
+    return s4.open_inputs(stage, p)
+
+
+def test_changing_a_confident_label_threshold_trains_a_new_relation_network(tiny_voc, tmp_path):
+    ds = VOCDataset(tiny_voc, "train")
+    run_dir = tmp_path / "runs"
+    write_run(run_dir, ds)
+    out = run_dir / "04_refinement"
+    first = s4.train_boundary_net(tiny_params(fg_threshold=0.3), open_tiny(tiny_voc, run_dir, tiny_params()), out,
+                                  progress=False)
+    p2 = tiny_params(fg_threshold=0.2)
+    second = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), out, progress=False)
+
+    # Two checkpoints side by side, each carrying its own key.
+    assert first.checkpoint != second.checkpoint and first.checkpoint.exists() and second.checkpoint.exists()
+    assert load_checkpoint(second.checkpoint)["identity"]["spec"]["fg_threshold"] == 0.2
+    # The labels differ, and the second network was trained on its own: it has the weights of
+    # a network trained with fg_threshold 0.2 in an empty folder, not those of the first.
+    assert any((first.labels.labels[i] != second.labels.labels[i]).any() for i in ds.ids)
+    alone = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), tmp_path / "alone", progress=False)
+    assert same_weights(second.checkpoint, alone.checkpoint)
+    assert not same_weights(first.checkpoint, second.checkpoint)
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in alone.history]
+    assert [h["loss"] for h in second.history] != [h["loss"] for h in first.history]
+
+
+def test_the_old_checkpoint_name_reused_the_stale_network(tiny_voc, tmp_path):
+    """The bug itself, with the old name: the second 'training' resumes the finished first
+    checkpoint and returns its weights and history without a step on the new labels."""
+    ds = VOCDataset(tiny_voc, "train")
+    write_run(tmp_path / "runs", ds)
+    store = CamStore(tmp_path / "runs" / "01_classifiers_and_cams" / "cams" / "cnn_train")
+    old_name = tmp_path / "boundary-0123456789ab-cnn.pt"
+    cfg = TrainConfig(epochs=2, batch_size=3, optimizer="adamw", lr=0.001)
+    histories = []
+    for fg in (0.3, 0.2):
+        torch.manual_seed(0)
+        net = BoundaryNet("resnet18", backbone_kwargs={k: tuple(v) for k, v in SMALL.items()})
+        labels = pseudo.BoundarySet(store, ds, net.stride, fg, 0.05, use_crf=False, progress=False, workers=1)
+        histories.append(fit(net, labels, pseudo.boundary_loss(5), cfg, checkpoint=old_name, progress=False))
+    assert histories[0] == histories[1]  # stale: nothing was trained on the 0.2 labels
+    # With the key's identity the resume is refused instead.
+    key = ArtifactKey("boundary_net", {"fg_threshold": 0.2}, data="tiny")
+    with pytest.raises(ValueError, match="another artifact"):
+        fit(net, labels, pseudo.boundary_loss(5), cfg, checkpoint=old_name, identity=key, progress=False)
+
+
+def test_every_boundary_setting_names_another_checkpoint():
+    p = tiny_params()
+    data, upstream = {"train": "d"}, {"cams:cnn_train": "u"}
+    base = s4.artifact_keys(p, data, upstream)["boundary_net"].digest
+    for change in ({"fg_threshold": 0.2}, {"bg_threshold": 0.1}, {"use_crf": True}, {"radius": 4},
+                   {"boundary_backbone": "resnet34"}, {"boundary_backbone_kwargs": {"channels": [8, 8, 8, 8]}},
+                   {"boundary_pretrained": "timm"}, {"epochs": 3}, {"seed": 1}, {"seed_variant": "vit"}):
+        other = s4.artifact_keys(dataclasses.replace(p, **change), data, {**upstream, "cams:vit_train": "v"})
+        assert other["boundary_net"].digest != base, change
+    # the relation network's settings reach the pseudo-masks through its digest
+    pm = s4.artifact_keys(p, data, upstream)["pseudo_masks:cnn"]
+    assert pm.upstream == {"cams": "u", "boundary_net": base}
+    assert s4.artifact_keys(dataclasses.replace(p, workers=4, n_examples=1), data, upstream) == \
+        s4.artifact_keys(p, data, upstream)
+
+
+def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
+    ds = VOCDataset(tiny_voc, "train")
+    run_dir = tmp_path / "runs"
+    write_run(run_dir, ds)
+    p = tiny_params()
+    inputs = open_tiny(tiny_voc, run_dir, p)
+    out = run_dir / "04_refinement"
+    relation = s4.train_boundary_net(p, inputs, out, progress=False)
+    boundaries = s4.boundary_maps(relation, inputs, out, progress=False)
+    with np.load(out / s4.BOUNDARIES_FILE) as saved:
+        assert sorted(saved.files) == sorted(ds.ids)
+        assert all(saved[i].dtype == np.float16 and saved[i].shape == boundaries.maps[i].shape for i in ds.ids)
+    results = s4.refine_variants(p, inputs, boundaries, out, progress=False)
+    r = results["cnn"]
+    assert set(r.scores) == {"cam", "crf", "rw"}
+    assert all(set(sc) == {"miou", "precision", "recall", "threshold"} for sc in r.scores.values())
+    assert r.pseudo_masks["refinement"] == "rw" and r.pseudo_masks["threshold"] == 25.0
+    assert set(r.timings) == {"cam_ms_per_image", "crf_ms_per_image", "rw_ms_per_image"}
+    assert len(r.examples) == 2
+    folder = out / "pseudo_masks" / "cnn"
+    assert read_identity(folder)["digest"] == inputs.keys["pseudo_masks:cnn"].digest
+    written = VOCDataset(folder, "train")
+    for image_id, refined, ids in r.examples:
+        from orandnet_lib.core.metrics import cam_to_mask
+
+        np.testing.assert_array_equal(written.load_mask(image_id), cam_to_mask(refined, ids, p.rw_background))
+    table = s4.score_table(results)
+    assert list(table.index.get_level_values("refinement")) == ["CAM", "dense CRF", "random walk",
+                                                                "random walk, fixed background"]
+    # Writing the CAM itself instead: another key, no relation network in it.
+    p_cam = dataclasses.replace(p, pseudo_mask_refinement="cam")
+    key = s4.artifact_keys(p_cam, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"]
+    assert "boundary_net" not in key.upstream and key.spec == {"refinement": "cam", "background": 0.25}
+
+
+def test_orandnet_keys_cover_inputs_and_runs():
+    p = s3.Params()
+    data, upstream = {"train": "d", "val": "v"}, {"cams:or+offset_train": "o", "cams:and+offset_train": "a"}
+    keys = s3.artifact_keys(p, data, upstream)
+    assert set(keys) == {"orandnet:orandnet", "orandnet:orandnet (softmax)", "orandnet:orandnet (bce, +image)",
+                         "classifier:cnn_seed1", "cams:cnn_seed1_train"}
+    main = keys["orandnet:orandnet"]
+    assert main.upstream == {"or": "o", "and": "a"} and main.spec["loss"] == "bce" and main.seed == 0
+    assert main.spec["train"]["epochs"] == p.epochs
+    assert keys["classifier:cnn_seed1"].seed == 1
+    assert keys["cams:cnn_seed1_train"].upstream == {"classifier": keys["classifier:cnn_seed1"].digest}
+    skipped = s3.artifact_keys(dataclasses.replace(p, third_classifier_seed=-1, ablate_loss=False, ablate_image=False),
+                               data, upstream)
+    assert set(skipped) == {"orandnet:orandnet"}
+
+
+def test_train_variant_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_path):
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(0)
+    stores = {}
+    for name in ("or", "and"):
+        with CamStoreWriter(tmp_path / name) as w:
+            for image_id in ds.ids:
+                ids = np.flatnonzero(ds.load(image_id).labels) + 1
+                w.add(image_id, rng.random((len(ids), 20, 24)) * (0.5 if name == "and" else 1.0), ids)
+        stores[name] = CamStore(tmp_path / name)
+    cfg = TrainConfig(epochs=1, batch_size=3, optimizer="adamw", lr=0.01)
+    key = ArtifactKey("orandnet", {"loss": "bce"}, data="tiny", upstream={"or": "o", "and": "a"})
+    t = s3.train_variant("orandnet (bce, +image)", stores["or"], stores["and"], ds, cfg, tmp_path, key,
+                         use_image=True, widths=(4, 8, 8), progress=False)
+    assert t.checkpoint == key.path(tmp_path, "orandnet (bce, +image)") and t.checkpoint.exists()
+    assert t.store.path == tmp_path / "cams" / "orandnet__bce___image_train"
+    assert t.store.digest == key.digest
+    other = ArtifactKey("orandnet", {"loss": "softmax"}, data="tiny", upstream={"or": "o", "and": "a"})
+    assert other.path(tmp_path, "orandnet (bce, +image)") != t.checkpoint
