@@ -25,8 +25,25 @@ def test_deeplab_output_stride_and_shapes(head):
 
 
 def test_deeplab_rejects_unknown_head():
-    with pytest.raises(ValueError, match="head"):
+    with pytest.raises(ValueError, match="unknown segmentation head 'psp'; known: largefov, aspp"):
         DeepLab(3, "resnet18", head="psp", backbone_kwargs=TINY)
+
+
+def test_a_registered_head_is_one_builder():
+    from torch import nn
+
+    from orandnet_lib.nets.deeplab import SEG_HEADS
+
+    @SEG_HEADS.register("linear", label="1x1 classifier")
+    def linear(channels, num_classes, rates, head_channels, dropout):
+        return nn.Conv2d(channels, num_classes, 1)
+
+    try:
+        model = SegmenterSpec(backbone="resnet18", backbone_kwargs=TINY, head="linear").build(5)
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+        assert SEG_HEADS.label("aspp") == "DeepLab-v2 ASPP"
+    finally:
+        SEG_HEADS.remove("linear")
 
 
 def test_schedule_gives_the_scale_of_each_fraction_of_training():
@@ -101,6 +118,8 @@ def test_component_recall_by_hand():
     ev = Evaluation(ConfusionMatrix(3), found, [36, 36, 36])
     bins = recall_by_size(ev, (2 / 36, 5 / 36))
     assert bins == {"small": 0.0, "medium": 50.0, "large": 100.0}
+    # stage 0's bins: an object on an edge is in the lower bin (small <= e0 < medium <= e1 < large)
+    assert recall_by_size(ev, (1 / 36, 4 / 36)) == {"small": 0.0, "medium": 50.0, "large": 100.0}
 
 
 def test_flip_test_probabilities_are_a_distribution():
@@ -133,7 +152,11 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
     spec = SegmenterSpec(backbone="resnet18", backbone_kwargs=TINY, head="aspp", rates=(1, 2), dropout=0.0,
                          flip=False, epochs=15, batch_size=4, optimizer="adamw", lr=0.02, weight_decay=0.0,
                          head_lr_mult=1.0)
-    trained = train_segmenter("tiny", spec, ds, tmp_path, seed=0, val=ds, progress=False)
+    from orandnet_lib.core.identity import ArtifactKey, spec_dict
+
+    key = ArtifactKey("deeplab", spec_dict(spec), data="shapes", seed=0)
+    ckpt = key.path(tmp_path, "tiny")
+    trained = train_segmenter(spec, ds, ckpt, seed=0, identity=key, val=ds, progress=False)
     losses = [h["loss"] for h in trained.history]
     mious = [h["val_miou"] for h in trained.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -142,12 +165,16 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
     assert ev.summary()["miou"] == pytest.approx(mious[-1])
     assert kept[ds.ids[0]].shape == ds.load_mask(ds.ids[0]).shape
     # a second call finds the finished checkpoint and trains nothing more
-    again = train_segmenter("tiny", spec, ds, tmp_path, seed=0, progress=False)
+    again = train_segmenter(spec, ds, ckpt, seed=0, identity=key, progress=False)
     assert again.history == trained.history
+    # the file of this key is never resumed by another run
+    other = ArtifactKey("deeplab", spec_dict(spec), data="other masks", seed=0)
+    with pytest.raises(ValueError, match="belongs to another artifact"):
+        train_segmenter(spec, ds, ckpt, seed=0, identity=other, progress=False)
 
 
 def test_runs_are_summarised_per_set_and_schedule_with_seed_spread():
-    from orandnet_lib.methods.segmentation import SegmentationRun, summarise_runs
+    from orandnet_lib.stages.s5_segmentation import SegmentationRun, summarise_runs
 
     def run(tset, sched, seed, diag):
         m = ConfusionMatrix(2)

@@ -1,23 +1,10 @@
 import numpy as np
 import pytest
 
-from orandnet_lib.core.stats import ols
+from orandnet_lib.book import teaching
 from orandnet_lib.book.teaching import Level, explorer, image_scores, png_bytes, refined_mask
-
-
-def test_ols_recovers_an_exact_line_and_gives_textbook_standard_errors():
-    x = [0.0, 1.0, 2.0, 3.0]
-    fit = ols([1.0, 3.0, 5.0, 7.0], {"x": x})
-    assert fit["coef"]["intercept"] == pytest.approx(1.0) and fit["coef"]["x"] == pytest.approx(2.0)
-    assert fit["r2"] == pytest.approx(1.0) and fit["se"]["x"] == pytest.approx(0.0, abs=1e-9)
-    # y = (0, 2, 1, 3): slope 0.8, intercept 0.3; residuals (-0.3, 0.9, -0.9, 0.3), s^2 = 1.8 / 2,
-    # se(slope) = sqrt(s^2 / sum (x - mean)^2) = sqrt(0.9 / 5)
-    fit = ols([0.0, 2.0, 1.0, 3.0], {"x": x})
-    assert fit["coef"]["x"] == pytest.approx(0.8) and fit["coef"]["intercept"] == pytest.approx(0.3)
-    assert fit["se"]["x"] == pytest.approx(np.sqrt(0.9 / 5)) and fit["dof"] == 2
-    with pytest.raises(ValueError, match="collinear"):
-        ols([1.0, 2.0, 3.0], {"a": [1, 2, 3], "b": [2, 4, 6]})
-    assert np.isnan(ols([1.0, 2.0], {"x": [0.0, 1.0]})["se"]["x"])  # no residual degrees of freedom
+from orandnet_lib.core.errors import ConfigError
+from orandnet_lib.methods.refine import REFINEMENTS
 
 
 def test_explorer_links_each_control_to_every_stack_of_its_level():
@@ -45,6 +32,81 @@ def test_single_image_scores_and_masks():
     cams = np.array([[[0.1, 0.4, 0.6, 0.9]]], np.float32)
     np.testing.assert_array_equal(refined_mask(np.zeros((1, 4, 3), np.uint8), cams, np.array([3]), 0.5, "cam"),
                                   [[0, 0, 3, 3]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown refinement 'magic'; known: cam, crf, rw"):
         refined_mask(np.zeros((1, 4, 3), np.uint8), cams, np.array([3]), 0.5, "magic")
     assert png_bytes(np.zeros((4, 4, 3))).startswith(b"\x89PNG")
+
+
+class _Data:
+    """Two 4 x 6 images with a class-2 square, in the dataset interface the explorer reads."""
+
+    num_classes = 3
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        mask = np.zeros((4, 6), np.uint8)
+        mask[1:3, 1:4] = 2
+        self.samples = {i: SimpleNamespace(image=np.full((4, 6, 3), 100 + 10 * n, np.uint8), mask=mask)
+                        for n, i in enumerate(("a", "b"))}
+
+    def load(self, image_id):
+        return self.samples[image_id]
+
+
+def _cams_of(variant, image_id):
+    cam = np.zeros((1, 4, 6), np.float32)
+    cam[0, 1:3, 1:4] = 0.8 if variant == "x" else 0.3
+    return cam, np.array([2])
+
+
+@pytest.fixture
+def toy_refinement():
+    """A refinement registered for the test: it halves the scores and records what it saw."""
+    seen = []
+
+    @REFINEMENTS.register("toy_half", label="toy: half")
+    def half(x):
+        seen.append((x.background, x.boundary is not None, dict(x.settings)))
+        return x.cams * 0.5
+
+    yield seen
+    REFINEMENTS.remove("toy_half")
+
+
+def test_mask_explorer_lists_a_newly_registered_refinement_by_its_label(toy_refinement):
+    import ipywidgets as widgets
+
+    m = teaching.mask_panels(_Data(), _cams_of, ["a", "b"], ["x", "y"], ["cam", "toy_half"], [0.2, 0.5],
+                             settings={"k": 1})
+    assert set(m.panels) == {(a, b, r, t) for a in range(2) for b in range(2) for r in range(2) for t in range(2)}
+    # computed once per image and variant (it does not declare uses_background), with the settings
+    assert len(toy_refinement) == 4 and toy_refinement[0] == (0.2, False, {"k": 1})
+    # variant x: CAM 0.8 -> refined 0.4: above 0.2, below 0.5; the raw CAM is above both
+    assert m.panels[(0, 0, 1, 0)][1]["miou"] == 100.0 and m.panels[(0, 0, 1, 1)][1]["miou"] < 100.0
+    assert m.panels[(0, 0, 0, 1)][1]["miou"] == 100.0
+    panel = m.panels[(0, 0, 0, 0)][0]
+    assert panel.shape == (4, 6 + 4 + 6, 3) and m.width == 6
+    box = teaching.mask_explorer(m)
+    toggles = [c for c in box.children if isinstance(c, widgets.ToggleButtons)]
+    assert [t.options for t in toggles] == [("x", "y"), ("CAM", "toy: half")]
+    fig = teaching.mask_grid(m)
+    assert len(fig.axes) == 2 * 2
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_refinements_that_need_boundaries_are_left_out_without_them(tmp_path):
+    assert teaching.usable_refinements(["cam", "crf", "rw"], have_boundaries=False) == ["cam", "crf"]
+    assert teaching.usable_refinements(["cam", "rw"], have_boundaries=True) == ["cam", "rw"]
+    assert teaching.load_boundaries(tmp_path / "boundaries.npz") is None
+    np.savez(tmp_path / "boundaries.npz", a=np.zeros((2, 2), np.float16))
+    assert teaching.load_boundaries(tmp_path / "boundaries.npz")["a"].shape == (2, 2)
+
+
+def test_random_walk_panel_uses_the_images_boundary_map():
+    data = _Data()
+    boundaries = {"a": np.zeros((2, 3), np.float16)}  # no boundary: the walk spreads the CAM evenly
+    m = teaching.mask_panels(data, _cams_of, ["a"], ["x"], ["rw"], [0.5], boundaries=boundaries,
+                             settings={"beta": 10.0, "iterations": 2, "radius": 1})
+    assert (0, 0, 0, 0) in m.panels

@@ -1,6 +1,8 @@
 """Book pages generated from the run, never typed by hand: the results summary (from a run's
 summary.json) and the parameters of every notebook (from their parameters cells and the
-profiles). ``orandnet pages`` writes them into ``book/generated/`` before the book is built."""
+profiles). ``orandnet pages`` writes them into ``book/generated/`` before the book is built.
+Refinements are named by their registry labels (``methods.refine.REFINEMENTS``) and the
+paper's numbers come from ``core.paper``, so neither is typed here."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from . import profiles
-from ..core import store
+from ..core import paper, store
+from ..core.stats import describe_difference
+from ..methods.refine import REFINEMENTS
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -82,10 +86,22 @@ def results_page(summary: Mapping[str, Any]) -> str:
         rows = [[*row, float(summary["cams"][row[0]].get("threshold", math.nan))] for row in _scores_rows(summary["cams"])]
         out += ["## CAM variants (train split, best-mIoU background score)", "",
                 table(["variant", "mIoU", "precision", "recall", "background score"], rows), ""]
+    if "refinement" in summary:  # {variant: {refinement: scores at its best background score}}
+        rows = [[f"{v} / {REFINEMENTS.label(k)}", *_scores_rows({k: sc})[0][1:], float(sc.get("threshold", math.nan))]
+                for v, levels in summary["refinement"].items() for k, sc in levels.items()]
+        out += ["## Refinements (train split, best-mIoU background score)", "",
+                table(["variant / refinement", "mIoU", "precision", "recall", "background score"], rows), ""]
     if "pseudo_masks" in summary:
-        rows = [[f"{v} / {k}", *_scores_rows({k: s})[0][1:]] for v, levels in summary["pseudo_masks"].items()
-                for k, s in levels.items()]
-        out += ["## Pseudo-masks (train split)", "", table(["variant / refinement", "mIoU", "precision", "recall"], rows), ""]
+        entries = summary["pseudo_masks"]
+        if all(isinstance(e, Mapping) and "miou" in e for e in entries.values()):  # the written sets
+            rows = [[v, REFINEMENTS.label(str(e.get("refinement", "?"))), *_scores_rows({v: e})[0][1:],
+                     float(e.get("threshold", math.nan))] for v, e in entries.items()]
+            out += ["## Pseudo-masks written for segmentation (train split)", "",
+                    table(["variant", "refinement", "mIoU", "precision", "recall", "background score"], rows), ""]
+        else:  # a run of the earlier layout: {variant: {refinement: scores}}
+            rows = [[f"{v} / {REFINEMENTS.label(k)}", *_scores_rows({k: sc})[0][1:]] for v, levels in entries.items()
+                    for k, sc in levels.items()]
+            out += ["## Pseudo-masks (train split)", "", table(["variant / refinement", "mIoU", "precision", "recall"], rows), ""]
     if "segmentation" in summary:
         rows = []
         for tset, by in summary["segmentation"].items():
@@ -95,14 +111,25 @@ def results_page(summary: Mapping[str, Any]) -> str:
                              float(std) if std is not None else math.nan, float(e["precision"]), float(e["recall"])])
         out += ["## Segmentation (validation split)", "",
                 table(["training set", "schedule", "seeds", "mIoU", "mIoU sd", "precision", "recall"], rows), ""]
+        head = summary.get("segmentation_headline") or {}
+        if head.get("difference"):
+            out += [f"Headline ({head['schedule']}): {head['other']} against {head['baseline']}, "
+                    f"{describe_difference(head['difference'])}.", ""]
     if "precision_vs_miou" in summary:
         p = summary["precision_vs_miou"]
         rows = [[name, term, float(f["coef"][term]), float(f["se"][term])]
                 for name, f in p.get("fits", {}).items() if "coef" in f for term in f["coef"]]
         out += ["## Precision against final mIoU", "", table(["model", "term", "coefficient", "standard error"], rows), ""]
         if "gain" in p:
-            out += [f"ORANDNet's gain over the baseline in segmentation mIoU: paper {p['gain']['paper']:+.1f} (VOC 2012), "
-                    f"this run {p['gain']['ours']:+.1f}.", ""]
+            g = p["gain"]
+            ours = describe_difference(g["paired"]) if g.get("paired") else f"{g['ours']:+.1f}"
+            out += [f"ORANDNet's gain over the baseline in segmentation mIoU: paper {paper.GAIN:+.1f} ({paper.DATASET}), "
+                    f"this run {ours}.", ""]
+    rows = [[name, r.cam_train, r.pseudo_mask_train, r.segmentation_val, r.segmentation_test]
+            for name, r in paper.REPORTED.items()]
+    out += [f"## The paper's numbers ({paper.DATASET}, mIoU)", "",
+            table(["method", "CAM (train)", "pseudo-mask (train)", "segmentation (val)", "segmentation (test)"], rows), "",
+            f"As reported in {paper.CITATION}, <{paper.URL}>.", ""]
     return "\n".join(out)
 
 

@@ -1,14 +1,19 @@
-"""Figure helpers shared by the notebooks (masks in VOC colours, image grids)."""
+"""Figure helpers shared by the notebooks (masks in VOC colours, image grids) and the
+figures of the segmentation and precision chapters (stages 5 and 6)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
 from ..data.voc import IGNORE_INDEX, voc_palette
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -106,3 +111,114 @@ def precision_recall_curves(sweeps: dict[str, "object"], ax: plt.Axes | None = N
     ax.set(xlabel="mean recall (%)", ylabel="mean precision (%)", title="precision-recall over the background score")
     ax.legend(fontsize=8)
     return ax
+
+
+# ----------------------------------------------------------------------------- stage 5: segmentation
+
+def scale_schedules(schedules: Mapping[str, "object"]) -> plt.Figure:
+    """The input scale over the fraction of training, one step line per ``ScaleSchedule``."""
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    grid = np.linspace(0, 1, 201)
+    for name, sch in schedules.items():
+        ax.step(grid, [sch.scale_at(p) for p in grid], where="post", label=name)  # type: ignore[attr-defined]
+    ax.set(xlabel="fraction of training", ylabel="input scale", ylim=(0, 1.1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def shrinking_masks(dataset: "object", image_id: str, scales: Sequence[float], mask_mode: str, label: str) -> plt.Figure:
+    """An image and its mask at each scale, shrunk as the curriculum shrinks it."""
+    from ..methods.segmentation import downsample_mask
+
+    sample = dataset.load(image_id)  # type: ignore[attr-defined]
+    h, w = sample.mask.shape
+    row = [sample.image] + [colorize(downsample_mask(sample.mask, (round(h * s), round(w * s)),
+                                                     dataset.num_classes, mask_mode)) for s in scales]  # type: ignore[attr-defined]
+    return image_grid([row], titles=["image"] + [f"{label} mask at {s:g}" for s in scales], size=1.8)
+
+
+def score_bars(per_seed: "pd.DataFrame") -> plt.Figure:
+    """mIoU, precision and recall per training set and schedule: bars the mean over seeds,
+    error bars one standard deviation, points the seeds."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key in zip(axes, ("miou", "precision", "recall")):
+        sns.barplot(per_seed, x="training set", y=key, hue="schedule", errorbar="sd", ax=ax, alpha=0.8)
+        sns.stripplot(per_seed, x="training set", y=key, hue="schedule", dodge=True, ax=ax, palette="dark:k", size=3,
+                      legend=False)
+        ax.set(title=key, xlabel="", ylabel="%")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def class_iou_heatmap(ious: "pd.DataFrame") -> plt.Figure:
+    """IoU % per model (rows) and class (columns)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * ious.shape[1], 0.5 + 0.45 * len(ious)))
+    sns.heatmap(ious, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "IoU %"})
+    fig.tight_layout()
+    return fig
+
+
+def object_recall_bars(by_size: "pd.DataFrame") -> plt.Figure:
+    """Object recall % per size bin, one panel per training set, one bar per schedule."""
+    import seaborn as sns
+
+    long = by_size.melt(id_vars=["training set", "schedule"], var_name="object size", value_name="object recall %")
+    g = sns.catplot(long, x="object size", y="object recall %", hue="schedule", col="training set", kind="bar",
+                    height=2.8, aspect=1.0)
+    g.set_titles("{col_name}")
+    return g.figure
+
+
+def prediction_grid(dataset: "object", image_ids: Sequence[str], predictions: Mapping[str, Mapping[str, np.ndarray]]
+                    ) -> plt.Figure:
+    """Per image: the image, its ground truth and each model's prediction (``{model: {id: mask}}``)."""
+    rows = []
+    for image_id in image_ids:
+        sample = dataset.load(image_id)  # type: ignore[attr-defined]
+        rows.append([sample.image, overlay(sample.image, sample.mask)]
+                    + [overlay(sample.image, preds[image_id]) for preds in predictions.values()])
+    return image_grid(rows, titles=["image", "ground truth", *predictions], size=1.6)
+
+
+# ----------------------------------------------------------------------------- stage 6: precision against mIoU
+
+def pseudo_mask_scatter(table: "pd.DataFrame") -> plt.Figure:
+    """Precision against recall of every pseudo-mask variant after every refinement (columns
+    variant, refinement, miou, precision, recall); the numbers are the mIoU."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.scatterplot(table, x="recall", y="precision", hue="variant", style="refinement", s=70, ax=ax)
+    for _, r in table.iterrows():
+        ax.annotate(f"{r.miou:.0f}", (r.recall, r.precision), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="pseudo-mask recall %", ylabel="pseudo-mask precision %", title="numbers: mIoU %")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def final_against_pseudo(agg: "pd.DataFrame", reference: Sequence[float] = ()) -> plt.Figure:
+    """Final validation mIoU (mean, sd over seeds) against the pseudo-masks' precision, recall
+    and mIoU, one point per (training set, schedule); dashed lines at ``reference`` (DeepLab
+    on the ground truth)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    markers = dict(zip(sorted(agg["schedule"].unique()), "os^Dv<>p"))
+    for ax, (col, label) in zip(axes, (("precision", "pseudo-mask precision %"), ("recall", "pseudo-mask recall %"),
+                                       ("miou", "pseudo-mask mIoU %"))):
+        for _, r in agg.iterrows():
+            ax.errorbar(r[col], r["final"], yerr=0 if np.isnan(r["final_std"]) else r["final_std"],
+                        fmt=markers.get(r["schedule"], "o"), capsize=3, label=f"{r['training set']} / {r['schedule']}")
+            ax.annotate(r["training set"], (r[col], r["final"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        for value in reference:
+            ax.axhline(value, ls="--", lw=0.8, color="grey")
+        ax.set(xlabel=label)
+    axes[0].set_ylabel("DeepLab validation mIoU %")
+    axes[-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -4,19 +4,25 @@ A widget explorer here is a tree of ``ipywidgets.Stack``s with every panel compu
 advance; the controls (dropdown, toggle buttons, slider) are tied to the stacks with
 ``jslink``, which runs in the browser. The executed notebook stores the widget state, the
 book embeds it, and moving a slider changes the panel with no kernel behind the page.
+
+The mask explorer of chapter 06 lists the refinements by name from the registry
+(``methods.refine.REFINEMENTS``): a newly registered refinement appears in it with no edit here.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from . import plots
 from ..core.metrics import ConfusionMatrix, cam_to_mask
-from ..methods.refine import cam_probabilities, crf_probabilities
+from ..methods.refine import REFINEMENTS, RefineInputs
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,112 @@ def image_scores(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> dict[str
 
 
 def refined_mask(image: np.ndarray, cams: np.ndarray, class_ids: np.ndarray, background: float, refinement: str,
-                 crf_iterations: int = 10) -> np.ndarray:
-    """The mask of a CAM at a background score, raw (``"cam"``) or after a dense CRF whose
-    unary uses that score (``"crf"``)."""
-    if refinement == "cam" or len(class_ids) == 0:
+                 boundary: np.ndarray | None = None, settings: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The mask of a CAM after a registered refinement (``REFINEMENTS``, e.g. ``"cam"``,
+    ``"crf"``, ``"rw"``), at a background score: the refinement's (K, H, W) scores, then the
+    argmax over [background score, scores]. ``boundary``: the image's relation-net boundary
+    map, for a refinement that needs it; ``settings``: its settings (beta, iterations, ...)."""
+    if len(class_ids) == 0:
         return cam_to_mask(cams, class_ids, background)
-    if refinement == "crf":
-        q = crf_probabilities(image, cam_probabilities(cams, background), crf_iterations)
-        return np.concatenate([[0], np.asarray(class_ids)]).astype(np.uint8)[q.argmax(axis=0)]
-    raise ValueError(f"refinement must be 'cam' or 'crf', got {refinement!r}")
+    refine = REFINEMENTS.get(refinement)  # an unknown name lists the known ones
+    scores = refine(RefineInputs(image, cams, np.asarray(class_ids), background, boundary, dict(settings or {})))
+    return cam_to_mask(scores, class_ids, background)
+
+
+def usable_refinements(names: Sequence[str], have_boundaries: bool) -> list[str]:
+    """The registered refinements among ``names`` that can run: one that needs the boundary
+    maps is left out when there are none."""
+    return [n for n in names if have_boundaries or not REFINEMENTS.entry(n).attrs.get("needs_boundary")]
+
+
+def load_boundaries(path: str | Path) -> Mapping[str, np.ndarray] | None:
+    """Stage 4's boundary maps (``boundaries.npz``: one (h, w) float16 array per image id),
+    or None when the file is missing."""
+    path = Path(path)
+    return np.load(path) if path.exists() else None
+
+
+CamsOf = Callable[[str, str], tuple[np.ndarray, np.ndarray]]  # (variant, image id) -> (cams (K, H, W), class ids (K,))
+
+
+@dataclass
+class MaskPanels:
+    """Every panel of the mask explorer, computed in advance: ``panels[(image, variant,
+    refinement, threshold)]`` (indices) is (the mask over the image beside the ground truth,
+    that image's scores)."""
+
+    image_ids: tuple[str, ...]
+    variants: tuple[str, ...]
+    refinements: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    panels: dict[tuple[int, int, int, int], tuple[np.ndarray, dict[str, float]]]
+    width: int  # of one image, so a panel's left half is the mask alone
+
+
+def mask_panels(dataset: Any, cams_of: CamsOf, image_ids: Sequence[str], variants: Sequence[str],
+                refinements: Sequence[str], thresholds: Sequence[float], *,
+                boundaries: Mapping[str, np.ndarray] | None = None, settings: Mapping[str, Any] | None = None
+                ) -> MaskPanels:
+    """For each image, CAM variant, registered refinement and background score: the refined
+    mask (each refinement through its registry function, with the image's boundary map) and
+    its precision, recall and mIoU on that image. A refinement whose entry does not declare
+    ``uses_background`` is computed once per image and variant and thresholded at each score."""
+    settings = dict(settings or {})
+    gap = None
+    panels: dict[tuple[int, int, int, int], tuple[np.ndarray, dict[str, float]]] = {}
+    width = 0
+    for a, image_id in enumerate(image_ids):
+        sample = dataset.load(image_id)
+        width = sample.image.shape[1]
+        gap = np.full((sample.image.shape[0], 4, 3), 255, np.uint8)
+        gt_panel = plots.overlay(sample.image, sample.mask)
+        boundary = None if boundaries is None else np.asarray(boundaries[image_id], dtype=np.float32)
+        for b, variant in enumerate(variants):
+            cams, class_ids = cams_of(variant, image_id)
+            for r, name in enumerate(refinements):
+                entry = REFINEMENTS.entry(name)
+                needs = boundary if entry.attrs.get("needs_boundary") else None
+                per_score = bool(entry.attrs.get("uses_background"))
+                scores = None
+                for t, thr in enumerate(thresholds):
+                    if len(class_ids) == 0:
+                        mask = cam_to_mask(cams, class_ids, thr)
+                    else:
+                        if scores is None or per_score:
+                            scores = entry.obj(RefineInputs(sample.image, cams, np.asarray(class_ids), float(thr),
+                                                            needs, settings))
+                        mask = cam_to_mask(scores, class_ids, thr)
+                    panel = np.concatenate([plots.overlay(sample.image, mask), gap, gt_panel], axis=1)
+                    panels[(a, b, r, t)] = (panel, image_scores(mask, sample.mask, dataset.num_classes))
+    return MaskPanels(tuple(image_ids), tuple(variants), tuple(refinements), tuple(float(t) for t in thresholds),
+                      panels, width)
+
+
+def panel_leaf(panel: np.ndarray, scores: Mapping[str, float]) -> Any:
+    """One leaf of the explorer: the panel at twice its size and the image's scores."""
+    import ipywidgets as widgets
+
+    return widgets.VBox([widgets.Image(value=png_bytes(panel), format="png", width=2 * panel.shape[1],
+                                       height=2 * panel.shape[0]),
+                         widgets.HTML(f"precision {scores['precision']:.1f} %, recall {scores['recall']:.1f} %, "
+                                      f"mIoU {scores['miou']:.1f} % (this image)")])
+
+
+def mask_explorer(m: MaskPanels, title: str = "CAM masks, ensembles and refinements") -> Any:
+    """The explorer over :func:`mask_panels`: image (dropdown), variant and refinement
+    (toggles, refinements by their registry labels), background score (slider)."""
+    levels = [Level("image", m.image_ids, "dropdown"), Level("variant", m.variants, "toggle"),
+              Level("refinement", tuple(REFINEMENTS.label(r) for r in m.refinements), "toggle"),
+              Level("background", tuple(f"{t:.2f}" for t in m.thresholds), "slider")]
+    return explorer(levels, lambda key: panel_leaf(*m.panels[key]), title=title)
+
+
+def mask_grid(m: MaskPanels, image: int = 0, refinement: int = 0) -> Any:
+    """The static twin of the explorer: one image's masks by variant (rows) and background
+    score (columns) after one refinement."""
+    rows = [[m.panels[(image, b, refinement, t)][0][:, : m.width] for t in range(len(m.thresholds))]
+            for b in range(len(m.variants))]
+    fig = plots.image_grid(rows, titles=[f"{t:.2f}" for t in m.thresholds], row_labels=list(m.variants), size=1.2)
+    fig.suptitle(f"{m.image_ids[image]}: {REFINEMENTS.label(m.refinements[refinement])} masks by variant (rows) "
+                 "and background score (columns)", fontsize=9, y=1.01)
+    return fig

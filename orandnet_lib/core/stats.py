@@ -1,11 +1,15 @@
-"""Small statistics for the precision-vs-mIoU chapter: ordinary least squares with
-standard errors, so a fitted relation is shown with its uncertainty."""
+"""Small statistics shared by the chapters that compare runs: ordinary least squares with
+standard errors, and the paired difference of two settings over the same seeds, so a
+fitted relation or a gain is always shown with its uncertainty, computed one way."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from scipy import stats as _scipy_stats
 
 
 def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> dict[str, object]:
@@ -32,3 +36,58 @@ def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> dict[str, ob
         se = np.full(p, np.nan)
     return {"coef": dict(zip(names, map(float, coef))), "se": dict(zip(names, map(float, se))),
             "r2": r2, "n": int(n), "dof": int(dof)}
+
+
+def paired_difference(a: Sequence[float] | Mapping[Any, float], b: Sequence[float] | Mapping[Any, float],
+                      confidence: float = 0.95) -> dict[str, float]:
+    """The paired difference ``b - a`` of two settings run with the same seeds.
+
+    ``a`` and ``b`` are sequences in the same seed order, or mappings ``{seed: value}`` (paired
+    on the seeds both hold). Returns ``{"n", "mean", "se", "t", "df", "p", "low", "high"}``:
+    the number of pairs, the mean difference, its standard error (the sample standard
+    deviation of the differences over sqrt(n)), the t statistic, its n - 1 degrees of freedom,
+    the two-sided p-value of Student's t and the ``confidence`` interval of the mean. With
+    fewer than two pairs everything but ``n`` and ``mean`` is NaN (one seed has no spread).
+    """
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        seeds = sorted(set(a) & set(b))
+        xa, xb = [a[s] for s in seeds], [b[s] for s in seeds]
+    elif isinstance(a, Mapping) or isinstance(b, Mapping):
+        raise TypeError("give both settings as sequences or both as {seed: value} mappings")
+    else:
+        xa, xb = list(a), list(b)
+        if len(xa) != len(xb):
+            raise ValueError(f"paired values need one of each per seed: {len(xa)} against {len(xb)}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    d = np.asarray(xb, dtype=np.float64) - np.asarray(xa, dtype=np.float64)
+    n = int(d.size)
+    nan = float("nan")
+    if n == 0:
+        return {"n": 0, "mean": nan, "se": nan, "t": nan, "df": nan, "p": nan, "low": nan, "high": nan}
+    mean = float(d.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "se": nan, "t": nan, "df": nan, "p": nan, "low": nan, "high": nan}
+    df = n - 1
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    if se > 0:
+        t = mean / se
+    else:  # identical differences: no spread to test against
+        t = nan if mean == 0 else math.copysign(math.inf, mean)
+    p = float(2 * _scipy_stats.t.sf(abs(t), df)) if not math.isnan(t) else nan
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return {"n": n, "mean": mean, "se": se, "t": float(t), "df": df, "p": p, "low": mean - half, "high": mean + half}
+
+
+def describe_difference(diff: Mapping[str, float], unit: str = "points") -> str:
+    """One line of prose for a :func:`paired_difference`: the mean with its standard error,
+    the t-test and the interval, or why there is no uncertainty to give."""
+    if diff["n"] < 2:
+        return f"{diff['mean']:+.1f} {unit} from {diff['n']} seed: no spread to judge it by"
+    if math.isnan(diff["t"]):
+        return f"{diff['mean']:+.1f} {unit}, identical on all {diff['n']} seeds"
+    verdict = ("the seeds separate the two" if diff["p"] < 0.05 else
+               "the seeds do not separate the two")
+    return (f"{diff['mean']:+.1f} ± {diff['se']:.1f} {unit} (standard error over {diff['n']} paired seeds; "
+            f"t = {diff['t']:.2f}, {diff['df']} degree{'s' if diff['df'] != 1 else ''} of freedom, p = {diff['p']:.2f}; "
+            f"95 % interval {diff['low']:+.1f} to {diff['high']:+.1f}): {verdict}")

@@ -1,10 +1,11 @@
-"""Stage 5: DeepLab trained on pseudo-masks, with the scale-scheduling curriculum.
+"""Segmentation on pseudo-masks: the scale-scheduling curriculum, the training data, the
+loss, one keyed training run, and the evaluation (scores and per-object recall).
 
-DeepLab here is a timm backbone at output stride 8 with either the v1 LargeFOV head (one
-dilated 3x3 convolution, then two 1x1) or the v2 ASPP head (parallel dilated 3x3
-classifiers, summed). Training goes through the one training loop; a ``ScaleSchedule``
-sets, per epoch, the scale at which images and masks are seen, so that small (often noisy)
-pseudo-mask regions vanish early in training and come back as the scale grows.
+The network is :class:`orandnet_lib.nets.deeplab.DeepLab` (heads in ``SEG_HEADS``). Training
+goes through the one training loop; a ``ScaleSchedule`` sets, per epoch, the scale at which
+images and masks are seen, so that small (often noisy) pseudo-mask regions vanish early in
+training and come back as the scale grows. Stage 5's recipe is
+:mod:`orandnet_lib.stages.s5_segmentation`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
@@ -24,13 +24,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..core import store
-from .cams import to_tensor
+from ..core.identity import ArtifactKey
 from ..core.metrics import ConfusionMatrix
-from ..nets.classifiers import _pretrained_kwargs
 from ..core.progress import bar as progress_bar
-from .refine import crf_probabilities
-from ..core.train import TrainConfig, fit, load_weights, resolve_device
+from ..core.train import TrainConfig, fit
 from ..data.voc import IGNORE_INDEX, VOCDataset
+from ..nets.deeplab import SEG_HEADS, DeepLab
+from .cams import to_tensor
+from .refine import crf_probabilities
+
+__all__ = ["ScaleSchedule", "SegmentationSet", "SegmenterSpec", "DeepLab", "SEG_HEADS", "downsample_mask",
+           "resize_image", "segmentation_loss", "predict_probs", "segment", "component_recall", "Evaluation",
+           "evaluate", "recall_by_size", "TrainedSegmenter", "train_segmenter"]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -170,53 +175,7 @@ def _random_crop(x: torch.Tensor, y: torch.Tensor, size: int, rng: np.random.Gen
     return x[:, top : top + size, left : left + size], y[top : top + size, left : left + size]
 
 
-# ----------------------------------------------------------------------------- model
-
-class DeepLab(nn.Module):
-    """DeepLab on a timm backbone at output stride 8. ``head="largefov"`` (v1): a 3x3
-    convolution dilated by ``rates[0]``, two 1x1 layers with dropout; ``head="aspp"`` (v2):
-    one dilated 3x3 classifier per rate, their logits summed. ``forward`` returns logits
-    upsampled to the input size; ``stride`` is the feature grid's."""
-
-    def __init__(self, num_classes: int, backbone: str = "resnet101", pretrained: str = "", head: str = "aspp",
-                 rates: Sequence[int] = (6, 12, 18, 24), head_channels: int = 1024, dropout: float = 0.5,
-                 output_stride: int = 8, backbone_kwargs: dict[str, Any] | None = None):
-        super().__init__()
-        if head not in ("largefov", "aspp"):
-            raise ValueError(f"head must be 'largefov' or 'aspp', got {head!r}")
-        if not rates:
-            raise ValueError("rates must name at least one dilation rate")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (backbone_kwargs or {}).items()}
-        self.backbone = timm.create_model(backbone, features_only=True, out_indices=(-1,),
-                                          output_stride=output_stride, **_pretrained_kwargs(pretrained), **kwargs)
-        channels = self.backbone.feature_info.channels()[-1]
-        self.stride = self.backbone.feature_info.reduction()[-1]
-        self.head_kind = head
-        if head == "largefov":
-            r = int(rates[0])
-            self.head = nn.Sequential(
-                nn.Conv2d(channels, head_channels, 3, padding=r, dilation=r), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
-                nn.Conv2d(head_channels, head_channels, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
-                nn.Conv2d(head_channels, num_classes, 1))
-        else:
-            self.head = nn.ModuleList(nn.Conv2d(channels, num_classes, 3, padding=int(r), dilation=int(r))
-                                      for r in rates)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H/stride, W/stride) logits on the feature grid."""
-        f = self.backbone(x)[-1]
-        if self.head_kind == "largefov":
-            return self.head(f)
-        return torch.stack([branch(f) for branch in self.head]).sum(dim=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
-        """The paper's code trains the new head at 10x the backbone's learning rate."""
-        return [{"params": list(self.backbone.parameters()), "lr_mult": 1.0},
-                {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
-
+# ----------------------------------------------------------------------------- loss
 
 def segmentation_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Pixel cross-entropy; label 255 carries no gradient."""
@@ -326,13 +285,13 @@ def evaluate(model: nn.Module, dataset: VOCDataset, scales: Sequence[float] = (1
 
 
 def recall_by_size(evaluation: Evaluation, edges: tuple[float, float]) -> dict[str, float]:
-    """Mean object recall (%) in three bins of object area (fraction of the image):
-    small < edges[0] <= medium < edges[1] <= large."""
+    """Mean object recall (%) in three bins of object area (fraction of the image), as stage 0
+    bins its objects: small <= edges[0] < medium <= edges[1] < large."""
     if not evaluation.objects:
         return {"small": float("nan"), "medium": float("nan"), "large": float("nan")}
     area = np.array([a for _, a, _ in evaluation.objects]) / np.array(evaluation.image_size)
     rec = np.array([r for _, _, r in evaluation.objects])
-    bins = np.digitize(area, edges)
+    bins = np.digitize(area, edges, right=True)
     return {name: float(100 * rec[bins == i].mean()) if (bins == i).any() else float("nan")
             for i, name in enumerate(("small", "medium", "large"))}
 
@@ -382,32 +341,25 @@ class SegmenterSpec:
                            momentum=self.momentum, optimizer=self.optimizer, seed=seed)
 
 
-def masks_fingerprint(dataset: VOCDataset) -> str:
-    """Hash of a split's masks (the pseudo-masks differ between runs where ids do not)."""
-    return store.hash_obj({"classes": list(dataset.class_names), "split": dataset.split,
-                           "masks": [store.hash_file(dataset.mask_path(i)) for i in dataset.ids]})[:16]
-
-
 @dataclass
 class TrainedSegmenter:
-    name: str
     model: DeepLab
     history: list[dict[str, float]]
     train_seconds: float
     checkpoint: Path
 
 
-def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: str | Path, seed: int = 0,
-                    val: VOCDataset | None = None, progress: bool = True) -> TrainedSegmenter:
-    """Train DeepLab on ``train``'s masks (or resume, or reload when finished). With ``val``,
-    its mIoU is logged after every epoch (the training curve). The checkpoint is named by the
-    spec, the seed and the training masks' content."""
+def train_segmenter(spec: SegmenterSpec, train: VOCDataset, checkpoint: str | Path, seed: int = 0, *,
+                    identity: ArtifactKey | None = None, val: VOCDataset | None = None, progress: bool = True,
+                    desc: str = "training DeepLab") -> TrainedSegmenter:
+    """Train DeepLab on ``train``'s masks into ``checkpoint`` (or resume, or reload when
+    finished). ``identity`` is the checkpoint's artifact key (stage 5 takes it from
+    ``s5_segmentation.artifact_keys``): a file of another key is never resumed. With ``val``,
+    its mIoU is logged after every epoch (the training curve)."""
     if train.num_classes < 2:
         raise ValueError(f"{train.root}: segmentation needs background and at least one class")
     torch.manual_seed(seed)
     model = spec.build(train.num_classes)
-    key = store.hash_obj({"spec": spec.to_dict(), "seed": seed, "masks": masks_fingerprint(train)})[:12]
-    ckpt = Path(out_dir) / f"deeplab-{name}-{key}.pt"
     cfg = spec.train_config(seed)
     data = SegmentationSet(train, spec.crop_size, ScaleSchedule(spec.schedule), spec.epochs, spec.scale_range,
                            flip=spec.flip, mask_mode=spec.mask_mode, seed=seed)
@@ -419,63 +371,7 @@ def train_segmenter(name: str, spec: SegmenterSpec, train: VOCDataset, out_dir: 
             out["val_miou"] = ev.summary()["miou"]
         return out
 
-    history = fit(model, data, segmentation_loss, cfg, checkpoint=ckpt, param_groups=model.param_groups(spec.head_lr_mult),
-                  evaluate=per_epoch, progress=progress, desc=f"training DeepLab on {name}")
-    return TrainedSegmenter(name, model, history, sum(h["seconds"] for h in history), ckpt)
-
-
-# ----------------------------------------------------------------------------- runs of stage 5
-
-@dataclass
-class SegmentationRun:
-    """One DeepLab trained on one training set with one schedule and seed, and its scores."""
-
-    training_set: str
-    schedule: str
-    seed: int
-    history: list[dict[str, float]]
-    evaluation: Evaluation
-    examples: dict[str, np.ndarray]
-    train_seconds: float
-    eval_seconds: float
-
-    @property
-    def scores(self) -> dict[str, float]:
-        return self.evaluation.summary()
-
-
-def train_and_evaluate(training_set: str, schedule: str, spec: SegmenterSpec, train: VOCDataset, val: VOCDataset,
-                       out_dir: str | Path, seed: int = 0, *, eval_scales: Sequence[float] = (1.0,),
-                       eval_flip: bool = False, eval_crf_iterations: int = 0, keep: Sequence[str] = (),
-                       progress: bool = True) -> SegmentationRun:
-    """Train (or reload) DeepLab on ``train`` and score it on ``val`` with the test-time
-    options (scales, flip, CRF)."""
-    import time
-
-    trained = train_segmenter(f"{training_set}-{schedule}-s{seed}", spec, train, out_dir, seed, val=val,
-                              progress=progress)
-    start = time.perf_counter()
-    evaluation, examples = evaluate(trained.model, val, eval_scales, eval_flip, eval_crf_iterations,
-                                    progress=progress, keep=keep)
-    return SegmentationRun(training_set, schedule, seed, trained.history, evaluation, examples,
-                           trained.train_seconds, time.perf_counter() - start)
-
-
-def summarise_runs(runs: Sequence[SegmentationRun]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{training set: {schedule: {miou, precision, recall, <each>_std, seeds, per_seed}}}``:
-    means over seeds, with the sample standard deviation where there are two or more."""
-    grouped: dict[tuple[str, str], list[SegmentationRun]] = {}
-    for run in runs:
-        grouped.setdefault((run.training_set, run.schedule), []).append(run)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (tset, sched), group in grouped.items():
-        group = sorted(group, key=lambda r: r.seed)
-        entry: dict[str, Any] = {"seeds": [r.seed for r in group],
-                                 "per_seed": [{k: float(v) for k, v in r.scores.items()} for r in group]}
-        for key in ("miou", "precision", "recall"):
-            values = np.array([r.scores[key] for r in group])
-            entry[key] = float(values.mean())
-            if len(values) > 1:
-                entry[f"{key}_std"] = float(values.std(ddof=1))
-        out.setdefault(tset, {})[sched] = entry
-    return out
+    history = fit(model, data, segmentation_loss, cfg, checkpoint=checkpoint,
+                  param_groups=model.param_groups(spec.head_lr_mult), evaluate=per_epoch, progress=progress,
+                  desc=desc, identity=identity)
+    return TrainedSegmenter(model, history, sum(h["seconds"] for h in history), Path(checkpoint))
