@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from orandnet_lib.methods.refine import REFINEMENTS
+
 from orandnet_lib.book import pages as bookpages
 
 from conftest import REPO
@@ -31,8 +33,8 @@ def test_results_page_matches_the_summary(smoke_run):
         for sched, entry in by.items():
             row = next(line for line in page.splitlines() if line.startswith(f"| {tset} | {sched} |"))
             assert f"| {entry['miou']:.1f} |" in row and f"| {len(entry['seeds'])} |" in row
-    for variant, levels in result.summary["pseudo_masks"].items():
-        assert f"| {variant} / rw_fixed | {levels['rw_fixed']['miou']:.1f} |" in page
+    for variant, written in result.summary["pseudo_masks"].items():
+        assert f"| {variant} | {REFINEMENTS.label(written['refinement'])} | {written['miou']:.1f} |" in page
     total = sum(s["wall_time_s"] for s in result.summary["stages"].values())
     assert f"Total wall time of the stages: {total / 60:.1f} min." in page
 

@@ -75,12 +75,17 @@ def test_stage_notebooks_on_smoke_profile(smoke_run):
     for name in ("orandnet", "orandnet (softmax)", "orandnet (bce, +image)", "nway:and (3-way)"):
         assert 0 <= cams[name]["miou"] <= 100, name
     for variant in ("cnn", "and+offset", "orandnet"):
-        levels = result.summary["pseudo_masks"][variant]
-        assert set(levels) == {"cam", "crf", "rw", "rw_fixed"}
+        levels = result.summary["refinement"][variant]
+        assert set(levels) == {"cam", "crf", "rw"}
         assert set(levels["rw"]) == {"miou", "precision", "recall", "threshold"}
+        written = result.summary["pseudo_masks"][variant]
+        assert written["refinement"] == "rw" and 0 <= written["miou"] <= 100
         pseudo_root = tmp_path / "runs" / "04_refinement" / "pseudo_masks" / variant
         from orandnet_lib.data.voc import VOCDataset
         assert len(VOCDataset(pseudo_root, "train")) == 48
+        assert (pseudo_root / "identity.json").exists(), "a pseudo-mask set records the key that made it"
+    artifacts = store.read_manifest(tmp_path / "runs" / "04_refinement")["metrics"]["artifacts"]
+    assert artifacts["boundary_net"]["kind"] == "boundary_net" and len(artifacts["boundary_net"]["digest"]) == 16
     seg = result.summary["segmentation"]
     assert set(seg) == {"gt", "cnn", "and+offset", "orandnet"} and set(seg["gt"]) == {"constant", "curriculum"}
     assert set(seg["and+offset"]) == {"curriculum"}  # not in schedule_sets: the headline schedule only

@@ -210,9 +210,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, device)
-        if state["config"] != _config_key(cfg):
+        if state["config"] != learning_config(cfg):
             raise ValueError(f"{ckpt_path}: checkpoint was written with another training config; "
-                             f"delete it to start afresh\n  saved: {state['config']}\n  now:   {_config_key(cfg)}")
+                             f"delete it to start afresh\n  saved: {state['config']}\n  now:   {learning_config(cfg)}")
         if identity is not None and state.get("identity") != identity.to_dict():
             raise ValueError(f"{ckpt_path}: checkpoint belongs to another artifact; delete it to start afresh\n"
                              f"  saved: {state.get('identity')}\n  now:   {identity.to_dict()}")
@@ -227,7 +227,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         if ckpt_path is not None and rank == 0:  # one writer; the others read the same file on resume
             _save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": _config_key(cfg),
+                "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": learning_config(cfg),
                 "epoch_sums": sums, "epoch_count": count,
                 **({"identity": identity.to_dict()} if identity is not None else {}),
             })
@@ -292,8 +292,10 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     return history
 
 
-def _config_key(cfg: TrainConfig) -> dict[str, Any]:
-    # What must match for a resume to continue the same run (workers and device may change).
+def learning_config(cfg: TrainConfig) -> dict[str, Any]:
+    """What a training config decides about the learned weights: all fields but those that
+    only change how the run executes (workers, device, checkpoint cadence, memory format).
+    A resume must match it, and artifact keys hold it."""
     d = asdict(cfg)
     for k in ("num_workers", "device", "checkpoint_every_steps", "channels_last"):
         d.pop(k)

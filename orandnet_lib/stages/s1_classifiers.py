@@ -28,7 +28,7 @@ from ..book import plots
 from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import SweepResult, cam_to_mask
-from ..core.train import TrainConfig, fit, resolve_device
+from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore, compute_store, error_overlap, sweep_store
 from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
@@ -134,15 +134,11 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
     }
 
 
-# TrainConfig fields that change how a run executes, not what it learns (as fit's resume check)
-_RUN_ONLY = ("num_workers", "device", "checkpoint_every_steps", "channels_last")
-
-
 def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) -> ArtifactKey:
     """A classifier checkpoint: its spec (all but the CAM method, which is read after training),
     its training config, the training split's fingerprint, the validation split's (the
     checkpoint holds the per-epoch validation history) and the seed."""
-    train = {k: v for k, v in spec_dict(spec.train_config(seed)).items() if k not in _RUN_ONLY}
+    train = spec_dict(learning_config(spec.train_config(seed)))
     architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
     return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
                        data=data, seed=seed)

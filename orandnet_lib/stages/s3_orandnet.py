@@ -19,7 +19,7 @@ import torch
 
 from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
-from ..core.train import TrainConfig, fit
+from ..core.train import TrainConfig, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore, sweep_store
 from ..methods.ensemble import Variant, sweep_variants
@@ -69,8 +69,7 @@ def train_config(p: Params) -> TrainConfig:
 def train_spec(p: Params) -> dict[str, Any]:
     """The training config as keyed: all but what changes how a run executes, not what it
     learns (as the training loop's resume check)."""
-    return {k: v for k, v in spec_dict(train_config(p)).items()
-            if k not in ("num_workers", "device", "checkpoint_every_steps", "channels_last")}
+    return spec_dict(learning_config(train_config(p)))
 
 
 def runs(p: Params) -> dict[str, Run]:

@@ -23,7 +23,7 @@ from ..core import store as files
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import ConfusionMatrix, cam_to_mask
 from ..core.parallel import default_workers
-from ..core.train import TrainConfig, fit
+from ..core.train import TrainConfig, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods import pseudo
 from ..methods.cams import CamStore, sweep_store, sweep_stream
@@ -81,8 +81,7 @@ def train_config(p: Params) -> TrainConfig:
 def train_spec(p: Params) -> dict[str, Any]:
     """The training config as keyed: all but what changes how a run executes, not what it
     learns (as the training loop's resume check)."""
-    return {k: v for k, v in spec_dict(train_config(p)).items()
-            if k not in ("num_workers", "device", "checkpoint_every_steps", "channels_last")}
+    return spec_dict(learning_config(train_config(p)))
 
 
 def backbone_kwargs(p: Params) -> dict[str, Any]:
