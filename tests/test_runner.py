@@ -37,7 +37,7 @@ def project(tmp_path, tiny_voc):
     _notebook(root / "notebooks" / "01_second.ipynb", "y = 2\nfail = False\n",
               "from orandnet_lib.book.stage import open_stage\n"
               "stage = open_stage('01_second', profile, data_root, run_dir, seed)\n"
-              "value = int((stage.upstream('00_first') / 'out.txt').read_text())\n"
+              "value = int((stage.upstream('00_first').dir / 'out.txt').read_text())\n"
               "if fail:\n    raise ValueError('boom in second')\n"
               "stage.record(summary={'second': {'value': value + y}})\n")
     profile = {"name": "t", "seed": 0, "data": {"source": "voc", "root": str(tiny_voc)}, "stages": {}}
