@@ -29,8 +29,20 @@ def test_an_experiment_in_another_run_folder_leaves_the_book_untouched(tmp_path)
     experiment = Runner("smoke", run_dir=tmp_path / "experiment", overrides=["00_dataset.n_examples=2"], **quiet)
     assert experiment.run(only="00_dataset").executed == ["00_dataset"]
     assert chapter.read_bytes() == published, "an experiment must not publish into the book"
-    Runner("smoke", run_dir=tmp_path / "experiment", publish=True, **quiet).run(only="00_dataset")
-    assert json.loads(chapter.read_text())["metadata"]["orandnet_run"]["run_dir"] == str(tmp_path / "experiment")
+    Runner("smoke", run_dir=tmp_path / "experiment", publish=True, overrides=["00_dataset.n_examples=2"],
+           **quiet).run(only="00_dataset")
+    nb = json.loads(chapter.read_text())
+    assert nb["metadata"]["orandnet_run"]["run_dir"] == str(tmp_path / "experiment")
+    # One parameters box; the defaults cell and papermill's injected cell (absolute paths) are not rendered.
+    for cell in nb["cells"]:
+        tags = set(cell["metadata"].get("tags", []))
+        if tags & {"parameters", "injected-parameters"}:
+            assert "remove-cell" in tags
+    box = next("".join(c["source"]) for c in nb["cells"] if "run-parameters" in c["metadata"].get("tags", []))
+    assert "| `n_examples` | `2` | **-p override** |" in box and "| `splits` | `['train', 'val']` | notebook default |" in box
+    shown = "".join("".join(c["source"]) for c in nb["cells"]
+                    if not {"remove-cell"} & set(c["metadata"].get("tags", [])))
+    assert str(tmp_path) not in shown, "no absolute path of this machine in a rendered cell's source"
 
 
 def _chapter(folder, stage, run_dir):

@@ -40,6 +40,18 @@ def project_root(start: str | os.PathLike[str] | None = None) -> Path:
     return here
 
 
+def display_path(path: str | os.PathLike[str], root: Path | None = None) -> str:
+    """A path as the book shows it: relative to the project when inside it, else its last part
+    only (a published page never holds an absolute path of the machine that built it)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.resolve().relative_to((root or project_root()).resolve()))
+    except ValueError:
+        return f"…/{path.name} (outside the project)"
+
+
 def load_profile(name: str) -> dict[str, Any]:
     """The named built-in profile, or a TOML file when ``name`` is a path."""
     if name.endswith(".toml") or os.sep in name:

@@ -211,7 +211,9 @@ class Runner:
                  progress: bool = True, log: Callable[[str], None] = print, publish: bool | None = None):
         self.root = Path(root).resolve() if root else profiles.project_root()
         base = profiles.load_profile(profile) if isinstance(profile, str) else profile
-        self.profile = profiles.apply_overrides(base, overrides)
+        self.overrides = list(overrides)
+        self.base_profile = base
+        self.profile = profiles.apply_overrides(base, self.overrides)
         self.data_override = data_root
         self.run_dir = Path(run_dir).resolve() if run_dir else self.root / "runs" / self.profile["name"]
         self.notebook_dir = self.root / "notebooks"
@@ -330,6 +332,30 @@ class Runner:
             folder = str(self.run_dir)
         return {"run_dir": folder, "profile": self.profile["name"], "data": data_fp}
 
+    def _shown(self, value: Any) -> str:
+        """A parameter value for the page (paths as :func:`profiles.display_path` shows them)."""
+        if isinstance(value, str) and os.path.isabs(value):
+            return f"`{profiles.display_path(value, self.root)}`"
+        return f"`{value!r}`"
+
+    def parameters_box(self, stage: str, params: dict[str, Any]) -> str:
+        """Markdown: every parameter that ran, and where its value came from."""
+        from_profile = self.base_profile.get("stages", {}).get(stage, {})
+        from_cli = {key.partition("=")[0].strip() for key in self.overrides}
+        rows = []
+        for name, value in params.items():
+            if f"{stage}.{name}" in from_cli or (name == "seed" and "seed" in from_cli):
+                source = "**-p override**"
+            elif name in from_profile:
+                source = f"profile `{self.profile['name']}`"
+            elif name in COMMON_PARAMETERS:
+                source = "run"
+            else:
+                source = "notebook default"
+            rows.append(f"| `{name}` | {self._shown(value)} | {source} |")
+        return "\n".join([":::{dropdown} Parameters of this run", "| parameter | value | from |", "|---|---|---|",
+                          *rows, ":::"])
+
     def publish(self, stage: str, data_fp: str) -> None:
         """Copy the executed notebook to where the book renders it, stamped with the run it
         came from (metadata for the one-run check, and a line under the chapter's title)."""
@@ -341,11 +367,21 @@ class Runner:
         stamp = {**identity, "commit": _commit(self.root), "executed_at": manifest.get("started_at", "")}
         nb = nbformat.read(src, as_version=4)
         nb.metadata["orandnet_run"] = stamp
-        line = (f"*From run `{stamp['run_dir']}`: profile `{stamp['profile']}`, data `{stamp['data'][:24]}`, "
+        line = (f"*From run {self._shown(str(self.run_dir))}: profile `{stamp['profile']}`, data `{stamp['data'][:24]}`, "
                 f"commit `{stamp['commit']}`, executed {stamp['executed_at'].replace('T', ' ')}.*")
         cell = nbformat.v4.new_markdown_cell(line, metadata={"tags": ["run-stamp"]})
         cell.id = f"run-stamp-{stage[:2]}"
         nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
+        # One parameters box: the values that ran, paths relative to the project; the notebook's
+        # own defaults cell and papermill's injected cell (absolute paths) are not rendered.
+        for c in nb.cells:
+            tags = c.metadata.setdefault("tags", [])
+            if c.cell_type == "code" and ({"parameters", "injected-parameters"} & set(tags)) and "remove-cell" not in tags:
+                tags.append("remove-cell")
+        box = nbformat.v4.new_markdown_cell(self.parameters_box(stage, manifest.get("params", {})),
+                                            metadata={"tags": ["run-parameters"]})
+        box.id = f"run-parameters-{stage[:2]}"
+        nb.cells.insert(nb.cells.index(cell) + 1, box)
         with store.atomic_path(self.book_dir / f"{stage}.ipynb") as tmp:
             nbformat.write(nb, tmp)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..book import plots
+from ..book import plots, profiles
 from ..core.identity import ArtifactKey
 from ..data import stats as datastats
 from ..data import synth
@@ -69,7 +69,7 @@ def overview(stage: Any, data: Benchmark) -> tuple[str, pd.DataFrame | None]:
     shape = first.load_image(first.ids[0]).shape
     source = ("the embedded benchmark, generated from the config below" if data.generator
               else "an existing VOC-layout folder")
-    text = (f"This run (profile `{stage.profile}`) reads **{source}** at `{stage.data_root}`: {sizes} images, "
+    text = (f"This run (profile `{stage.profile}`) reads **{source}** at `{profiles.display_path(stage.data_root)}`: {sizes} images, "
             f"{first.num_classes} classes with background ({', '.join(first.class_names[1:])}). "
             f"The first image is {shape[1]} x {shape[0]} pixels.")
     config = pd.Series(data.generator["config"], name="value").to_frame() if data.generator else None
@@ -186,7 +186,7 @@ def summarise(stage: Any, data: Benchmark, stats: ClassStatistics, edges: tuple[
               size_share: pd.Series, ctx: Context) -> dict[str, Any]:
     """The stage's record: ``{"dataset": {...}}`` (later stages read ``size_edges``)."""
     dataset: dict[str, Any] = {
-        "root": str(stage.data_root),
+        "root": profiles.display_path(stage.data_root),
         "classes": list(data.first.class_names),
         "images": {split: len(ds) for split, ds in data.datasets.items()},
         "objects": int(len(stats.objects)),
