@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     stages = sub.add_parser("stages", help="list the stages and their parameters")
     _add_common(stages)
 
+    compare = sub.add_parser("compare", help="what differs between two run folders: parameters, then results")
+    compare.add_argument("run_a", help="a run folder (e.g. runs/default)")
+    compare.add_argument("run_b", help="another run folder")
+    compare.add_argument("--all", action="store_true", help="list every result, also those that did not change")
+    compare.add_argument("--out", help="also write the comparison as a Markdown page here (e.g. book/generated/compare.md)")
+
     pages = sub.add_parser("pages", help="write the book's generated pages (results, parameters)")
     pages.add_argument("--profile", default="smoke", help="the run whose summary.json feeds the results page")
     return parser
@@ -75,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise profiles.ConfigError(f"profile {prof['name']!r} reads existing data; nothing to generate")
             out = Path(args.out) if args.out else profiles.data_root(prof)
             synth.generate(out, profiles.embedded_config(prof))
+        elif args.command == "compare":
+            from .book.compare import compare_runs, format_comparison
+            from .core import store
+
+            text = format_comparison(compare_runs(args.run_a, args.run_b), changed_only=not args.all)
+            print(text)
+            if args.out:
+                store.write_text(args.out, text)
         elif args.command == "pages":
             from .book.pages import write_pages
             from .book.runner import check_one_run

@@ -1,0 +1,45 @@
+"""`orandnet compare`: what differs between two runs."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+
+from orandnet_lib import cli
+from orandnet_lib.book.compare import compare_runs, format_comparison, welch_difference
+from orandnet_lib.book.runner import Runner
+
+from conftest import REPO
+
+
+def test_welch_difference_by_hand():
+    d = welch_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    # means 2 and 4; variances of the means 1/3 and 4/3; df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 50/17
+    assert d["mean"] == pytest.approx(2.0) and d["se"] == pytest.approx(math.sqrt(5 / 3))
+    assert d["df"] == pytest.approx(50 / 17)
+    assert d["low"] < 0 < d["high"]  # three seeds each: this difference is not resolved
+
+
+@pytest.mark.slow
+def test_two_smoke_runs_that_differ_in_one_parameter(smoke_run, tmp_path, capsys):
+    result, base = smoke_run
+    other = tmp_path / "epochs1"
+    shutil.copytree(base / "runs", other)
+    rerun = Runner("smoke", root=REPO, run_dir=other, book_dir=tmp_path / "book", progress=False, log=lambda m: None,
+                   overrides=["05_segmentation_curriculum.epochs=1"]).run()
+    assert rerun.executed == ["05_segmentation_curriculum", "06_precision_vs_miou"]
+    c = compare_runs(base / "runs", other)
+    assert c.params == [("05_segmentation_curriculum", "epochs", 2, 1)]
+    changed = {k for k, _, _, d in c.metrics if d != 0}
+    assert any(k.startswith("segmentation.") and k.endswith(".miou") for k in changed)
+    assert not any(k.startswith(("cams.", "classifiers.", "pseudo_masks.")) for k in changed), "upstream is shared"
+    seeded = dict(c.seeded)
+    assert "segmentation.cnn.curriculum.miou" in seeded and seeded["segmentation.cnn.curriculum.miou"]["low"] <= \
+        seeded["segmentation.cnn.curriculum.miou"]["mean"] <= seeded["segmentation.cnn.curriculum.miou"]["high"]
+    text = format_comparison(c)
+    assert "| 05_segmentation_curriculum | `epochs` | `2` | `1` |" in text
+    assert cli.main(["compare", str(base / "runs"), str(other), "--out", str(tmp_path / "compare.md")]) == 0
+    assert capsys.readouterr().out.strip() == (tmp_path / "compare.md").read_text().strip()
+    assert cli.main(["compare", str(tmp_path / "missing"), str(other)]) == 2
