@@ -43,6 +43,7 @@ def test_an_experiment_in_another_run_folder_leaves_the_book_untouched(tmp_path)
     shown = "".join("".join(c["source"]) for c in nb["cells"]
                     if not {"remove-cell"} & set(c["metadata"].get("tags", [])))
     assert str(tmp_path) not in shown, "no absolute path of this machine in a rendered cell's source"
+    assert "## Try it" in "".join(nb["cells"][-1]["source"]), "the chapter ends with an experiment to run"
 
 
 def _chapter(folder, stage, run_dir):

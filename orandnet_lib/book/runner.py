@@ -32,6 +32,7 @@ from ..core import progress
 from ..core import store
 from ..core.errors import ConfigError, StageFailed
 from .stage import METRICS_FILE
+from .try_it import try_it
 
 SUMMARY_FILE = "summary.json"
 LAST_RUN_FILE = "last_run.json"  # the stages the latest `orandnet run` executed and skipped
@@ -382,6 +383,11 @@ class Runner:
                                             metadata={"tags": ["run-parameters"]})
         box.id = f"run-parameters-{stage[:2]}"
         nb.cells.insert(nb.cells.index(cell) + 1, box)
+        experiment = try_it(stage, self.profile["name"])
+        if experiment is not None:
+            last = nbformat.v4.new_markdown_cell(experiment, metadata={"tags": ["try-it"]})
+            last.id = f"try-it-{stage[:2]}"
+            nb.cells.append(last)
         with store.atomic_path(self.book_dir / f"{stage}.ipynb") as tmp:
             nbformat.write(nb, tmp)
 
