@@ -18,9 +18,10 @@ def test_random_walk_on_a_three_pixel_chain_by_hand():
     # links 0-1 and 1-2 plus self-loops, rows normalised
     np.testing.assert_allclose(t, [[1 / 2, 1 / 2, 0], [1 / 3, 1 / 3, 1 / 3], [0, 1 / 2, 1 / 2]])
     scores = np.array([[[1.0, 0.0, 0.0]]])
-    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 1)[0, 0],
+    # exp_times is IRN's exponent: 2 ** 0 = 1 step, 2 ** 1 = 2 steps
+    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 0)[0, 0],
                                [1 / 2, 1 / 3, 0])
-    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 2)[0, 0],
+    np.testing.assert_allclose(random_walk(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), 1)[0, 0],
                                [1 / 4 + 1 / 6, (1 / 2 + 1 / 3) / 3, 1 / 6])
     steps = random_walk_steps(scores, transition_matrix(np.zeros((1, 3)), 1, 1.0), [0, 1, 2])
     np.testing.assert_allclose(np.stack([s[0, 0] for s in steps]),
@@ -46,10 +47,10 @@ def test_a_wall_blocks_propagation():
     t = transition_matrix(boundary, radius=3, beta=10.0)
     scores = np.zeros((1, 5, 9))
     scores[0, 2, 0] = 1.0  # a seed on the left
-    out = random_walk(scores, t, 50)
+    out = random_walk(scores, t, 6)  # 64 steps
     assert out[0, :, :4].sum() > 0.99 * out[0].sum() - 1e-12  # everything stays left of the wall
     assert out[0, :, 5:].max() == 0.0
-    open_field = random_walk(scores, transition_matrix(np.zeros((5, 9)), 3, 10.0), 50)
+    open_field = random_walk(scores, transition_matrix(np.zeros((5, 9)), 3, 10.0), 6)
     assert open_field[0, :, 5:].max() > 0  # without the wall it crosses
 
 
@@ -129,7 +130,7 @@ def test_refined_cams_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     assert set(data.label_statistics()) == {"foreground", "background", "ignored"}
     x, y = data[0]
     assert x.shape == (3, 20, 24) and y.shape == (5, 6)
-    settings = {"beta": 10.0, "iterations": 4, "radius": 5, "crf_iterations": 2}
+    settings = {"beta": 10.0, "exp_times": 2, "radius": 5, "crf_iterations": 2}
     with pytest.raises(ValueError, match="boundary"):
         next(refined_cams("rw", store, ds, background=0.3, settings=settings, progress=False))
     boundaries = boundary_maps(net, ds, progress=False)

@@ -119,6 +119,8 @@ def _shift(array: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
     """out[y, x] = array[y + dy, x + dx], ``fill`` outside."""
     h, w = array.shape
     out = np.full_like(array, fill)
+    if abs(dy) >= h or abs(dx) >= w:  # nothing lands inside (and a negative slice end would wrap)
+        return out
     ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
     xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
     out[yd, xd] = array[ys, xs]
@@ -149,8 +151,14 @@ def boundary_affinities(boundary: np.ndarray, radius: int = 5) -> tuple[np.ndarr
 
 
 def transition_matrix(boundary: np.ndarray, radius: int = 5, beta: float = 10.0) -> sparse.csr_matrix:
-    """Row-stochastic (N, N) sparse transition matrix of the random walk, N = H * W:
-    affinities raised to ``beta``, made symmetric, with self-loops, rows normalised."""
+    """The random walk's (N, N) sparse transition matrix, N = H * W: affinities raised to
+    ``beta``, made symmetric, with self-loops of 1, then normalised so that one step
+    ``s <- T @ s`` makes each pixel the affinity-weighted mean of its neighbours.
+
+    IRN's ``to_transition_matrix`` (misc/indexing.py) divides A^beta by its column sums and
+    multiplies the scores from the left, ``x @ T``; A is symmetric, so that is this
+    row-normalised ``D^-1 A`` acting on the scores as columns: the same walk, transposed.
+    """
     n = boundary.size
     rows, cols, vals = boundary_affinities(boundary, radius)
     vals = np.power(np.clip(vals, 0.0, 1.0), beta)
@@ -163,29 +171,41 @@ def transition_matrix(boundary: np.ndarray, radius: int = 5, beta: float = 10.0)
     a = sparse.csr_matrix((v, (r, c)), shape=(n, n))
     a.eliminate_zeros()
     degree = np.asarray(a.sum(axis=1)).ravel()
-    return sparse.diags(1.0 / degree) @ a
+    return (sparse.diags(1.0 / degree) @ a).tocsr()
 
 
-def random_walk(scores: np.ndarray, transition: sparse.csr_matrix, iterations: int) -> np.ndarray:
-    """Propagate (C, H, W) scores ``iterations`` times: s <- T s (each pixel becomes the
-    affinity-weighted mean of its neighbours)."""
-    c, h, w = scores.shape
-    flat = scores.reshape(c, h * w).T.astype(np.float64)  # (N, C)
-    for _ in range(iterations):
+def _steps(flat: np.ndarray, transition: sparse.csr_matrix, n: int) -> np.ndarray:
+    """``n`` single steps of the walk on (N, C) scores."""
+    for _ in range(n):
         flat = transition @ flat
+    return flat
+
+
+def random_walk(scores: np.ndarray, transition: sparse.csr_matrix, exp_times: int) -> np.ndarray:
+    """Propagate (C, H, W) scores by the transition matrix raised to the power
+    ``2 ** exp_times``, IRN's ``exp_times`` (8: 256 steps).
+
+    IRN squares a dense N x N matrix ``exp_times`` times; here the sparse matrix is applied
+    ``2 ** exp_times`` times to the scores, the same power, in memory linear in N (the
+    squared matrix fills in after a few squarings)."""
+    if exp_times < 0:
+        raise ValueError(f"exp_times must be non-negative, got {exp_times}")
+    c, h, w = scores.shape
+    flat = _steps(scores.reshape(c, h * w).T.astype(np.float64), transition, 2 ** exp_times)  # (N, C)
     return flat.T.reshape(c, h, w)
 
 
 def random_walk_steps(scores: np.ndarray, transition: sparse.csr_matrix, steps: Sequence[int]) -> list[np.ndarray]:
-    """The walk's state after each number of iterations in ``steps`` (ascending), for figures
-    that show the propagation step by step; ``random_walk`` at the last entry."""
+    """The walk's state after each number of single steps in ``steps`` (ascending), for
+    figures that show the propagation step by step (``random_walk(.., e)`` is ``2 ** e`` steps)."""
     if list(steps) != sorted(steps) or (len(steps) and steps[0] < 0):
         raise ValueError(f"steps must be ascending and non-negative, got {list(steps)}")
-    out, done, current = [], 0, scores.astype(np.float64)
+    c, h, w = scores.shape
+    out, done, current = [], 0, scores.reshape(c, h * w).T.astype(np.float64)
     for n in steps:
-        current = random_walk(current, transition, n - done)
+        current = _steps(current, transition, n - done)
         done = n
-        out.append(current)
+        out.append(current.T.reshape(c, h, w))
     return out
 
 
@@ -224,6 +244,13 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
 
+def walk_input(cams: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+    """What the walk starts from: the (K, H, W) CAMs average-pooled to the (h, w) boundary
+    grid and multiplied by (1 - boundary), as IRN's ``propagate_to_edge`` does, so a score
+    on a predicted edge does not spread across it."""
+    return adaptive_avg_pool(cams, boundary.shape) * (1.0 - np.asarray(boundary, dtype=np.float64))
+
+
 # ----------------------------------------------------------------------------- the registry
 
 @dataclass(frozen=True)
@@ -235,7 +262,7 @@ class RefineInputs:
     class_ids: np.ndarray  # (K,)
     background: float  # background score (the CRF's unary uses it)
     boundary: np.ndarray | None = None  # (h, w) relation-net boundary map on the stride-4 grid, or None
-    settings: Mapping[str, Any] = field(default_factory=dict)  # beta, iterations, radius, crf_iterations, ...
+    settings: Mapping[str, Any] = field(default_factory=dict)  # beta, exp_times, radius, crf_iterations, ...
 
 
 Refinement = Callable[[RefineInputs], np.ndarray]  # -> refined scores (K, H, W) in [0, 1]
@@ -257,15 +284,20 @@ def refine_crf(x: RefineInputs) -> np.ndarray:
     return q[1:] / np.maximum(q[1:] + q[:1], 1e-8)
 
 
-@REFINEMENTS.register("rw", label="random walk", settings=("beta", "iterations", "radius"), needs_boundary=True)
+@REFINEMENTS.register("rw", label="random walk", settings=("beta", "exp_times", "radius"), needs_boundary=True)
 def refine_random_walk(x: RefineInputs) -> np.ndarray:
-    """IRN's propagation: the CAMs, average-pooled to the boundary grid, walk along the
-    boundary-derived affinities, are upsampled back and max-normalised per class."""
+    """IRN's propagation (step/make_sem_seg_labels.py, misc/indexing.py ``propagate_to_edge``):
+    the CAMs, average-pooled to the boundary grid and multiplied by (1 - boundary), walk
+    ``2 ** exp_times`` steps along the boundary-derived affinities, are upsampled back and
+    divided by their maximum over all classes and pixels of the image (IRN's
+    ``rw_up / torch.max(rw_up)``), so the fixed background score compares with that scale."""
     if x.boundary is None:
         raise ValueError("the random walk needs the relation network's boundary map")
     s = x.settings
-    small = adaptive_avg_pool(x.cams, x.boundary.shape)
-    walked = random_walk(small, transition_matrix(x.boundary, int(s.get("radius", 5)), float(s.get("beta", 10.0))),
-                         int(s.get("iterations", 8)))
+    boundary = np.asarray(x.boundary, dtype=np.float64)
+    small = walk_input(x.cams, boundary)
+    walked = random_walk(small, transition_matrix(boundary, int(s.get("radius", 5)), float(s.get("beta", 10.0))),
+                         int(s.get("exp_times", 8)))
     up = np.maximum(resize_bilinear(walked, x.cams.shape[1:]), 0).astype(np.float32)
-    return up / (up.reshape(len(x.class_ids), -1).max(axis=1)[:, None, None] + 1e-5)
+    top = float(up.max()) if up.size else 0.0
+    return up / top if top > 0 else up  # all zero (a boundary everywhere): IRN would divide by 0

@@ -1,11 +1,15 @@
 """Stage 4: from CAMs to pseudo-masks, as IRN (Ahn et al. 2019). (1) Confident labels from a
-seed CAM: foreground where it is high, background where every class is very low, the rest
+source CAM: foreground where it is high, background where every class is very low, the rest
 ignored (refined by a dense CRF); (2) a relation network trained on pairs of those labels to
-predict class boundaries from the image alone; (3) every registered refinement (the CAM
-itself, a dense CRF, the random walk along the boundary affinities, ...) applied to each CAM
-variant of stages 1-3 and scored by a sweep of the background score; (4) the pseudo-masks of
-the chosen refinement at IRN's fixed background score, written in VOC layout for the
-segmentation stage, each set keyed by its CAM store, the relation network and its settings.
+predict class boundaries from the image alone, one per source (``boundary_source``:
+"per_variant", the paper's setting, trains each variant's own net on its own confident
+labels, as ORANDNet's script/irn.sh trains IRN on ORANDNet's labels; a variant's name lets
+that variant's net refine every variant); (3) every registered refinement (the CAM itself, a
+dense CRF, IRN's random walk along the boundary affinities, ...) applied to each CAM variant
+of stages 1-3 and scored by a sweep of the background score; (4) the pseudo-masks of the
+chosen refinement at IRN's fixed background score, written in VOC layout for the
+segmentation stage, each set keyed by its CAM store, the relation network that refined it
+and its settings.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..core.train import TrainConfig, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods import pseudo
 from ..methods.cams import CamStore, sweep_store, sweep_stream
-from ..methods.refine import REFINEMENTS, adaptive_avg_pool, random_walk_steps, transition_matrix
+from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, walk_input
 from ..nets.boundary import BoundaryNet
 
 STAGE = "04_refinement"
@@ -38,7 +42,15 @@ NOT_IN_KEYS = {
     "crf_iterations": "read by the dense CRF only: scored every run, not stored, unless pseudo_mask_refinement is "
                       "'crf', whose pseudo-mask key then holds it",
 }
-BOUNDARIES_FILE = "boundaries.npz"  # every train image's boundary map, float16, one array per image id
+PER_VARIANT = "per_variant"  # boundary_source: each variant's own relation net (the paper's setting)
+# The first variant's net's boundary maps (float16, one array per train image id), for the teaching widget;
+# every net's maps are in boundaries_file(source).
+BOUNDARIES_FILE = "boundaries.npz"
+
+
+def boundaries_file(source: str) -> str:
+    """The file of the boundary maps of the relation net trained on ``source``'s confident labels."""
+    return f"boundaries-{source}.npz"
 
 
 def _default_backbone_kwargs() -> dict[str, Any]:
@@ -50,7 +62,7 @@ class Params:
     seed: int = 0
     train_split: str = "train"
     variants: tuple[str, ...] = ("cnn", "and+offset", "orandnet")  # CAM stores of stages 1-3 to refine
-    seed_variant: str = "cnn"  # the CAM whose confident labels train the relation network
+    boundary_source: str = PER_VARIANT  # per_variant, or the variant whose relation net refines every variant
     fg_threshold: float = 0.30  # IRN's confident foreground
     bg_threshold: float = 0.05  # IRN's confident background
     use_crf: bool = True  # CRF on the confident labels (IRN does)
@@ -64,7 +76,7 @@ class Params:
     weight_decay: float = 0.0001
     radius: int = 5  # affinity radius on the stride-4 grid
     beta: float = 10.0  # affinity exponent
-    iterations: int = 8  # random-walk steps
+    exp_times: int = 8  # IRN's: the transition matrix raised to 2 ** exp_times (256 steps)
     rw_background: float = 0.25  # IRN's background score for the written pseudo-masks (fixed)
     crf_iterations: int = 10
     refinements: tuple[str, ...] = ("cam", "crf", "rw")  # each scored on train_split by a sweep
@@ -91,7 +103,17 @@ def backbone_kwargs(p: Params) -> dict[str, Any]:
 
 def refinement_settings(p: Params) -> dict[str, Any]:
     """Every refinement's settings (``RefineInputs.settings``)."""
-    return {"beta": p.beta, "iterations": p.iterations, "radius": p.radius, "crf_iterations": p.crf_iterations}
+    return {"beta": p.beta, "exp_times": p.exp_times, "radius": p.radius, "crf_iterations": p.crf_iterations}
+
+
+def boundary_sources(p: Params) -> tuple[str, ...]:
+    """The variants whose confident labels train a relation network, one net each."""
+    return tuple(p.variants) if p.boundary_source == PER_VARIANT else (p.boundary_source,)
+
+
+def source_of(p: Params, variant: str) -> str:
+    """The variant whose relation network refines ``variant``."""
+    return variant if p.boundary_source == PER_VARIANT else p.boundary_source
 
 
 def _attrs(name: str) -> dict[str, Any]:
@@ -103,15 +125,16 @@ def _attrs(name: str) -> dict[str, Any]:
 
 
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
-    """The relation network's checkpoint (``boundary_net``) and each variant's pseudo-mask set
-    (``pseudo_masks:<variant>``). ``data[train_split]``: the split's fingerprint;
+    """Each relation network's checkpoint (``boundary_net:<source>``, keyed by its source's CAM
+    store) and each variant's pseudo-mask set (``pseudo_masks:<variant>``, keyed by the digest
+    of the net that refined it). ``data[train_split]``: the split's fingerprint;
     ``upstream["cams:<variant>_<split>"]``: the CAM stores' digests."""
-    net = ArtifactKey("boundary_net", {
-        "backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
-        "pretrained": p.boundary_pretrained, "fg_threshold": p.fg_threshold, "bg_threshold": p.bg_threshold,
-        "use_crf": p.use_crf, "radius": p.radius, "train": train_spec(p)},
-        data=data[p.train_split], upstream={"cams": upstream[f"cams:{p.seed_variant}_{p.train_split}"]}, seed=p.seed)
-    keys = {"boundary_net": net}
+    spec = {"backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
+            "pretrained": p.boundary_pretrained, "fg_threshold": p.fg_threshold, "bg_threshold": p.bg_threshold,
+            "use_crf": p.use_crf, "radius": p.radius, "train": train_spec(p)}
+    keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
+                                               upstream={"cams": upstream[f"cams:{src}_{p.train_split}"]}, seed=p.seed)
+            for src in boundary_sources(p)}
     attrs = _attrs(p.pseudo_mask_refinement)
     settings = refinement_settings(p)
     spec = {"refinement": p.pseudo_mask_refinement, "background": p.rw_background,
@@ -119,15 +142,15 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     for v in p.variants:
         inputs = {"cams": upstream[f"cams:{v}_{p.train_split}"]}
         if attrs.get("needs_boundary"):
-            inputs["boundary_net"] = net.digest
+            inputs["boundary_net"] = keys[f"boundary_net:{source_of(p, v)}"].digest
         keys[f"pseudo_masks:{v}"] = ArtifactKey("pseudo_masks", spec, data=data[p.train_split], upstream=inputs)
     return keys
 
 
 @dataclass
 class Inputs:
-    """The scored split, the CAM stores (seed variant and variants) and the keys of what the
-    stage writes."""
+    """The scored split, the CAM stores (boundary sources and variants) and the keys of what
+    the stage writes."""
 
     train: VOCDataset
     stores: dict[str, CamStore]
@@ -137,7 +160,7 @@ class Inputs:
 def open_inputs(stage: Any, p: Params) -> Inputs:
     REFINEMENTS.check([*p.refinements, p.pseudo_mask_refinement])
     train = VOCDataset(stage.data_root, p.train_split)
-    stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([p.seed_variant, *p.variants])}
+    stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([*boundary_sources(p), *p.variants])}
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
     return Inputs(train, stores, artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream))
 
@@ -146,6 +169,7 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
 
 @dataclass
 class RelationNet:
+    source: str  # the variant whose confident labels trained it
     net: BoundaryNet
     history: list[dict[str, float]]
     labels: pseudo.BoundarySet  # the confident labels it was trained on
@@ -153,50 +177,74 @@ class RelationNet:
     checkpoint: Path
 
 
-def train_boundary_net(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> RelationNet:
-    """Confident labels of the seed variant's CAMs, then the relation network trained on
-    them with the one training loop. Its checkpoint is named and checked by the
-    ``boundary_net`` key (backbone, thresholds, CRF, radius, training config, data, seed
-    store, seed), so a changed setting trains a new network instead of resuming another."""
-    key = inputs.keys["boundary_net"]
+def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, progress: bool = True) -> RelationNet:
+    """Confident labels of ``source``'s CAMs, then a relation network trained on them with
+    the one training loop. Its checkpoint is named and checked by the ``boundary_net:<source>``
+    key (backbone, thresholds, CRF, radius, training config, data, source store, seed), so a
+    changed setting trains a new network instead of resuming another."""
+    key = inputs.keys[f"boundary_net:{source}"]
     torch.manual_seed(p.seed)
     net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p))
     start = time.perf_counter()
-    labels = pseudo.BoundarySet(inputs.stores[p.seed_variant], inputs.train, net.stride, p.fg_threshold,
+    labels = pseudo.BoundarySet(inputs.stores[source], inputs.train, net.stride, p.fg_threshold,
                                 p.bg_threshold, p.use_crf, p.seed, progress=progress, workers=p.workers)
     label_seconds = time.perf_counter() - start
     checkpoint = key.path(out_dir, "boundary")
     history = fit(net, labels, pseudo.boundary_loss(p.radius), train_config(p), checkpoint=checkpoint, identity=key,
-                  desc="training the relation network", progress=progress)
-    return RelationNet(net, history, labels, label_seconds, checkpoint)
+                  desc=f"training the relation network ({source})", progress=progress)
+    return RelationNet(source, net, history, labels, label_seconds, checkpoint)
+
+
+def train_boundary_nets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, RelationNet]:
+    """One relation network per boundary source (:func:`boundary_sources`), each from the same seed."""
+    return {src: train_boundary_net(p, inputs, src, out_dir, progress) for src in boundary_sources(p)}
 
 
 @dataclass
 class Boundaries:
-    maps: dict[str, np.ndarray]  # image id -> (h, w) float32 boundary map on the stride-4 grid
-    ms_per_image: float
-    path: Path
+    maps: dict[str, dict[str, np.ndarray]]  # source -> image id -> (h, w) float32 map on the stride-4 grid
+    source_of: dict[str, str]  # variant -> the source whose net refines it
+    ms_per_image: dict[str, float]  # source -> ms per image
+    paths: dict[str, Path]  # source -> boundaries-<source>.npz
+
+    def of(self, variant: str) -> dict[str, np.ndarray]:
+        """The boundary maps that refine ``variant``."""
+        return self.maps[self.source_of[variant]]
 
 
-def boundary_maps(relation: RelationNet, inputs: Inputs, out_dir: Path, progress: bool = True) -> Boundaries:
-    """Every train image's boundary map, computed once for all variants and saved (float16,
-    one array per image id) to ``out_dir/boundaries.npz`` for the teaching widget."""
-    start = time.perf_counter()
-    maps = pseudo.boundary_maps(relation.net, inputs.train, progress=progress)
-    ms = 1000 * (time.perf_counter() - start) / len(inputs.train)
-    path = Path(out_dir) / BOUNDARIES_FILE
+def _save_maps(path: Path, maps: Mapping[str, np.ndarray]) -> None:
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{i: m.astype(np.float16) for i, m in maps.items()})
-    return Boundaries(maps, ms, path)
 
 
-def seed_quality(p: Params, inputs: Inputs) -> dict[str, Any]:
-    """How IRN's thresholds fall on the seed CAM (described with the ground truth, never
-    tuned on it): the seed CAM's sweep, its per-threshold shares and precisions, and the rows
-    at the two thresholds."""
+def boundary_maps(p: Params, relations: Mapping[str, RelationNet], inputs: Inputs, out_dir: Path,
+                  progress: bool = True) -> Boundaries:
+    """Every train image's boundary map from each relation network, computed once per net and
+    saved (float16, one array per image id) to ``out_dir/boundaries-<source>.npz``; the net
+    that refines the first variant also to ``out_dir/boundaries.npz`` (the teaching widget's)."""
+    maps, ms, paths = {}, {}, {}
+    for src, relation in relations.items():
+        start = time.perf_counter()
+        maps[src] = pseudo.boundary_maps(relation.net, inputs.train, progress=progress)
+        ms[src] = 1000 * (time.perf_counter() - start) / len(inputs.train)
+        paths[src] = Path(out_dir) / boundaries_file(src)
+        _save_maps(paths[src], maps[src])
+    source_of_v = {v: source_of(p, v) for v in p.variants}
+    _save_maps(Path(out_dir) / BOUNDARIES_FILE, maps[source_of_v[p.variants[0]]])
+    return Boundaries(maps, source_of_v, ms, paths)
+
+
+def seed_quality(p: Params, inputs: Inputs) -> dict[str, dict[str, Any]]:
+    """How IRN's thresholds fall on each boundary source's CAM (described with the ground
+    truth, never tuned on it): per source, the CAM's sweep, its per-threshold shares and
+    precisions, and the rows at the two thresholds."""
+    return {src: _seed_quality(p, inputs.stores[src], inputs.train) for src in boundary_sources(p)}
+
+
+def _seed_quality(p: Params, store: CamStore, dataset: VOCDataset) -> dict[str, Any]:
     import pandas as pd
 
-    sweep = sweep_store(inputs.stores[p.seed_variant], inputs.train)
+    sweep = sweep_store(store, dataset)
     quality = pd.DataFrame(sweep.seed_quality()).set_index("threshold")
     at = {name: quality.iloc[int(np.abs(quality.index - t).argmin())]
           for name, t in (("fg", p.fg_threshold), ("bg", p.bg_threshold))}
@@ -268,7 +316,7 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
     return {v: refine_variant(inputs.stores[v], inputs.train, Path(out_dir) / "pseudo_masks" / v,
                               inputs.keys[f"pseudo_masks:{v}"], refinements=p.refinements,
                               pseudo_mask_refinement=p.pseudo_mask_refinement, background=p.rw_background,
-                              settings=refinement_settings(p), boundaries=boundaries.maps, keep=p.n_examples,
+                              settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
                               workers=p.workers, progress=progress)
             for v in p.variants}
 
@@ -288,13 +336,18 @@ def score_table(results: Mapping[str, Refined]) -> "Any":
             .set_index(["variant", "refinement"]))
 
 
+def walk_exponents(p: Params) -> list[int]:
+    """A few exponents e of the 2 ** e steps the step-by-step figure shows, up to ``exp_times``."""
+    return sorted({e for e in (0, p.exp_times // 4, p.exp_times // 2, (3 * p.exp_times) // 4, p.exp_times)})
+
+
 def walk_steps(p: Params, store: CamStore, boundary: np.ndarray, image_id: str) -> tuple[list[int], list[np.ndarray]]:
-    """One image's CAM on the boundary grid after 0, 1, 2, 4 and ``iterations`` steps of
-    the walk (for the step-by-step figure)."""
+    """One image's CAM on the boundary grid, times (1 - boundary), before the walk (0 steps)
+    and after 2 ** e steps for the exponents of :func:`walk_exponents` (the last is the
+    walk that ran: 2 ** exp_times steps)."""
     cams, _ = store[image_id]
-    small = adaptive_avg_pool(cams, boundary.shape)
-    steps = sorted({0, 1, 2, 4, p.iterations})
-    return steps, random_walk_steps(small, transition_matrix(boundary, p.radius, p.beta), steps)
+    steps = [0] + [2 ** e for e in walk_exponents(p)]
+    return steps, random_walk_steps(walk_input(cams, boundary), transition_matrix(boundary, p.radius, p.beta), steps)
 
 
 def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int]) -> np.ndarray:
@@ -305,21 +358,23 @@ def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int
 
 # ----------------------------------------------------------------------------- figures
 
-def seed_quality_figure(p: Params, quality: Mapping[str, Any]) -> Any:
-    """Shares and precisions of the seed CAM's confident foreground and background against
-    the threshold, with IRN's two thresholds and the CAM's best-mIoU score marked."""
+def seed_quality_figure(p: Params, qualities: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Per boundary source, the shares and precisions of its CAM's confident foreground and
+    background against the threshold, with IRN's two thresholds and the CAM's best-mIoU score
+    marked."""
     import matplotlib.pyplot as plt
 
-    table = quality["table"]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
-        ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
-    for t, name in ((p.fg_threshold, "foreground threshold"), (p.bg_threshold, "background threshold"),
-                    (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
-        ax.axvline(t, color="grey", lw=0.8, ls=":")
-        ax.text(t, 102, name, rotation=90, fontsize=7, va="bottom", ha="center")
-    ax.set(xlabel=f"{p.seed_variant} CAM score", ylabel="% of pixels", ylim=(0, 100))
-    ax.legend(fontsize=7, loc="center right")
+    fig, axes = plt.subplots(1, len(qualities), figsize=(5.2 * len(qualities), 3.4), squeeze=False)
+    for ax, (src, quality) in zip(axes[0], qualities.items()):
+        table = quality["table"]
+        for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
+            ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
+        for t, name in ((p.fg_threshold, "foreground threshold"), (p.bg_threshold, "background threshold"),
+                        (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
+            ax.axvline(t, color="grey", lw=0.8, ls=":")
+            ax.text(t, 102, name, rotation=90, fontsize=7, va="bottom", ha="center")
+        ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100))
+        ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     return fig
 
@@ -338,78 +393,127 @@ def score_bars(table: Any) -> Any:
     return fig
 
 
-def example_figure(p: Params, inputs: Inputs, relation: RelationNet, boundaries: Boundaries,
+def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], boundaries: Boundaries,
                    results: Mapping[str, Refined]) -> Any:
     """For the first variant's first examples: the image, its ground truth, the confident
-    labels, the boundary map, the CAM mask (best-mIoU score) and the written pseudo-mask."""
+    labels and the boundary map of the net that refines it, the CAM mask (best-mIoU score) and
+    the written pseudo-mask."""
     import matplotlib.pyplot as plt
 
     from ..book import plots
 
     v0 = p.variants[0]
-    r = results[v0]
+    r, src = results[v0], boundaries.source_of[v0]
     grid = []
     for image_id, refined, ids in r.examples:
         sample = inputs.train.load(image_id)
         cams, cam_ids = inputs.stores[v0][image_id]
         grid.append([sample.image, plots.overlay(sample.image, sample.mask),
-                     plots.colorize(upsampled_labels(relation, image_id, sample.mask.shape)),
-                     plt.get_cmap("gray_r")(boundaries.maps[image_id])[..., :3],
+                     plots.colorize(upsampled_labels(relations[src], image_id, sample.mask.shape)),
+                     plt.get_cmap("gray_r")(boundaries.maps[src][image_id])[..., :3],
                      plots.overlay(sample.image, cam_to_mask(cams, cam_ids, r.cam_background)),
                      plots.overlay(sample.image, cam_to_mask(refined, ids, p.rw_background))])
     label = REFINEMENTS.label(p.pseudo_mask_refinement)
-    return plots.image_grid(grid, titles=["image", "ground truth", "confident labels", "boundaries", f"{v0} CAM mask",
-                                          f"{v0} {label}"], size=1.8)
+    return plots.image_grid(grid, titles=["image", "ground truth", f"confident labels ({src})",
+                                          f"boundaries ({src} net)", f"{v0} CAM mask", f"{v0} {label}"], size=1.8)
 
 
 def walk_figure(p: Params, inputs: Inputs, boundaries: Boundaries, results: Mapping[str, Refined]) -> Any:
-    """The first example's CAM (its first class) on the boundary grid after 0, 1, 2, 4 and
-    ``iterations`` steps of the random walk."""
+    """The first example's CAM (its first class) on the boundary grid, times (1 - boundary),
+    before the walk and after 2 ** e steps for a few exponents up to ``exp_times``."""
     import matplotlib.pyplot as plt
 
     from ..book import plots
 
     v0 = p.variants[0]
     image_id = results[v0].examples[0][0]
-    bmap = boundaries.maps[image_id]
+    bmap = boundaries.of(v0)[image_id]
     steps, walked = walk_steps(p, inputs.stores[v0], bmap, image_id)
     panels = [inputs.train.load_image(image_id), plt.get_cmap("gray_r")(bmap)[..., :3]] + [
         plt.get_cmap("jet")(w[0] / max(w[0].max(), 1e-8))[..., :3] for w in walked]
-    return plots.image_grid([panels], titles=["image", "boundaries"] + [f"step {n}" for n in steps], size=1.6)
+    titles = ["image", f"boundaries ({boundaries.source_of[v0]} net)", "start"] + [
+        f"{n} steps (2^{int(np.log2(n))})" for n in steps[1:]]
+    return plots.image_grid([panels], titles=titles, size=1.6)
+
+
+# ----------------------------------------------------------------------------- the text
+
+def source_text(p: Params) -> str:
+    """Which relation network refines which variant (the setting that ran), for the chapter."""
+    if p.boundary_source == PER_VARIANT:
+        return (f"`boundary_source = \"{PER_VARIANT}\"` (the paper's setting): each variant's own confident labels "
+                f"train its own relation network, which refines that variant only, as ORANDNet's `script/irn.sh` "
+                f"trains IRN on ORANDNet's labels; {len(p.variants)} networks "
+                f"({', '.join(p.variants)}), each from seed {p.seed}.")
+    return (f"`boundary_source = \"{p.boundary_source}\"`: one relation network, trained on the "
+            f"{p.boundary_source} CAM's confident labels, refines every variant ({', '.join(p.variants)}); the "
+            f"paper's setting (`\"{PER_VARIANT}\"`) trains one per variant on its own labels.")
+
+
+def walk_text(p: Params) -> str:
+    """The random walk's settings that ran, in words, for the chapter."""
+    return (f"IRN's random walk as it ran: the CAMs, average-pooled to the stride-4 boundary grid, are multiplied by "
+            f"(1 - boundary); affinities between cells at most {p.radius} apart are 1 minus the strongest boundary "
+            f"on the segment between them, raised to beta = {p.beta:g}; the transition matrix is raised to the power "
+            f"2^{p.exp_times} = {2 ** p.exp_times} (exp_times = {p.exp_times}; IRN squares a dense matrix "
+            f"{p.exp_times} times, here the sparse matrix takes {2 ** p.exp_times} single steps, the same power); "
+            f"the walked maps are upsampled and divided by their maximum over all classes and pixels of the image, "
+            f"and the written pseudo-masks put the background at the fixed score rw_background = "
+            f"{p.rw_background:g}.")
 
 
 # ----------------------------------------------------------------------------- the record
 
-def record(stage: Any, p: Params, inputs: Inputs, relation: RelationNet, quality: Mapping[str, Any],
-           boundaries: Boundaries, results: Mapping[str, Refined]) -> dict[str, Any]:
+def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, RelationNet],
+           qualities: Mapping[str, Mapping[str, Any]], boundaries: Boundaries,
+           results: Mapping[str, Refined]) -> dict[str, Any]:
+    """The stage's metrics. ``boundary_nets`` says which net refined which variant
+    (``refines``: variant -> source) and where each net's maps are (``files``: source -> file
+    name in the stage folder; ``widget_file`` holds the first variant's net's maps)."""
     refinement = {v: r.scores for v, r in results.items()}
     written = {v: r.pseudo_masks for v, r in results.items()}
     timings = {v: r.timings for v, r in results.items()}
+    nets = {"boundary_source": p.boundary_source, "refines": dict(boundaries.source_of),
+            "files": {src: path.name for src, path in boundaries.paths.items()}, "widget_file": BOUNDARIES_FILE}
+    walk = {"exp_times": p.exp_times, "steps": 2 ** p.exp_times, "beta": p.beta, "radius": p.radius,
+            "rw_background": p.rw_background}
     return stage.record(
-        metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings,
-                 "relation_history": relation.history, "label_seconds": relation.label_seconds,
-                 "confident_labels": relation.labels.label_statistics(), "seed_quality": quality["at"],
+        metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings, "boundary_nets": nets,
+                 "random_walk": walk,
+                 "relation_history": {src: r.history for src, r in relations.items()},
+                 "label_seconds": {src: r.label_seconds for src, r in relations.items()},
+                 "confident_labels": {src: r.labels.label_statistics() for src, r in relations.items()},
+                 "seed_quality": {src: q["at"] for src, q in qualities.items()},
                  "boundary_ms_per_image": boundaries.ms_per_image, "workers": p.workers or default_workers()},
-        summary={"refinement": refinement, "pseudo_masks": written, "refinement_timings": timings},
+        summary={"refinement": refinement, "pseudo_masks": written, "refinement_timings": timings,
+                 "boundary_nets": nets},
         artifacts=inputs.keys)
 
 
-def findings(p: Params, relation: RelationNet, quality: Mapping[str, Any], boundaries: Boundaries,
-             results: Mapping[str, Refined], peak_rss_mb: float) -> str:
-    """The chapter's "What this chapter found", from the computed numbers."""
+def _confident_line(p: Params, src: str, quality: Mapping[str, Any], relation: RelationNet) -> str:
     at, best = quality["at"], quality["sweep"].best()["threshold"] / 100
     stats = relation.labels.label_statistics()
-    lines = [
-        f"- **Confident labels.** On the {p.seed_variant} CAM, IRN's foreground threshold {p.fg_threshold:.2f} marks "
-        f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {100 * at['fg']['fg_precision']:.1f} % "
-        f"carry the right class; its background threshold {p.bg_threshold:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
-        f"as background, {100 * at['bg']['bg_precision']:.1f} % rightly. The CAM's own best-mIoU background score is "
-        f"{best:.2f}, "
-        + ("above IRN's foreground threshold: on these CAMs the 'confident' foreground is wider than the mask one "
-           "would choose, so the relation network learns from labels that spill over object edges."
-           if best > p.fg_threshold else
-           "below IRN's foreground threshold, as on VOC: the confident foreground is a core inside the mask.")
-        + f" After the CRF, {100 * stats['foreground']:.1f} % of cells are confident foreground."]
+
+    def pct(x: float) -> str:  # a precision of no pixels is undefined
+        return "n/a" if np.isnan(x) else f"{100 * x:.1f} %"
+
+    return (f"- **Confident labels ({src}).** On the {src} CAM, IRN's foreground threshold {p.fg_threshold:.2f} marks "
+            f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {pct(at['fg']['fg_precision'])} "
+            f"carry the right class; its background threshold {p.bg_threshold:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
+            f"as background, {pct(at['bg']['bg_precision'])} rightly. The CAM's own best-mIoU background score is "
+            f"{best:.2f}, "
+            + ("above IRN's foreground threshold: on these CAMs the 'confident' foreground is wider than the mask one "
+               "would choose, so the relation network learns from labels that spill over object edges."
+               if best > p.fg_threshold else
+               "below IRN's foreground threshold, as on VOC: the confident foreground is a core inside the mask.")
+            + f" After the CRF, {100 * stats['foreground']:.1f} % of cells are confident foreground.")
+
+
+def findings(p: Params, relations: Mapping[str, RelationNet], qualities: Mapping[str, Mapping[str, Any]],
+             boundaries: Boundaries, results: Mapping[str, Refined], peak_rss_mb: float) -> str:
+    """The chapter's "What this chapter found", from the computed numbers."""
+    lines = [f"- **Relation networks.** {source_text(p)}", f"- **Random walk.** {walk_text(p)}"]
+    lines += [_confident_line(p, src, qualities[src], relations[src]) for src in relations]
     for v, r in results.items():
         c = r.scores.get("cam")
         moves = []
@@ -420,13 +524,14 @@ def findings(p: Params, relation: RelationNet, quality: Mapping[str, Any], bound
                          f"and recall {c['recall']:.1f} -> {sc['recall']:.1f} % (mIoU {c['miou']:.1f} -> "
                          f"{sc['miou']:.1f} %)")
         label = REFINEMENTS.label(r.pseudo_masks["refinement"])
-        lines.append(f"- **{v}**: " + ("; ".join(moves) + ". " if moves else "")
+        lines.append(f"- **{v}** (boundaries of the {boundaries.source_of[v]} net): "
+                     + ("; ".join(moves) + ". " if moves else "")
                      + f"At IRN's fixed background score the written pseudo-masks ({label}) score "
                        f"{r.pseudo_masks['miou']:.1f} % mIoU.")
     n_workers = p.workers or default_workers()
-    lines.append(f"- Wall time per image with {n_workers} process(es) (boundary maps, computed once: "
-                 f"{boundaries.ms_per_image:.1f} ms): " + "; ".join(
-                     f"{v}: " + ", ".join(f"{REFINEMENTS.label(k[: -len('_ms_per_image')])} {ms:.1f} ms"
-                                          for k, ms in r.timings.items()) for v, r in results.items())
+    nets = ", ".join(f"{src} {ms:.1f} ms" for src, ms in boundaries.ms_per_image.items())
+    lines.append(f"- Wall time per image with {n_workers} process(es) (boundary maps, once per net: {nets}): "
+                 + "; ".join(f"{v}: " + ", ".join(f"{REFINEMENTS.label(k[: -len('_ms_per_image')])} {ms:.1f} ms"
+                                                  for k, ms in r.timings.items()) for v, r in results.items())
                  + f". Peak resident memory of the stage: {peak_rss_mb / 1024:.2f} GB.")
     return "\n".join(lines)
