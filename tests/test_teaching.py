@@ -108,5 +108,28 @@ def test_random_walk_panel_uses_the_images_boundary_map():
     data = _Data()
     boundaries = {"a": np.zeros((2, 3), np.float16)}  # no boundary: the walk spreads the CAM evenly
     m = teaching.mask_panels(data, _cams_of, ["a"], ["x"], ["rw"], [0.5], boundaries=boundaries,
-                             settings={"beta": 10.0, "iterations": 2, "radius": 1})
+                             settings={"beta": 10.0, "exp_times": 2, "radius": 1})
     assert (0, 0, 0, 0) in m.panels
+
+
+def test_threshold_explorer_moves_a_marker_along_the_curve():
+    from orandnet_lib.book.teaching import marker_points, threshold_explorer
+    from orandnet_lib.core.metrics import SweepResult
+
+    # Two classes (background, object); rows ground truth, columns prediction; 12 background and
+    # 6 object pixels. At 0.2 the mask marks 8 pixels as object, 6 rightly; at 0.6 it marks 3, all right.
+    low = np.array([[10, 2], [0, 6]])
+    high = np.array([[12, 0], [3, 3]])
+    sweep = SweepResult(np.array([0.2, 0.6]), np.stack([low, high]))
+    at_low, at_high = marker_points({"cam": sweep}, 0.25)["cam"], marker_points({"cam": sweep}, 0.55)["cam"]
+    # precision: background 10/10, object 6/8 -> 87.5 %; recall: background 10/12, object 6/6 -> 91.67 %
+    assert at_low["precision"] == pytest.approx(87.5) and at_low["recall"] == pytest.approx(100 * (10 / 12 + 1) / 2)
+    # at 0.6: precision (12/15 + 3/3) / 2 = 90 %, recall (12/12 + 3/6) / 2 = 75 %
+    assert at_high["precision"] == pytest.approx(90.0) and at_high["recall"] == pytest.approx(75.0)
+    assert at_low["threshold"] == pytest.approx(20.0) and at_high["threshold"] == pytest.approx(60.0)
+    box = threshold_explorer({"cam": sweep}, [0.2, 0.6], title="t")
+    slider, stack = box.children[1], box.children[2]
+    assert list(slider.options) == ["0.20", "0.60"] and len(stack.children) == 2
+    images = [panel.children[0].value for panel in stack.children]
+    assert images[0] != images[1], "the marker moves with the slider"
+    assert "87.5" in stack.children[0].children[1].value and "90.0" in stack.children[1].children[1].value

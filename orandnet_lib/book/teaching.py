@@ -195,3 +195,43 @@ def mask_grid(m: MaskPanels, image: int = 0, refinement: int = 0) -> Any:
     fig.suptitle(f"{m.image_ids[image]}: {REFINEMENTS.label(m.refinements[refinement])} masks by variant (rows) "
                  "and background score (columns)", fontsize=9, y=1.01)
     return fig
+
+
+# ----------------------------------------------------------------------------- threshold explorer
+
+def marker_points(sweeps: Mapping[str, Any], background: float) -> dict[str, dict[str, float]]:
+    """Each variant's operating point (percent) at the grid score nearest ``background``:
+    ``{name: {"recall", "precision", "miou", "threshold"}}``."""
+    out = {}
+    for name, sweep in sweeps.items():
+        index = int(np.abs(np.asarray(sweep.thresholds) - background).argmin())
+        out[name] = sweep.at(index)
+    return out
+
+
+def threshold_explorer(sweeps: Mapping[str, Any], backgrounds: Sequence[float], title: str = "",
+                       dashed: Sequence[str] = ()) -> Any:
+    """Precision against recall of every variant, with a marker on each curve at the background
+    score a slider chooses (every position drawn in advance, so it works in the static book)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for background in backgrounds:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+        plots.precision_recall_curves(sweeps, ax, dashed=list(dashed))
+        for i, (name, point) in enumerate(marker_points(sweeps, background).items()):
+            ax.plot(point["recall"], point["precision"], "o", ms=9, mec="black", mfc=f"C{i % 10}", zorder=5)
+        ax.set_title(f"background score {background:.2f}: markers show each variant's precision and recall")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        plt.close(fig)
+        points = marker_points(sweeps, background)
+        table = "".join(f"<tr><td>{n}</td><td>{p['precision']:.1f}</td><td>{p['recall']:.1f}</td>"
+                        f"<td>{p['miou']:.1f}</td></tr>" for n, p in points.items())
+        panels.append(widgets.VBox([
+            widgets.Image(value=buffer.getvalue(), format="png", layout=widgets.Layout(max_width="640px")),
+            widgets.HTML("<table><tr><th>variant</th><th>precision %</th><th>recall %</th><th>mIoU %</th></tr>"
+                         f"{table}</table>")]))
+    levels = [Level("background", tuple(f"{b:.2f}" for b in backgrounds), "slider")]
+    return explorer(levels, lambda key: panels[key[0]], title=title)
