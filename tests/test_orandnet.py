@@ -13,7 +13,7 @@ def test_per_class_channel_shapes_with_and_without_image():
     net_rgb = ORANDNet("small", use_image=True)
     assert make_inputs(or_cams, image).shape == (3, 4, 40, 48)
     assert net_rgb(make_inputs(or_cams, image)).shape == (3, 1, 40, 48)
-    out = predict(net, or_cams, None, "bce")
+    out = predict(net, or_cams, None)
     assert out.shape == (3, 40, 48) and out.min() >= 0 and out.max() <= 1
 
 
@@ -89,6 +89,6 @@ def test_orandnet_store_round_trips_and_training_lowers_the_loss(tmp_path, tiny_
     assert out.ids == ds.ids and out.meta["loss"] == "bce"
     for image_id in ds.ids:
         cams, ids = out[image_id]
-        expected = predict(net, torch.from_numpy(paths["or"][image_id][0]), None, "bce").numpy()
+        expected = predict(net, torch.from_numpy(paths["or"][image_id][0]), None).numpy()
         np.testing.assert_allclose(cams, expected, atol=1e-3)
         assert ids.tolist() == paths["or"][image_id][1].tolist()

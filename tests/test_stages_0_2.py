@@ -1,6 +1,7 @@
 """Stages 0 to 2 as library recipes: keys that the recipes really use, the record stage 2
 leaves for later stages, and the dataset chapter's statistics on a tiny folder."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -47,6 +48,25 @@ def test_stage1_checkpoints_and_stores_carry_the_keys_of_artifact_keys(tiny_voc,
     assert CamStore(path).digest == keys["cams:cnn_train"].digest
 
 
+def test_stage1_representation_limits_use_each_networks_own_stride(tiny_voc):
+    """Rows: each classifier at each CAM scale with its own output stride (the CNN's 16, the
+    ViT's token stride: a stem of 4 x patch 1), then DeepLab at stride 8, scale 1; the summary's
+    ``cams_limit`` holds them and the finest (largest) scale's limit."""
+    p = dataclasses.replace(tiny_params(), cam_scales=(2.0, 1.0))
+    stage = SimpleNamespace(data_root=tiny_voc)
+    splits = s1.load_splits(stage, p)
+    trained = {name: SimpleNamespace(model=s1.build(spec, 2)) for name, spec in s1.classifier_specs(p).items()}
+    limits = s1.representation_limits(p, trained, splits)
+    assert list(limits.index) == [("cnn", 16, 1.0), ("cnn", 16, 2.0), ("vit", 4, 1.0), ("vit", 4, 2.0),
+                                  ("deeplab", 8, 1.0)]
+    assert list(limits["grid at 20x24 px"]) == ["2x2", "3x3", "5x6", "10x12", "3x3"]
+    assert limits.loc[("cnn", 16, 2.0), "train limit mIoU (%)"] == limits.loc[("deeplab", 8, 1.0), "train limit mIoU (%)"]
+    summary = s1.limits_summary(limits)
+    assert set(summary) == {"cnn", "vit", "deeplab"} and summary["vit"]["stride"] == 4
+    assert summary["cnn"]["finest"] == {"scale": 2.0, **summary["cnn"]["scales"]["2"]}
+    assert summary["deeplab"]["finest"]["val"] == limits.loc[("deeplab", 8, 1.0), "val limit mIoU (%)"]
+
+
 def test_stage2_reads_the_stores_stage1_names():
     p1, p2 = s1.Params(), s2.Params()
     data = {split: f"fp-{split}" for split in ("train", "val")}
@@ -61,14 +81,15 @@ def test_stage2_reads_the_stores_stage1_names():
 
 def test_later_stages_rebuild_stage2s_variants_from_its_record():
     p = s2.Params(offset=0.2)
-    recorded = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p)}})
-    assert s2.variants_from(recorded) == s2.variants(p)
+    choice = s2.choose_offset(p)
+    recorded = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p, choice)}})
+    assert s2.variants_from(recorded) == s2.variants(p, 0.2)
     assert s2.variants_from(recorded)["and+offset"].offsets == (("vit", 0.2),)
     OPERATORS.add("geo", lambda stack: stack.prod(axis=0) ** (1 / len(stack)), standard=True)
     try:
         assert "geo" not in s2.variants_from(recorded)  # what stage 2 built, not what is registered now
-        with_geo = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p)}})
-        assert "geo" in s2.variants_from(with_geo) and "geo" in s2.variants(p)
+        with_geo = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p, choice)}})
+        assert "geo" in s2.variants_from(with_geo) and "geo" in s2.variants(p, 0.2)
     finally:
         OPERATORS.remove("geo")
 
@@ -76,7 +97,7 @@ def test_later_stages_rebuild_stage2s_variants_from_its_record():
 def test_stage2_refuses_a_store_variant_it_does_not_build(tmp_path):
     p = s2.Params(store_variants=("or+offset", "xor"))
     with pytest.raises(ConfigError, match=r"store_variants \['xor'\] are not ensemble variants; known: cnn, vit"):
-        s2.write_stores(SimpleNamespace(dir=tmp_path), p, {}, None, s2.variants(p))
+        s2.write_stores(SimpleNamespace(dir=tmp_path), p, {}, None, s2.variants(p, p.offset), s2.choose_offset(p))
     assert not (tmp_path / "cams").exists()
 
 

@@ -47,7 +47,7 @@ def write_run(run_dir: Path, ds: VOCDataset, variant: str = "cnn") -> None:
 
 def tiny_params(**changes) -> s4.Params:
     return dataclasses.replace(s4.Params(variants=("cnn",), boundary_backbone_kwargs=SMALL, use_crf=False, epochs=2,
-                                         batch_size=3, crf_iterations=2, iterations=3, n_examples=2, workers=1),
+                                         batch_size=3, crf_iterations=2, exp_times=2, n_examples=2, workers=1),
                                **changes)
 
 
@@ -70,10 +70,10 @@ def test_changing_a_confident_label_threshold_trains_a_new_relation_network(tiny
     run_dir = tmp_path / "runs"
     write_run(run_dir, ds)
     out = run_dir / "04_refinement"
-    first = s4.train_boundary_net(tiny_params(fg_threshold=0.3), open_tiny(tiny_voc, run_dir, tiny_params()), out,
-                                  progress=False)
+    first = s4.train_boundary_net(tiny_params(fg_threshold=0.3), open_tiny(tiny_voc, run_dir, tiny_params()), "cnn",
+                                  out, progress=False)
     p2 = tiny_params(fg_threshold=0.2)
-    second = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), out, progress=False)
+    second = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), "cnn", out, progress=False)
 
     # Two checkpoints side by side, each carrying its own key.
     assert first.checkpoint != second.checkpoint and first.checkpoint.exists() and second.checkpoint.exists()
@@ -81,7 +81,7 @@ def test_changing_a_confident_label_threshold_trains_a_new_relation_network(tiny
     # The labels differ, and the second network was trained on its own: it has the weights of
     # a network trained with fg_threshold 0.2 in an empty folder, not those of the first.
     assert any((first.labels.labels[i] != second.labels.labels[i]).any() for i in ds.ids)
-    alone = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), tmp_path / "alone", progress=False)
+    alone = s4.train_boundary_net(p2, open_tiny(tiny_voc, run_dir, p2), "cnn", tmp_path / "alone", progress=False)
     assert same_weights(second.checkpoint, alone.checkpoint)
     assert not same_weights(first.checkpoint, second.checkpoint)
     assert [h["loss"] for h in second.history] == [h["loss"] for h in alone.history]
@@ -112,17 +112,37 @@ def test_the_old_checkpoint_name_reused_the_stale_network(tiny_voc, tmp_path):
 def test_every_boundary_setting_names_another_checkpoint():
     p = tiny_params()
     data, upstream = {"train": "d"}, {"cams:cnn_train": "u"}
-    base = s4.artifact_keys(p, data, upstream)["boundary_net"].digest
+    base = s4.artifact_keys(p, data, upstream)["boundary_net:cnn"].digest
     for change in ({"fg_threshold": 0.2}, {"bg_threshold": 0.1}, {"use_crf": True}, {"radius": 4},
                    {"boundary_backbone": "resnet34"}, {"boundary_backbone_kwargs": {"channels": [8, 8, 8, 8]}},
-                   {"boundary_pretrained": "timm"}, {"epochs": 3}, {"seed": 1}, {"seed_variant": "vit"}):
-        other = s4.artifact_keys(dataclasses.replace(p, **change), data, {**upstream, "cams:vit_train": "v"})
-        assert other["boundary_net"].digest != base, change
+                   {"boundary_pretrained": "timm"}, {"epochs": 3}, {"seed": 1}):
+        other = s4.artifact_keys(dataclasses.replace(p, **change), data, upstream)
+        assert other["boundary_net:cnn"].digest != base, change
     # the relation network's settings reach the pseudo-masks through its digest
     pm = s4.artifact_keys(p, data, upstream)["pseudo_masks:cnn"]
     assert pm.upstream == {"cams": "u", "boundary_net": base}
     assert s4.artifact_keys(dataclasses.replace(p, workers=4, n_examples=1), data, upstream) == \
         s4.artifact_keys(p, data, upstream)
+
+
+def test_one_relation_net_per_source_keys_the_masks_it_refines():
+    data = {"train": "d"}
+    upstream = {"cams:cnn_train": "c", "cams:orandnet_train": "o", "cams:vit_train": "v"}
+    per = s4.artifact_keys(tiny_params(variants=("cnn", "orandnet")), data, upstream)  # the paper's setting
+    assert {k for k in per if k.startswith("boundary_net")} == {"boundary_net:cnn", "boundary_net:orandnet"}
+    assert per["boundary_net:cnn"].upstream == {"cams": "c"} and per["boundary_net:orandnet"].upstream == {"cams": "o"}
+    assert per["pseudo_masks:cnn"].upstream["boundary_net"] == per["boundary_net:cnn"].digest
+    assert per["pseudo_masks:orandnet"].upstream["boundary_net"] == per["boundary_net:orandnet"].digest
+    # one source: its net (keyed by its own store) refines every variant
+    one = s4.artifact_keys(tiny_params(variants=("cnn", "orandnet"), boundary_source="vit"), data, upstream)
+    assert {k for k in one if k.startswith("boundary_net")} == {"boundary_net:vit"}
+    assert one["boundary_net:vit"].upstream == {"cams": "v"}
+    assert {one[f"pseudo_masks:{v}"].upstream["boundary_net"] for v in ("cnn", "orandnet")} == \
+        {one["boundary_net:vit"].digest}
+    # the cnn net trained on the cnn labels is the same artifact in both settings
+    cnn = s4.artifact_keys(tiny_params(variants=("cnn", "orandnet"), boundary_source="cnn"), data, upstream)
+    assert cnn["boundary_net:cnn"] == per["boundary_net:cnn"]
+    assert cnn["pseudo_masks:orandnet"] != per["pseudo_masks:orandnet"]
 
 
 def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
@@ -132,11 +152,15 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     p = tiny_params()
     inputs = open_tiny(tiny_voc, run_dir, p)
     out = run_dir / "04_refinement"
-    relation = s4.train_boundary_net(p, inputs, out, progress=False)
-    boundaries = s4.boundary_maps(relation, inputs, out, progress=False)
-    with np.load(out / s4.BOUNDARIES_FILE) as saved:
-        assert sorted(saved.files) == sorted(ds.ids)
-        assert all(saved[i].dtype == np.float16 and saved[i].shape == boundaries.maps[i].shape for i in ds.ids)
+    relations = s4.train_boundary_nets(p, inputs, out, progress=False)
+    assert list(relations) == ["cnn"]
+    boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
+    assert boundaries.source_of == {"cnn": "cnn"} and boundaries.paths["cnn"] == out / "boundaries-cnn.npz"
+    for name in (s4.BOUNDARIES_FILE, "boundaries-cnn.npz"):  # the widget's file and the net's own
+        with np.load(out / name) as saved:
+            assert sorted(saved.files) == sorted(ds.ids)
+            assert all(saved[i].dtype == np.float16 and saved[i].shape == boundaries.of("cnn")[i].shape
+                       for i in ds.ids)
     results = s4.refine_variants(p, inputs, boundaries, out, progress=False)
     r = results["cnn"]
     assert set(r.scores) == {"cam", "crf", "rw"}
@@ -195,3 +219,26 @@ def test_train_variant_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_p
     assert t.store.digest == key.digest
     other = ArtifactKey("orandnet", {"loss": "softmax"}, data="tiny", upstream={"or": "o", "and": "a"})
     assert other.path(tmp_path, "orandnet (bce, +image)") != t.checkpoint
+
+
+def test_per_variant_trains_one_relation_net_per_variant_and_saves_each_nets_maps(tiny_voc, tmp_path):
+    ds = VOCDataset(tiny_voc, "train")
+    run_dir = tmp_path / "runs"
+    write_run(run_dir, ds, "cnn")
+    write_run(run_dir, ds, "vit")
+    p = tiny_params(variants=("vit", "cnn"), boundary_source="per_variant", epochs=1)
+    inputs = open_tiny(tiny_voc, run_dir, p)
+    out = run_dir / "04_refinement"
+    relations = s4.train_boundary_nets(p, inputs, out, progress=False)
+    assert list(relations) == ["vit", "cnn"] and relations["vit"].checkpoint != relations["cnn"].checkpoint
+    assert load_checkpoint(relations["vit"].checkpoint)["identity"]["upstream"] == \
+        {"cams": inputs.stores["vit"].digest}
+    boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
+    assert boundaries.source_of == {"vit": "vit", "cnn": "cnn"}
+    with np.load(out / s4.BOUNDARIES_FILE) as widget, np.load(out / "boundaries-vit.npz") as vit:
+        assert all(np.array_equal(widget[i], vit[i]) for i in ds.ids)  # the widget's file: the first variant's net
+    results = s4.refine_variants(p, inputs, boundaries, out, progress=False)
+    for v in p.variants:
+        assert read_identity(out / "pseudo_masks" / v)["upstream"]["boundary_net"] == \
+            inputs.keys[f"boundary_net:{v}"].digest
+    assert set(results) == {"vit", "cnn"}

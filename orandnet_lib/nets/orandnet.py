@@ -11,6 +11,10 @@ Two losses, as discussed in the paper's public code:
   CAM as soft target (the official choice). With a single class the softmax is constant, so
   single-class images give exactly zero gradient.
 - ``bce``: per-pixel binary cross-entropy with the AND CAM as soft target; every image counts.
+
+Inference is the same for both losses, as in the official ``module/encdec_pred.py``: each class
+channel through the network, ReLU on the output, each class map divided by its own maximum. So
+a loss ablation compares losses, not inferences (a softmax over one channel would be all ones).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils.data import Dataset
 from ..methods.cams import CamStore, CamStoreWriter, to_tensor
 from ..core.progress import bar as progress_bar
 from ..data.voc import VOCDataset
+from .classifiers import _pretrained_kwargs
 
 LOSSES = ("softmax", "bce")
 
@@ -60,9 +65,12 @@ class SmallEncoder(nn.Module):
 class TimmEncoder(nn.Module):
     """The last three feature levels of a timm backbone (``vgg16``: strides 8, 16, 32 as in FCN-8s)."""
 
-    def __init__(self, name: str, in_channels: int, pretrained: bool = False):
+    def __init__(self, name: str, in_channels: int, pretrained: str = ""):
         super().__init__()
-        self.body = timm.create_model(name, features_only=True, in_chans=in_channels, pretrained=pretrained)
+        # pretrained: "" | "timm" | a weights file, as the classifiers'. timm adapts the first
+        # convolution to ``in_channels`` (summing the RGB filters for one channel); the official
+        # network/encdec.py instead leaves its one-channel first convolution at random.
+        self.body = timm.create_model(name, features_only=True, in_chans=in_channels, **_pretrained_kwargs(pretrained))
         self.levels = list(range(len(self.body.feature_info)))[-3:]
         self.channels = [self.body.feature_info.channels()[i] for i in self.levels]
 
@@ -79,8 +87,11 @@ class ORANDNet(nn.Module):
     """
 
     def __init__(self, encoder: str = "small", use_image: bool = False, widths: Sequence[int] = (16, 32, 64),
-                 pretrained: bool = False):
+                 pretrained: str = ""):
         super().__init__()
+        if encoder == "small" and pretrained:
+            raise ValueError(f"the 'small' encoder has no pretrained weights (pretrained={pretrained!r}); "
+                             "use a timm encoder such as 'vgg16'")
         self.use_image = use_image
         in_channels = 4 if use_image else 1
         self.encoder: nn.Module = (SmallEncoder(in_channels, widths) if encoder == "small"
@@ -123,16 +134,21 @@ def orand_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor, 
     return torch.stack(losses).mean()
 
 
-@torch.no_grad()
-def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None, kind: str) -> torch.Tensor:
-    """The ORANDNet map of one image: (K, H, W) in [0, 1].
+def normalise(out: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) network outputs -> ReLU, each class map divided by its own maximum; a map
+    with no positive output stays 0 (the official code adds 1e-5 to the maximum instead)."""
+    out = F.relu(out)
+    peak = out.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, out / peak.clamp_min(torch.finfo(out.dtype).tiny), torch.zeros_like(out))
 
-    ``bce``: the sigmoid of each channel. ``softmax``: the softmax over the image's channels,
-    as trained; for a single-class image it is 1 everywhere (the loss never saw those).
-    """
+
+@torch.no_grad()
+def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    """The ORANDNet map of one image, (K, H, W) in [0, 1], whatever the training loss: each
+    class channel through the network, then :func:`normalise` (as the official
+    ``module/encdec_pred.py``)."""
     model.eval()
-    logits = model(make_inputs(or_cams, image if model.use_image else None))[:, 0]
-    return torch.sigmoid(logits) if kind == "bce" else torch.softmax(logits, dim=0)
+    return normalise(model(make_inputs(or_cams, image if model.use_image else None))[:, 0])
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -190,6 +206,7 @@ def loss_fn(kind: str) -> Callable[[nn.Module, dict[str, torch.Tensor]], tuple[t
 def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: str | Path, kind: str,
                 meta: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's);
+    ``kind``, the training loss, is recorded in the meta (inference does not depend on it);
     ``meta`` adds to the store's meta (its ``identity``: the artifact key, see
     :func:`orandnet_lib.stages.s3_orandnet.train_variant`)."""
     device = next(model.parameters()).device
@@ -201,6 +218,6 @@ def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: 
                 writer.add(image_id, or_cams, class_ids)
                 continue
             image = to_tensor(dataset.load_image(image_id))[0].to(device) if model.use_image else None
-            out = predict(model, torch.from_numpy(or_cams).to(device), image, kind)
+            out = predict(model, torch.from_numpy(or_cams).to(device), image)
             writer.add(image_id, out.cpu().numpy(), class_ids)
     return Path(path)

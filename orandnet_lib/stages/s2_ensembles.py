@@ -5,14 +5,19 @@ every standard ensemble (mean, max, OR, AND, with and without the official code'
 ViT map) at two background scores (best mIoU; precision = recall), and writes the variants
 ORANDNet learns between (OR as input, AND as target) as CAM stores of their own.
 
-It records which ensemble it built (``metrics["ensemble"]``: sources, offset source, offset,
-operators); later stages rebuild the same variants from that record with :func:`variants_from`,
-so the offset is set in one place.
+The offset is chosen by a stated rule that never looks at ORANDNet's result (``offset_rule``):
+``fixed`` adds ``offset`` (the official +0.15, tuned for its LRP maps); ``align`` adds the
+offset that aligns the two sources' best-mIoU background scores on stage 1's validation split
+(the other source's best score minus the offset source's), so one background score suits both
+maps of an OR / AND. It records which ensemble it built (``metrics["ensemble"]``: sources,
+offset source, the offset applied, its rule and the thresholds it came from, operators); later
+stages rebuild the same variants from that record with :func:`variants_from`, so the offset
+is set in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +37,8 @@ STAGE = "02_or_and_ensembles"
 UPSTREAM = "01_classifiers_and_cams"
 NOT_IN_KEYS = {
     "seed": "no randomness: the ensembles are fixed functions of stage 1's CAMs (whose keys hold the seed)",
+    "offset": "keyed as the offset applied (the offset variants' spec 'offsets'): this value under offset_rule "
+              "'fixed'; unused under 'align', whose offset follows stage 1's val sweeps (keyed by their stores)",
     "n_examples": "presentation: training images shown with their masks",
 }
 
@@ -42,44 +49,119 @@ class Params:
     train_split: str = "train"
     sources: tuple[str, ...] = ("cnn", "vit")  # CAM stores of stage 1
     offset_source: str = "vit"  # the source that gets the offset (the official code: the ViT)
-    offset: float = 0.15
+    offset_rule: str = "fixed"  # "fixed": add `offset` | "align": align the sources' best val background scores
+    offset: float = 0.15  # the offset under offset_rule = "fixed" (the official code's)
     store_variants: tuple[str, ...] = ("or+offset", "and+offset")  # written as CAM stores for ORANDNet
     n_examples: int = 5
 
 
-def variants(p: Params) -> dict[str, Variant]:
+OFFSET_RULES = ("fixed", "align")
+
+
+@dataclass(frozen=True)
+class OffsetChoice:
+    """The offset applied to ``offset_source``, the rule that chose it and, under ``align``,
+    each source's best-mIoU background score on stage 1's validation split (fractions)."""
+
+    rule: str
+    offset: float
+    thresholds: dict[str, float]
+
+
+def align_offset(thresholds: Mapping[str, float], offset_source: str) -> float:
+    """The offset that moves ``offset_source``'s best background score onto the other
+    source's: the other's minus its own (rounded to 1e-6, the sweeps' grid is 1e-2)."""
+    others = [name for name in thresholds if name != offset_source]
+    if offset_source not in thresholds or len(others) != 1:
+        raise ConfigError(f"offset_rule 'align' needs two sources, one of them the offset source "
+                          f"{offset_source!r}; got {list(thresholds)}")
+    return round(thresholds[others[0]] - thresholds[offset_source], 6)
+
+
+def val_thresholds(upstream1: Any, sources: Sequence[str]) -> dict[str, float]:
+    """Each source's best-mIoU background score on stage 1's validation split, from stage 1's
+    record (``summary["cams"][source]["val"]["threshold"]``, percent) as a fraction."""
+    cams = upstream1.summary["cams"]
+    return {name: cams[name]["val"]["threshold"] / 100 for name in sources}
+
+
+def choose_offset(p: Params, upstream1: Any = None) -> OffsetChoice:
+    """The offset by ``p.offset_rule``; ``upstream1``: stage 1's record (needed by ``align``)."""
+    if p.offset_rule == "fixed":
+        return OffsetChoice("fixed", p.offset, {})
+    if p.offset_rule == "align":
+        thresholds = val_thresholds(upstream1, p.sources)
+        return OffsetChoice("align", align_offset(thresholds, p.offset_source), thresholds)
+    raise ConfigError(f"offset_rule must be one of {OFFSET_RULES}, got {p.offset_rule!r}")
+
+
+def _variants(sources: Sequence[str], offset_source: str | None, offset: float,
+              operators: Sequence[str] | None = None) -> dict[str, Variant]:
+    """:func:`standard_variants`, keeping the ``+offset`` variants when the offset is 0 (a
+    possible outcome of ``align``; later stages still read ``or+offset`` / ``and+offset``)."""
+    out = standard_variants(sources, offset_source, offset, operators)
+    if offset_source is not None and not offset:
+        for name, v in standard_variants(sources, offset_source, 1.0, operators).items():
+            out.setdefault(name, Variant(v.sources, v.op, ((offset_source, 0.0),)))
+    return out
+
+
+def variants(p: Params, offset: float) -> dict[str, Variant]:
     """The standard variants: each source, then each standard operator over all of them, then
-    the offset variants (``or+offset``, ``and+offset``)."""
-    return standard_variants(p.sources, p.offset_source, p.offset)
+    the offset variants (``or+offset``, ``and+offset``) with the ``offset`` applied (:func:`choose_offset`)."""
+    return _variants(p.sources, p.offset_source, offset)
 
 
-def ensemble_record(p: Params) -> dict[str, Any]:
-    """What later stages need to rebuild :func:`variants` (``metrics["ensemble"]``)."""
-    return {"sources": list(p.sources), "offset_source": p.offset_source, "offset": p.offset,
+def ensemble_record(p: Params, choice: OffsetChoice) -> dict[str, Any]:
+    """What later stages need to rebuild :func:`variants` (``metrics["ensemble"]``), with the
+    offset applied, its rule and the thresholds it came from."""
+    return {"sources": list(p.sources), "offset_source": p.offset_source, "offset": choice.offset,
+            "offset_rule": choice.rule, "offset_thresholds": dict(choice.thresholds),
             "operators": standard_operators()}
 
 
 def variants_from(upstream: Any) -> dict[str, Variant]:
-    """The standard variants stage 2 built, from its record (``stage.upstream("02_or_and_ensembles")``)."""
+    """The standard variants stage 2 built, with the offset it applied, from its record
+    (``stage.upstream("02_or_and_ensembles")``)."""
     e = upstream.metrics["ensemble"]
-    return standard_variants(e["sources"], e["offset_source"], e["offset"], e["operators"])
+    return _variants(e["sources"], e["offset_source"], e["offset"], e["operators"])
 
 
 def store_key(name: str, variant: Variant | None, split: str, data: Mapping[str, str],
-              upstream: Mapping[str, str]) -> ArtifactKey:
-    """A fused CAM store: operator, offsets and sources, the split, and the keys of the source stores."""
+              upstream: Mapping[str, str], rule: Mapping[str, Any] | None = None,
+              rule_inputs: Mapping[str, str] | None = None) -> ArtifactKey:
+    """A fused CAM store: operator, offsets and sources, the split, and the keys of the source
+    stores; for an offset variant under a rule other than ``fixed``, ``rule`` (its name, and
+    the offset when known) and ``rule_inputs`` (the digests of what chose the offset)."""
     if variant is None:  # not a standard variant: the recipe refuses it; the key only names it
         return ArtifactKey("cams", {"variant": name}, data=data[split])
-    return ArtifactKey("cams", {"operator": variant.op, "offsets": dict(variant.offsets),
-                                "sources": list(variant.sources)}, data=data[split],
-                       upstream={f"cams:{s}_{split}": upstream[f"cams:{s}_{split}"] for s in variant.sources})
+    spec: dict[str, Any] = {"operator": variant.op, "offsets": dict(variant.offsets), "sources": list(variant.sources)}
+    inputs = {f"cams:{s}_{split}": upstream[f"cams:{s}_{split}"] for s in variant.sources}
+    if variant.offsets and rule is not None:
+        spec.update(rule)
+        inputs.update(rule_inputs or {})
+    return ArtifactKey("cams", spec, data=data[split], upstream=inputs)
 
 
-def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
+def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str],
+                  offset: float | None = None) -> dict[str, ArtifactKey]:
     """``cams:<variant>_<train_split>`` for each of ``store_variants``. ``upstream["cams:<source>_<split>"]``:
-    the digest of stage 1's store of that source."""
-    known = variants(p)
-    return {f"cams:{name}_{p.train_split}": store_key(name, known.get(name), p.train_split, data, upstream)
+    the digest of stage 1's store of that source; under ``offset_rule`` "align" also
+    ``upstream["val_cams:<source>"]``, the digest of its store of stage 1's validation split
+    (whose sweep chose the offset). ``offset``: the offset applied (:func:`choose_offset`);
+    under "fixed" it is ``p.offset``; under "align" the key without it holds the rule and its inputs."""
+    rule: dict[str, Any] | None = None
+    rule_inputs: dict[str, str] = {}
+    if p.offset_rule != "fixed":  # the fixed rule's keys are those of a plain offset
+        rule = {"offset_rule": p.offset_rule}
+        rule_inputs = {f"val_cams:{s}": upstream[f"val_cams:{s}"] for s in p.sources}
+    applied = p.offset if p.offset_rule == "fixed" else offset
+    known = variants(p, p.offset if applied is None else applied)
+    if applied is None:  # "align" before its thresholds are read: the offset stands as the rule
+        known = {n: Variant(v.sources, v.op, tuple((s, p.offset_rule) for s, _ in v.offsets))  # type: ignore[misc]
+                 for n, v in known.items()}
+    return {f"cams:{name}_{p.train_split}": store_key(name, known.get(name), p.train_split, data, upstream, rule,
+                                                      rule_inputs)
             for name in p.store_variants}
 
 
@@ -87,6 +169,16 @@ def source_stores(stage: Any, p: Params) -> dict[str, CamStore]:
     """Stage 1's CAM stores of the sources on the train split."""
     stage1 = stage.upstream(UPSTREAM).dir
     return {name: CamStore(stage1 / "cams" / f"{name}_{p.train_split}") for name in p.sources}
+
+
+def val_store_digests(stage: Any, p: Params) -> dict[str, str]:
+    """``val_cams:<source>``: the digests of stage 1's CAM stores of its validation split, whose
+    sweeps the ``align`` rule reads ({} under ``fixed``)."""
+    if p.offset_rule == "fixed":
+        return {}
+    stage1 = stage.upstream(UPSTREAM)
+    val_split = stage1.params.get("val_split", "val")
+    return {f"val_cams:{name}": CamStore(stage1.dir / "cams" / f"{name}_{val_split}").digest for name in p.sources}
 
 
 def sweep(stores: Mapping[str, CamStore], train: VOCDataset, chosen: Mapping[str, Variant]) -> dict[str, SweepResult]:
@@ -141,14 +233,15 @@ def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, CamStore],
 
 
 def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: VOCDataset,
-                 chosen: Mapping[str, Variant]) -> dict[str, ArtifactKey]:
+                 chosen: Mapping[str, Variant], choice: OffsetChoice) -> dict[str, ArtifactKey]:
     """Write each of ``store_variants`` as a CAM store ``<stage>/cams/<variant>_<split>``,
-    keyed by :func:`artifact_keys`. Returns {artifact name: key}."""
+    keyed by :func:`artifact_keys` with the offset applied. Returns {artifact name: key}."""
     unknown = [n for n in p.store_variants if n not in chosen]
     if unknown:
         raise ConfigError(f"store_variants {unknown} are not ensemble variants; known: {', '.join(chosen)}")
     upstream = {f"cams:{name}_{p.train_split}": s.digest for name, s in stores.items()}
-    keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream)
+    upstream.update(val_store_digests(stage, p))
+    keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream, choice.offset)
     for name in p.store_variants:
         v = chosen[name]
         write_fused_store({s: stores[s] for s in v.sources}, train.ids, v.op,
@@ -162,15 +255,32 @@ def summarise(sweeps: Mapping[str, SweepResult]) -> dict[str, Any]:
     return {"cams": {name: {**s.best(), "crossover": s.crossover()} for name, s in sweeps.items()}}
 
 
-def record(stage: Any, p: Params, summary: Mapping[str, Any], keys: Mapping[str, ArtifactKey]) -> dict[str, Any]:
-    """The stage's record: the scores, the written stores, the ensemble it built and the stores' keys."""
+def record(stage: Any, p: Params, summary: Mapping[str, Any], keys: Mapping[str, ArtifactKey],
+           choice: OffsetChoice) -> dict[str, Any]:
+    """The stage's record: the scores, the written stores, the ensemble it built (with the
+    offset applied and its rule; also in the summary) and the stores' keys."""
     stores = {name: str(stage.dir / "cams" / f"{name}_{p.train_split}") for name in p.store_variants}
-    return stage.record(metrics={**summary, "stores": stores, "ensemble": ensemble_record(p)},
-                        summary=dict(summary), artifacts=keys)
+    ensemble = ensemble_record(p, choice)
+    return stage.record(metrics={**summary, "stores": stores, "ensemble": ensemble},
+                        summary={**summary, "ensemble": ensemble}, artifacts=keys)
 
 
-def findings(p: Params, sweeps: Mapping[str, SweepResult]) -> str:
-    """The chapter's closing bullets (markdown): is AND more precise, does OR recall most, why."""
+def offset_text(p: Params, choice: OffsetChoice) -> str:
+    """One paragraph (markdown): the rule that chose the offset and the value that ran."""
+    if choice.rule == "fixed":
+        return (f"**Offset** (rule `fixed`): {choice.offset:+.2f} added to the {p.offset_source} map before the "
+                "`+offset` ensembles, the official code's value (tuned there for its LRP maps).")
+    other = next(n for n in choice.thresholds if n != p.offset_source)
+    return (f"**Offset** (rule `align`): {choice.offset:+.2f} added to the {p.offset_source} map before the `+offset` "
+            f"ensembles: the offset that moves its best-mIoU background score on stage 1's validation split "
+            f"({choice.thresholds[p.offset_source]:.2f}) onto {other}'s ({choice.thresholds[other]:.2f}), so one "
+            "background score suits both maps. It is fixed before any ORANDNet result exists and reads no train-split "
+            "score (the official code adds +0.15, tuned for its LRP maps).")
+
+
+def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice) -> str:
+    """The chapter's closing bullets (markdown): the offset that ran, is AND more precise, does
+    OR recall most, why."""
     best = {name: s.best() for name, s in sweeps.items()}
     singles = {name: best[name] for name in p.sources}
     top_single = max(singles, key=lambda n: singles[n]["miou"])
@@ -181,6 +291,7 @@ def findings(p: Params, sweeps: Mapping[str, SweepResult]) -> str:
     highest_recall = max(best, key=lambda n: best[n]["recall"])
     top = max(best, key=lambda n: best[n]["miou"])
     return "\n".join([
+        f"- {offset_text(p, choice)}",
         f"- **Is AND more precise than either single CAM?** {_verdict(and_more_precise)}: at its best-mIoU background "
         f"score, {and_name} has precision {best[and_name]['precision']:.1f} % against "
         + ", ".join(f"{n} {singles[n]['precision']:.1f} %" for n in p.sources)

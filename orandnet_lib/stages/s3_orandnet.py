@@ -3,7 +3,8 @@
 found); at inference it sees only OR, so its output is a learned, smoothed AND. The stage
 trains it with the chosen loss, and as ablations with the other loss (the official softmax
 over class channels gives single-class images no gradient) and with the RGB image as extra
-input; it compares every model with the single CAMs, OR and AND on one sweep, and combines
+input. Every model infers as the official ``module/encdec_pred.py`` does, whatever its loss
+(ReLU, each class map divided by its maximum), so the loss ablation compares losses only. It compares every model with the single CAMs, OR and AND on one sweep, and combines
 a third classifier (stage 1's CNN retrained with another seed) in N-way OR / AND.
 """
 
@@ -41,6 +42,7 @@ class Params:
     or_variant: str = "or+offset"  # the stage 2 store used as input
     and_variant: str = "and+offset"  # the stage 2 store used as target
     encoder: str = "small"  # "small" (strides 2-8) | a timm backbone such as "vgg16" (FCN-8s)
+    pretrained: str = ""  # a timm encoder's start: "" from scratch | "timm" (ImageNet, hub) | a weights file
     widths: tuple[int, ...] = (16, 32, 64)
     loss: str = "bce"  # the main model's loss: "bce" | "softmax" (official)
     epochs: int = 4
@@ -102,8 +104,8 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     inputs = {"or": upstream[f"cams:{p.or_variant}_{p.train_split}"],
               "and": upstream[f"cams:{p.and_variant}_{p.train_split}"]}
     keys = {f"orandnet:{name}": ArtifactKey(
-        "orandnet", {"encoder": p.encoder, "widths": list(p.widths), "loss": run.loss, "use_image": run.use_image,
-                     "train": train}, data=data[p.train_split], upstream=inputs, seed=p.seed)
+        "orandnet", {"encoder": p.encoder, "pretrained": p.pretrained, "widths": list(p.widths), "loss": run.loss,
+                     "use_image": run.use_image, "train": train}, data=data[p.train_split], upstream=inputs, seed=p.seed)
         for name, run in runs(p).items()}
     if p.third_classifier_seed >= 0:
         s1 = stage1 or s1_classifiers.Params()
@@ -163,12 +165,13 @@ class Trained:
 
 def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: TrainConfig,
                   out_dir: Path, key: ArtifactKey, *, loss: str = "bce", use_image: bool = False,
-                  encoder: str = "small", widths: Sequence[int] = (16, 32, 64), progress: bool = True) -> Trained:
+                  encoder: str = "small", widths: Sequence[int] = (16, 32, 64), pretrained: str = "",
+                  progress: bool = True) -> Trained:
     """Train one ORANDNet model with the one training loop (its checkpoint named and checked
     by ``key``, resumed when it exists) and write its maps of ``dataset`` as a CAM store
     ``out_dir/cams/<name>_<split>`` that carries ``key`` as its identity."""
     torch.manual_seed(cfg.seed)
-    model = ORANDNet(encoder, use_image=use_image, widths=widths)
+    model = ORANDNet(encoder, use_image=use_image, widths=widths, pretrained=pretrained)
     data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
     checkpoint = key.path(out_dir, name)
     history = fit(model, data, loss_fn(loss), cfg, checkpoint=checkpoint, identity=key, collate=collate,
@@ -183,7 +186,7 @@ def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = T
     """The main model and the ablations, in order."""
     return {name: train_variant(name, inputs.or_store, inputs.and_store, inputs.train, train_config(p), out_dir,
                                 inputs.keys[f"orandnet:{name}"], loss=run.loss, use_image=run.use_image,
-                                encoder=p.encoder, widths=p.widths, progress=progress)
+                                encoder=p.encoder, widths=p.widths, pretrained=p.pretrained, progress=progress)
             for name, run in runs(p).items()}
 
 
@@ -248,8 +251,28 @@ def record(stage: Any, inputs: Inputs, trained: Mapping[str, Trained], sweeps: M
                         summary={"cams": cams}, artifacts=inputs.keys)
 
 
-def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sources: Sequence[str]) -> str:
-    """The chapter's "What this chapter found", from the computed sweeps."""
+def single_class_share(inputs: Inputs) -> float:
+    """The share (percent) of the training images with a foreground class that have exactly
+    one: under the softmax loss their gradient is exactly zero."""
+    counts = [len(inputs.or_store[i][1]) for i in inputs.or_store.ids]
+    with_class = [c for c in counts if c > 0]
+    return 100.0 * sum(c == 1 for c in with_class) / max(len(with_class), 1)
+
+
+def empty_map_share(trained: Mapping[str, Trained]) -> dict[str, float]:
+    """Per model, the share (percent) of class maps with no positive output: after the ReLU
+    they are 0 everywhere, so that class is never foreground."""
+    out = {}
+    for name, t in trained.items():
+        peaks = [float(m.max()) for i in t.store.ids for m in t.store[i][0]]
+        out[name] = 100.0 * sum(v <= 0 for v in peaks) / max(len(peaks), 1)
+    return out
+
+
+def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sources: Sequence[str],
+             single_class: float | None = None, empty: Mapping[str, float] | None = None) -> str:
+    """The chapter's "What this chapter found", from the computed sweeps; ``single_class``:
+    :func:`single_class_share` of the training split; ``empty``: :func:`empty_map_share`."""
     b = {n: s.best() for n, s in sweeps.items()}
     a, c = list(sources)[:2]
     top_single = max((a, c), key=lambda n: b[n]["miou"])
@@ -263,6 +286,19 @@ def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sou
         f"({'kept' if kept_miou else 'lost'}). Against its own target, AND: precision "
         f"{b[p.and_variant]['precision']:.1f} %, mIoU {b[p.and_variant]['miou']:.1f} %.",
     ]
+    share = "" if single_class is None else f" ({single_class:.1f} % of the {p.train_split} images with a class)"
+    lines.append(
+        "- **Inference**: every model, whatever its loss, maps each class channel through the network, applies "
+        "ReLU and divides each class map by its own maximum, as the official `module/encdec_pred.py`; the loss "
+        "ablation therefore compares the losses alone. Under the softmax loss, single-class images"
+        f"{share} give exactly zero gradient, so that model learns from the multi-class images only; and since a "
+        "softmax cannot see a shift common to all channels of a pixel, it does not train the level of the outputs "
+        "that the ReLU reads.")
+    if empty and any(v > 0 for v in empty.values()):
+        lines.append("- **Class maps with no positive output** (0 everywhere after the ReLU, so never foreground): "
+                     + ", ".join(f"{n} {v:.1f} %" for n, v in empty.items())
+                     + ". A model whose maps are mostly empty is scored on the few classes it keeps; its precision "
+                     "then says little.")
     for name in runs(p):
         if name != MAIN:
             lines.append(f"- Ablation **{name}**: mIoU {b[name]['miou']:.1f} %, precision {b[name]['precision']:.1f} %, "
