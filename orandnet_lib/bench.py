@@ -213,6 +213,70 @@ def bench_segmentation_training(rng: np.random.Generator) -> dict[str, Any]:
                 channels_last, contiguous, 32)
 
 
+def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor], int]]:
+    """Each network of the default profile at its default shape, with a function that computes
+    one batch's loss: {name: (model, loss, images per step)}."""
+    from .methods.classification import multilabel_loss
+    from .methods.segmentation import DeepLab, segmentation_loss
+    from .nets.boundary import BoundaryNet, affinity_loss
+    from .nets.classifiers import create_classifier
+    from .nets.orandnet import ORANDNet, orand_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    labels = torch.from_numpy((rng.random((32, 6)) < 0.3).astype(np.float32))
+    cnn = create_classifier("cnn", 6, backbone="resnet18", backbone_kwargs={"channels": (32, 64, 128, 256),
+                                                                            "layers": (1, 1, 1, 1)})
+    vit = create_classifier("vit", 6, backbone="vit_tiny_patch16_224", img_size=96, patch_size=1,
+                            stem_widths=(16, 32, 64), backbone_kwargs={"embed_dim": 96, "depth": 4, "num_heads": 4})
+    orand = ORANDNet("small", widths=(16, 32, 64))
+    maps = torch.rand(64, 1, 96, 96)
+    owner = torch.arange(32).repeat_interleave(2)
+    boundary = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)})
+    confident = torch.from_numpy(rng.integers(0, 7, (32, 24, 24)))
+    deeplab = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
+                      backbone_kwargs={"channels": (16, 32, 64, 128), "layers": (1, 1, 1, 1)})
+    masks = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
+    out: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor], int]] = {
+        "CNN classifier": (cnn, lambda: multilabel_loss(cnn, (x, labels))[0], 32),
+        "ViT classifier": (vit, lambda: multilabel_loss(vit, (x, labels))[0], 32),
+        "ORANDNet": (orand, lambda: orand_loss(orand(maps), maps, owner, "bce"), 32),
+        "relation net": (boundary, lambda: affinity_loss(boundary(x), confident, 5)[0], 32),
+        "DeepLab": (deeplab, lambda: segmentation_loss(deeplab, (x, masks))[0], 32),
+    }
+    for model, _, _ in out.values():
+        model.train().to(memory_format=torch.channels_last)
+    return out
+
+
+def bench_bf16_training(rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One training step (forward, backward, AdamW) of each network in fp32 and under CPU
+    bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px."""
+    rows = []
+    for name, (model, loss_fn, images) in _training_kernels(rng).items():
+        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+        def step(bf16: bool) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn()
+            opt.zero_grad()
+            loss.float().backward()
+            opt.step()
+
+        with torch.no_grad():
+            torch.manual_seed(1)
+            loss32 = float(loss_fn())
+            torch.manual_seed(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss16 = float(loss_fn())
+        assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 1e-3, f"{name}: bf16 loss {loss16} vs fp32 {loss32}"
+        fp32 = timed(lambda: step(False), repeats=2)
+        bf16 = timed(lambda: step(True), repeats=2)
+        rows.append(_row(f"{name} training step, batch 32 at 96 px (bf16 autocast vs fp32)", "images/s",
+                         bf16, fp32, images, loss_fp32=loss32, loss_bf16=loss16))
+    return rows
+
+
 # ----------------------------------------------------------------------------- stages and re-runs
 
 def stage_table(profile: str) -> list[dict[str, Any]]:
@@ -252,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     kernels: list[dict[str, Any]] = []
     for fn in (bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
-               bench_segmentation_training):
+               bench_segmentation_training, bench_bf16_training):
         res = fn(rng)
         kernels += res if isinstance(res, list) else [res]
         print(f"  measured {fn.__name__[6:]}", file=sys.stderr)
