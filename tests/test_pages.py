@@ -29,6 +29,17 @@ def summary_of(refinements):
         "segmentation_headline": {"baseline": "cnn", "other": "orandnet", "schedule": "curriculum",
                                   "difference": {"n": 3, "mean": 2.0, "se": 0.577, "t": 3.46, "df": 2, "p": 0.074,
                                                  "low": -0.48, "high": 4.48}},
+        "segmentation_paired": [
+            {"comparison": "orandnet − cnn", "measure": "mIoU", "n": 3, "mean": 2.0, "se": 0.577, "t": 3.464, "df": 2,
+             "p": 0.0742, "low": -0.484, "high": 4.484},
+            {"comparison": "and+offset − cnn", "measure": "mIoU", "n": 3, "mean": 1.0, "se": 1.0, "t": 1.0, "df": 2,
+             "p": 0.4226, "low": -3.303, "high": 5.303},
+            {"comparison": "orandnet − and+offset", "measure": "mIoU", "n": 1, "mean": 1.0, "se": float("nan"),
+             "t": float("nan"), "df": float("nan"), "p": float("nan"), "low": float("nan"), "high": float("nan")}],
+        "segmentation_schedules": [
+            {"comparison": "cnn: curriculum − constant", "measure": "small-object recall", "n": 2, "mean": -3.5,
+             "se": 1.5, "t": -2.333, "df": 1, "p": 0.2577, "low": -22.56, "high": 15.56}],
+        "segmentation_seeds": "The seeds (0, 1, 2) vary DeepLab only.",
         "precision_vs_miou": {"fits": {}, "fit_schedule": "curriculum",
                               "gain": {"paper": paper.GAIN, "ours": 2.0, "paired": None}},
     }
@@ -53,3 +64,29 @@ def test_results_page_reads_the_earlier_pseudo_mask_layout():
     old = {"profile": "smoke", "pseudo_masks": {"cnn": {"cam": scores(10.0), "rw_fixed": scores(12.0)}}}
     page = results_page(old)
     assert "| cnn / CAM | 10.0 |" in page and "| cnn / rw_fixed | 12.0 |" in page
+
+
+def test_results_page_lists_the_paired_differences():
+    page = results_page(summary_of(["cam"]))
+    assert "### Paired differences of the headline sets" in page
+    assert "| comparison | measure | seeds | mean difference | standard error | t | df | p | 95 % interval |" in page
+    assert "| orandnet − cnn | mIoU | 3 | 2.00 | 0.58 | 3.46 | 2 | 0.074 | -0.48 to 4.48 |" in page
+    assert "| and+offset − cnn | mIoU | 3 | 1.00 | 1.00 | 1.00 | 2 | 0.423 | -3.30 to 5.30 |" in page
+    assert "| orandnet − and+offset | mIoU | 1 | 1.00 | - | - | - | - | - to - |" in page
+    assert "| cnn: curriculum − constant | small-object recall | 2 | -3.50 | 1.50 | -2.33 | 1 | 0.258 |" in page
+    assert "vary DeepLab only" in page
+
+
+def test_results_page_prints_the_papers_gain_with_its_context_and_the_fits_with_intervals():
+    summary = summary_of(["cam"])
+    summary["precision_vs_miou"]["fits"] = {
+        "precision": {"coef": {"intercept": 4.333, "precision": 0.4}, "se": {"intercept": 5.2, "precision": 0.115},
+                      "low": {"intercept": -61.7, "precision": -1.067}, "high": {"intercept": 70.4, "precision": 1.867},
+                      "p": {"intercept": 0.56, "precision": 0.179}, "r2": 0.92, "n": 3, "dof": 1},
+        "precision + recall": {"error": "2 regressor(s) need at least 5 pseudo-mask sets, this run has 3", "n": 3}}
+    summary["precision_vs_miou"]["fit_unit"] = "one point per pseudo-mask set"
+    page = results_page(summary)
+    assert paper.CONTEXT in page and f"paper {paper.GAIN:+.1f} (" in page
+    assert "| precision | precision | 0.400 | 0.115 | -1.067 to 1.867 | 0.179 | 3 |" in page
+    assert "*precision + recall*: not fitted (2 regressor(s) need at least 5" in page
+    assert "Fitted on one point per pseudo-mask set (curriculum schedule)." in page

@@ -28,12 +28,17 @@ class Fingerprints(dict):
         return f"fp:{name}"
 
 
-def test_plan_keeps_the_notebooks_run_order():
+def test_plan_trains_every_schedule_and_every_headline_set_over_the_seeds():
     p = s5.Params()
-    assert s5.plan(p) == [("gt", "constant", 0), ("gt", "curriculum", 0), ("cnn", "constant", 0), ("cnn", "curriculum", 0),
-                          ("and+offset", "curriculum", 0), ("orandnet", "constant", 0), ("orandnet", "curriculum", 0),
-                          ("cnn", "curriculum", 1), ("cnn", "curriculum", 2), ("orandnet", "curriculum", 1),
-                          ("orandnet", "curriculum", 2)]
+    at_seed = [("gt", "constant", 0), ("gt", "curriculum", 0), ("cnn", "constant", 0), ("cnn", "curriculum", 0),
+               ("and+offset", "curriculum", 0), ("orandnet", "constant", 0), ("orandnet", "curriculum", 0)]
+    schedules = [(t, s, sd) for t in ("gt", "cnn", "orandnet") for s in ("constant", "curriculum") for sd in (1, 2)]
+    control = [("and+offset", "curriculum", 1), ("and+offset", "curriculum", 2)]  # the control gets the headline's seeds
+    assert s5.plan(p) == at_seed + schedules + control and len(s5.plan(p)) == 21  # was 11
+    assert p.headline_sets == ("cnn", "and+offset", "orandnet") and s5.schedule_seeds(p) == (0, 1, 2)
+    # schedule_seeds = [0]: schedules compared at one seed, the headline sets still over every seed
+    one = s5.plan(dataclasses.replace(p, schedule_seeds=(0,)))
+    assert one == at_seed + [(t, "curriculum", sd) for t in ("cnn", "and+offset", "orandnet") for sd in (1, 2)]
     with pytest.raises(ValueError, match="headline_sets"):
         s5.check(dataclasses.replace(p, headline_sets=("cnn", "vit")))
     with pytest.raises(ValueError, match="headline_schedule"):
@@ -91,6 +96,71 @@ def test_headline_is_the_paired_difference_over_seeds():
     assert s5.headline_difference(summary, "cnn", "orandnet", "constant") is None
 
 
+def _seeded(values_by_seed, key="miou"):
+    """A stage-5 summary entry from {seed: value} (seeds deliberately out of order)."""
+    seeds = sorted(values_by_seed, reverse=True)
+    return {"seeds": seeds, "per_seed": [{key: values_by_seed[sd]} for sd in seeds]}
+
+
+def test_every_pair_of_the_three_headline_sets_is_paired_by_seed():
+    # per seed 0, 1, 2: cnn (10, 20, 30), and+offset (11, 22, 33), orandnet (12, 20, 34)
+    summary = {"cnn": {"curriculum": _seeded({0: 10.0, 1: 20.0, 2: 30.0})},
+               "and+offset": {"curriculum": _seeded({0: 11.0, 1: 22.0, 2: 33.0})},
+               "orandnet": {"curriculum": _seeded({0: 12.0, 1: 20.0, 2: 34.0})}}
+    rows = s5.paired_comparisons(summary, s5.Params())
+    assert [r["comparison"] for r in rows] == ["orandnet − cnn", "and+offset − cnn", "orandnet − and+offset"]
+    t_crit = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))  # t_0.975 with 2 df, closed form
+    orn, ctl, vs = rows
+    # orandnet - cnn = (2, 0, 4): mean 2, sd 2, se 2 / sqrt(3), t = sqrt(3); 2 df: p = 1 - t / sqrt(2 + t^2)
+    assert (orn["n"], orn["df"], orn["mean"]) == (3, 2, 2.0) and orn["se"] == pytest.approx(2 / math.sqrt(3))
+    assert orn["t"] == pytest.approx(math.sqrt(3)) and orn["p"] == pytest.approx(1 - math.sqrt(3) / math.sqrt(5))
+    assert orn["low"] == pytest.approx(2 - t_crit * 2 / math.sqrt(3)) and orn["high"] == pytest.approx(2 + t_crit * 2 / math.sqrt(3))
+    # and+offset - cnn = (1, 2, 3): mean 2, se 1 / sqrt(3), t = 2 sqrt(3), p = 1 - 2 sqrt(3) / sqrt(14)
+    assert ctl["mean"] == 2.0 and ctl["se"] == pytest.approx(1 / math.sqrt(3))
+    assert ctl["p"] == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))
+    # orandnet - and+offset = (1, -2, 1): mean 0, sd sqrt(3), se 1, t = 0, p = 1, interval +- t_crit
+    assert vs["mean"] == pytest.approx(0.0) and vs["se"] == pytest.approx(1.0) and vs["t"] == pytest.approx(0.0)
+    assert vs["p"] == pytest.approx(1.0) and (vs["low"], vs["high"]) == pytest.approx((-t_crit, t_crit))
+    assert s5.headline_record(s5.Params(), rows) == {"baseline": "cnn", "other": "orandnet", "schedule": "curriculum",
+                                                     "difference": paired_difference([10, 20, 30], [12, 20, 34])}
+    table = s5.differences_table(rows)
+    assert list(table.index) == ["orandnet − cnn", "and+offset − cnn", "orandnet − and+offset"]
+    assert table.loc["orandnet − cnn", "df"] == 2 and table.loc["and+offset − cnn", "mean difference"] == 2.0
+    assert s5.headline_pairs(["cnn"]) == [] and s5.headline_pairs(["a", "b"]) == [("a", "b")]
+
+
+def test_curriculum_against_constant_is_paired_by_seed_in_miou_and_small_object_recall():
+    nan = float("nan")
+    summary = {"cnn": {
+        "constant": {"seeds": [0, 1, 2], "per_seed": [{"miou": 10.0, "object_recall_small": 50.0},
+                                                      {"miou": 12.0, "object_recall_small": 40.0},
+                                                      {"miou": 14.0, "object_recall_small": nan}]},
+        "curriculum": {"seeds": [0, 1, 2], "per_seed": [{"miou": 11.0, "object_recall_small": 45.0},
+                                                        {"miou": 14.0, "object_recall_small": 38.0},
+                                                        {"miou": 17.0, "object_recall_small": 20.0}]}}}
+    p = dataclasses.replace(s5.Params(), schedule_sets=("cnn",))
+    miou, small = s5.schedule_comparisons(summary, p)
+    assert miou["comparison"] == "cnn: curriculum − constant" and miou["measure"] == "mIoU"
+    assert miou["mean"] == 2.0 and miou["se"] == pytest.approx(1 / math.sqrt(3)) and miou["df"] == 2
+    # small objects: seed 2 has none under the constant scale (NaN) and drops out of the pairing;
+    # d = (-5, -2): mean -3.5, sd sqrt(4.5), se 1.5, t = -7/3; with 1 df P(|T| > t) = 1 - (2 / pi) atan(|t|)
+    # and t_0.975(1) = tan(0.475 pi)
+    assert small["measure"] == "small-object recall" and small["n"] == 2 and small["df"] == 1
+    assert small["mean"] == -3.5 and small["se"] == pytest.approx(1.5) and small["t"] == pytest.approx(-7 / 3)
+    assert small["p"] == pytest.approx(1 - 2 / math.pi * math.atan(7 / 3))
+    assert small["high"] == pytest.approx(-3.5 + math.tan(0.475 * math.pi) * 1.5)
+    text = s5.findings(p, summary, [], [miou, small], [], 1024.0)
+    assert "cnn, curriculum − constant** (small-object recall, paired by seed): -3.5 ± 1.5 points" in text
+    assert "for these pseudo-masks" in text and "vary DeepLab only" in text
+
+
+def test_seeds_note_says_what_the_seeds_vary():
+    note = s5.seeds_note(s5.Params())
+    assert "vary DeepLab only" in note and "initialisation" in note and "data order" in note
+    assert "one draw" in note and "for these pseudo-masks" in note and "crops" not in note
+    assert "random crops" in s5.seeds_note(dataclasses.replace(s5.Params(), crop_size=64))
+
+
 def test_written_pseudo_masks_read_both_layouts():
     new = {"pseudo_masks": {"cnn": {"miou": 1.0, "precision": 2.0, "recall": 3.0, "threshold": 0.25, "refinement": "rw"}}}
     old = {"pseudo_masks": {"cnn": {"cam": {"miou": 9.0}, "rw_fixed": {"miou": 1.0, "precision": 2.0, "recall": 3.0,
@@ -132,6 +202,7 @@ def test_stage5_recipe_end_to_end_on_a_tiny_set(tiny_voc, tmp_path):
     write_identity(pm, ArtifactKey("pseudo_masks", {"variant": "cnn"}, data="d"))
     stage = FakeStage(tmp_path / "05", tiny_voc, {"cnn": pm, "orandnet": pm}, (0.01, 0.2))
     p = s5.Params(training_sets=("gt", "cnn", "orandnet"), schedule_sets=("cnn",), seeds=(0, 1),
+                  headline_sets=("cnn", "orandnet"),
                   schedules={"constant": [[0.0, 1.0]], "curriculum": [[0.0, 0.5], [0.5, 1.0]]},
                   backbone_kwargs={"channels": [8, 8, 16, 16], "layers": [1, 1, 1, 1]}, rates=(1,), head_channels=8,
                   epochs=1, batch_size=2, n_examples=1)
@@ -142,18 +213,22 @@ def test_stage5_recipe_end_to_end_on_a_tiny_set(tiny_voc, tmp_path):
     assert [(r.training_set, r.schedule, r.seed) for r in runs] == s5.plan(p)
     for r in runs:  # the checkpoint is named by the key artifact_keys gives
         assert r.checkpoint.name.endswith(f"-{setup.keys['deeplab:' + r.name].digest}.pt") and r.checkpoint.exists()
-    summary = s5.summarise_runs(runs)
+    summary = s5.summarise_runs(runs, setup.size_edges)
+    assert {"miou", "object_recall_small", "object_recall_large"} <= set(summary["cnn"]["constant"]["per_seed"][0])
     first = s5.at_seed(runs, p.seed)
     by_size = s5.object_recall(first, setup.size_edges)
     ious = s5.class_iou_table(first, setup.val.class_names)
     table = s5.scores_table(summary, setup.pseudo_mask_scores)
     assert table.loc[("cnn", "curriculum"), "pseudo-mask miou"] == 5.0
-    rec = s5.record(stage, p, setup, runs, summary, by_size, ious)
+    pairs, schedule_rows = s5.paired_comparisons(summary, p), s5.schedule_comparisons(summary, p)
+    assert len(schedule_rows) == 2 and schedule_rows[0]["n"] == 2  # cnn mIoU over both seeds (small objects: maybe none)
+    rec = s5.record(stage, p, setup, runs, summary, by_size, ious, pairs, schedule_rows)
     head = rec["summary"]["segmentation_headline"]
     # the same masks for both sets: identical models, a zero difference with no spread
     assert head["difference"]["n"] == 2 and head["difference"]["mean"] == 0.0 and head["difference"]["se"] == 0.0
+    assert rec["summary"]["segmentation_paired"] == pairs and rec["summary"]["segmentation_schedules"] == schedule_rows
     assert set(rec["artifacts"]) == set(setup.keys)
-    assert "paired difference" in s5.findings(p, summary, first, by_size, runs, 1.0)
+    assert "paired difference" in s5.findings(p, summary, pairs, schedule_rows, runs, 1.0)
     assert "Object area bins" in s5.size_bins_note(setup.size_edges, first)
 
 
@@ -194,9 +269,58 @@ def test_stage6_gain_uses_the_paired_standard_error():
     agg = s6.aggregate(points)
     assert list(agg["training set"]) == ["cnn", "orandnet"] and s6.ground_truth_mious(inp) == [50.0]
     fits, rows = s6.fit_relations(points, "curriculum")
-    assert "error" in fits["precision + recall"] and len(rows) == 6
+    # two pseudo-mask sets (six models): nothing is fitted, the seeds are not points
+    assert len(rows) == 2 and all("error" in f for f in fits.values())
     text = s6.findings(p, fits, rows, agg, gain, inp)
     assert f"paper {paper.GAIN:+.1f}" in text and "+1.0 ± 0.6" not in text and "+2.0 ± 0.6 points" in text
+    assert paper.CONTEXT in text and "none is fitted" in text
+    assert paper.CONTEXT in s6.against_paper(gain, inp) and "for these pseudo-masks" in s6.against_paper(gain, inp)
+
+
+def _sets(finals_by_seed, precision, recall):
+    """Stage-6 inputs of several pseudo-mask sets: per-seed final mIoU, the masks' precision and recall."""
+    seg = {t: {"curriculum": {"miou": float(np.mean(v)), "seeds": list(range(len(v))),
+                              "per_seed": [{"miou": x} for x in v]}} for t, v in finals_by_seed.items()}
+    written = {t: {"miou": 30.0 + i, "precision": precision[i], "recall": recall[i], "threshold": 0.25,
+                   "refinement": "rw"} for i, t in enumerate(finals_by_seed)}
+    return s6.Inputs({}, written, seg, ["rw"], {}, "a", "c", "curriculum")
+
+
+def test_stage6_fits_one_point_per_set_a_line_on_three_sets():
+    # set means (20, 23, 24) at precision (40, 45, 50): slope = Sxy / Sxx = 20 / 50 = 0.4, intercept 22.333 - 18
+    # residuals (-1/3, 2/3, -1/3), s^2 = (2/3) / 1, se = sqrt((2/3) / 50); 1 df: t_0.975 = tan(0.475 pi)
+    inp = _sets({"a": [19.0, 20.0, 21.0], "b": [22.0, 23.0, 24.0], "c": [24.0, 23.0, 25.0]},
+                precision=[40.0, 45.0, 50.0], recall=[60.0, 50.0, 45.0])
+    fits, rows = s6.fit_relations(s6.points_table(inp), "curriculum")
+    f = fits["precision"]
+    assert f["n"] == 3 and f["dof"] == 1 and list(rows["final"]) == pytest.approx([20.0, 23.0, 24.0])
+    assert f["coef"]["precision"] == pytest.approx(0.4) and f["coef"]["intercept"] == pytest.approx(22 + 1 / 3 - 18)
+    se = math.sqrt((2 / 3) / 50)
+    assert f["se"]["precision"] == pytest.approx(se)
+    assert f["low"]["precision"] == pytest.approx(0.4 - math.tan(0.475 * math.pi) * se)
+    assert "at least 5 pseudo-mask sets, this run has 3" in fits["precision + recall"]["error"]
+    assert "not distinguishable from no relation with 3 sets" in s6.slope_verdict(f, "precision")
+    text = s6.findings(s6.Params(), fits, rows, s6.aggregate(s6.points_table(inp)), None, inp)
+    assert "not distinguishable from no relation with 3 sets" in text and "described, not fitted" in text
+    table = s6.fit_table(fits)
+    assert set(table["sets"]) == {3} and ("precision", "pseudo-mask precision") in table.index
+
+
+def test_stage6_refuses_two_regressors_on_four_sets_and_fits_them_on_five():
+    finals = {t: [v - 1, v + 1] for t, v in zip("abcd", (20.0, 23.0, 24.0, 29.0))}
+    four = _sets(finals, precision=[40.0, 45.0, 50.0, 55.0], recall=[60.0, 50.0, 45.0, 47.0])
+    fits, rows = s6.fit_relations(s6.points_table(four), "curriculum")
+    assert len(rows) == 4 and fits["precision"]["n"] == 4 and fits["precision"]["dof"] == 2
+    assert "coef" not in fits["precision + recall"] and fits["precision + recall"]["n"] == 4
+    assert "2 regressor(s) need at least 5" in s6.fit_notes(fits, rows)
+    five = _sets({**finals, "e": [30.0, 32.0]}, precision=[40.0, 45.0, 50.0, 55.0, 60.0],
+                 recall=[60.0, 50.0, 45.0, 47.0, 40.0])
+    fits5, _ = s6.fit_relations(s6.points_table(five), "curriculum")
+    assert fits5["precision + recall"]["n"] == 5 and fits5["precision + recall"]["dof"] == 2
+    # a slope whose interval excludes 0 is worded as a relation of these sets
+    steep = _sets({"a": [10.0], "b": [20.0], "c": [30.1]}, precision=[40.0, 50.0, 60.0], recall=[1.0, 2.0, 0.0])
+    f = s6.fit_relations(s6.points_table(steep), "curriculum")[0]["precision"]
+    assert s6.slope_verdict(f, "precision").startswith("rises with pseudo-mask precision across these 3 sets")
 
 
 def test_stage6_no_longer_types_the_vit_offset():

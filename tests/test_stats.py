@@ -72,3 +72,31 @@ def test_paper_numbers_live_in_one_module():
     assert paper.REPORTED["IRN"].segmentation_val == 63.5 and paper.REPORTED[paper.ORANDNET].segmentation_val == 70.3
     assert paper.GAIN == pytest.approx(6.8)
     assert paper.comparison()["baseline pseudo-mask mIoU (train)"] == 66.5
+
+
+def test_ols_gives_the_t_interval_and_p_of_each_coefficient():
+    # y = (0, 2, 1, 3) on x = (0, 1, 2, 3): slope 0.8, se sqrt(0.18), 2 residual df.
+    # t = 0.8 / sqrt(0.18); t^2 = 32 / 9, and for 2 df P(|T| > t) = 1 - t / sqrt(2 + t^2)
+    #   = 1 - sqrt((32/9) / (50/9)) = 1 - 0.8 = 0.2 exactly
+    # 95 % interval: t_0.975(2) = 4.3027 (closed form as above), 0.8 +- 4.3027 sqrt(0.18)
+    fit = ols([0.0, 2.0, 1.0, 3.0], {"x": [0.0, 1.0, 2.0, 3.0]})
+    t_crit = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))
+    assert fit["p"]["x"] == pytest.approx(0.2)
+    assert fit["low"]["x"] == pytest.approx(0.8 - t_crit * math.sqrt(0.18))
+    assert fit["high"]["x"] == pytest.approx(0.8 + t_crit * math.sqrt(0.18))
+    assert fit["confidence"] == 0.95
+    none_left = ols([1.0, 2.0], {"x": [0.0, 1.0]})  # no residual degrees of freedom: no interval
+    assert math.isnan(none_left["low"]["x"]) and math.isnan(none_left["p"]["x"])
+
+
+def test_describe_difference_with_no_common_seed():
+    assert "nothing to compare" in describe_difference(paired_difference({0: 1.0}, {1: 2.0}))
+
+
+def test_the_papers_gain_carries_its_context():
+    from orandnet_lib.core import paper
+
+    for words in (paper.DATASET, "ImageNet", "ResNet-50", "ViT", "one reported run", "interval"):
+        assert words in paper.CONTEXT
+    assert paper.CONTEXT in paper.headline() and paper.CONTEXT in paper.gain_with_context()
+    assert paper.gain_with_context().startswith("paper +6.8 (")

@@ -67,6 +67,23 @@ def _scores_rows(entries: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
              float(e.get("recall", math.nan))] for name, e in entries.items() if isinstance(e, Mapping)]
 
 
+def _num(value: Any, digits: int) -> str:
+    """A recorded number with ``digits`` decimals ("-" for a missing or NaN one)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+def differences_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Paired differences as recorded by stage 5 (``comparison``, ``measure``, ``n``, ``mean``,
+    ``se``, ``t``, ``df``, ``p``, ``low``, ``high``): one Markdown row each."""
+    body = [[str(r.get("comparison", "?")).replace("|", "\\|"), r.get("measure", r.get("metric", "?")), r.get("n", 0),
+             _num(r.get("mean"), 2), _num(r.get("se"), 2), _num(r.get("t"), 2), _num(r.get("df"), 0),
+             _num(r.get("p"), 3), f"{_num(r.get('low'), 2)} to {_num(r.get('high'), 2)}"] for r in rows]
+    return table(["comparison", "measure", "seeds", "mean difference", "standard error", "t", "df", "p",
+                  "95 % interval"], body)
+
+
 def results_page(summary: Mapping[str, Any]) -> str:
     """The run's headline numbers, section by section, from its summary.json."""
     out = [f"# Results of the `{summary.get('profile', '?')}` run", "",
@@ -115,16 +132,32 @@ def results_page(summary: Mapping[str, Any]) -> str:
         if head.get("difference"):
             out += [f"Headline ({head['schedule']}): {head['other']} against {head['baseline']}, "
                     f"{describe_difference(head['difference'])}.", ""]
+        if summary.get("segmentation_seeds"):
+            out += [str(summary["segmentation_seeds"]), ""]
+        if summary.get("segmentation_paired"):
+            out += ["### Paired differences of the headline sets (validation mIoU, paired by seed)", "",
+                    differences_table(summary["segmentation_paired"]), "",
+                    "p-values per comparison, not adjusted for the number of comparisons.", ""]
+        if summary.get("segmentation_schedules"):
+            out += ["### Schedule against constant scale (paired by seed)", "",
+                    differences_table(summary["segmentation_schedules"]), ""]
     if "precision_vs_miou" in summary:
         p = summary["precision_vs_miou"]
-        rows = [[name, term, float(f["coef"][term]), float(f["se"][term])]
-                for name, f in p.get("fits", {}).items() if "coef" in f for term in f["coef"]]
-        out += ["## Precision against final mIoU", "", table(["model", "term", "coefficient", "standard error"], rows), ""]
+        fits = p.get("fits", {})
+        rows = [[name, term, _num(f["coef"][term], 3), _num(f["se"][term], 3),
+                 f"{_num(f.get('low', {}).get(term), 3)} to {_num(f.get('high', {}).get(term), 3)}",
+                 _num(f.get("p", {}).get(term), 3), f.get("n", "?")]
+                for name, f in fits.items() if "coef" in f for term in f["coef"]]
+        out += ["## Precision against final mIoU", "",
+                f"Fitted on {p.get('fit_unit', 'the stage-5 models')} ({p.get('fit_schedule', '?')} schedule).", "",
+                table(["model", "term", "coefficient", "standard error", "95 % interval", "p", "sets"], rows), ""]
+        out += [f"*{name}*: not fitted ({f['error']})." for name, f in fits.items() if "error" in f]
+        out += [""] if any("error" in f for f in fits.values()) else []
         if "gain" in p:
             g = p["gain"]
             ours = describe_difference(g["paired"]) if g.get("paired") else f"{g['ours']:+.1f}"
-            out += [f"ORANDNet's gain over the baseline in segmentation mIoU: paper {paper.GAIN:+.1f} ({paper.DATASET}), "
-                    f"this run {ours}.", ""]
+            out += [f"ORANDNet's gain over the baseline in segmentation mIoU: {paper.gain_with_context()}; "
+                    f"this run, for these pseudo-masks: {ours}.", ""]
     rows = [[name, r.cam_train, r.pseudo_mask_train, r.segmentation_val, r.segmentation_test]
             for name, r in paper.REPORTED.items()]
     out += [f"## The paper's numbers ({paper.DATASET}, mIoU)", "",

@@ -222,3 +222,23 @@ def final_against_pseudo(agg: "pd.DataFrame", reference: Sequence[float] = ()) -
     axes[-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def difference_intervals(rows: Sequence[Mapping[str, "object"]], title: str = "") -> plt.Figure:
+    """Paired differences (``comparison``, ``measure``, ``mean``, ``low``, ``high``: rows of
+    ``s5_segmentation.paired_comparisons`` / ``schedule_comparisons``), one line each: the mean
+    difference and its 95 % interval, with zero marked (an interval across it does not
+    separate the two settings)."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.45 * max(1, len(rows))))
+    labels = [f"{r['comparison']} ({r['measure']})" for r in rows]
+    for i, r in enumerate(rows):
+        mean, low, high = (float(r[k]) for k in ("mean", "low", "high"))  # type: ignore[arg-type]
+        if not np.isnan(low):
+            ax.plot([low, high], [i, i], color="C0", lw=2)
+        ax.plot([mean], [i], "o", color="C0" if not np.isnan(low) else "grey")
+    ax.axvline(0, ls="--", lw=0.8, color="grey")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="paired difference, points (dot: mean; line: 95 % interval)", title=title)
+    fig.tight_layout()
+    return fig

@@ -12,10 +12,34 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 
-def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> dict[str, object]:
+def _t_statistic(estimate: float, se: float) -> float:
+    """estimate / se; a zero standard error (identical values, no spread to test against) gives
+    +-inf, or NaN for a zero estimate."""
+    if se > 0:
+        return estimate / se
+    return float("nan") if estimate == 0 else math.copysign(math.inf, estimate)
+
+
+def _t_interval(estimate: float, se: float, df: int | float, confidence: float) -> tuple[float, float, float]:
+    """(low, high, p) of an estimate with standard error ``se`` on ``df`` degrees of freedom
+    (Student's t): the ``confidence`` interval and the two-sided p-value of estimate = 0. A zero
+    standard error gives a zero-width interval and p = 0 (or NaN for a zero estimate); no
+    degrees of freedom or a NaN standard error give NaN."""
+    nan = float("nan")
+    if not df or df <= 0 or math.isnan(se):
+        return nan, nan, nan
+    t = _t_statistic(estimate, se)
+    p = float(2 * _scipy_stats.t.sf(abs(t), df)) if not math.isnan(t) else nan
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return estimate - half, estimate + half, p
+
+
+def ols(y: Sequence[float], columns: dict[str, Sequence[float]], confidence: float = 0.95) -> dict[str, Any]:
     """Fit y = b0 + sum_k b_k x_k. Returns {"coef": {name: b}, "se": {name: standard error},
-    "r2", "n", "dof"}, with "intercept" among the names. Standard errors are NaN when the
-    fit has no residual degrees of freedom."""
+    "low"/"high": {name: bound of the ``confidence`` interval}, "p": {name: two-sided p of
+    b = 0}, "r2", "n", "dof", "confidence"}, with "intercept" among the names. The interval
+    and p use Student's t with the residual degrees of freedom (n - 1 - k); standard errors,
+    intervals and p are NaN when the fit has none."""
     y_arr = np.asarray(y, dtype=np.float64)
     names = ["intercept", *columns]
     X = np.column_stack([np.ones_like(y_arr)] + [np.asarray(v, dtype=np.float64) for v in columns.values()])
@@ -34,8 +58,10 @@ def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> dict[str, ob
         se = np.sqrt(np.diag(sigma2 * np.linalg.inv(X.T @ X)))
     else:
         se = np.full(p, np.nan)
+    tests = [_t_interval(float(b), float(e), dof, confidence) for b, e in zip(coef, se)]
     return {"coef": dict(zip(names, map(float, coef))), "se": dict(zip(names, map(float, se))),
-            "r2": r2, "n": int(n), "dof": int(dof)}
+            "low": {k: t[0] for k, t in zip(names, tests)}, "high": {k: t[1] for k, t in zip(names, tests)},
+            "p": {k: t[2] for k, t in zip(names, tests)}, "r2": r2, "n": int(n), "dof": int(dof), "confidence": confidence}
 
 
 def paired_difference(a: Sequence[float] | Mapping[Any, float], b: Sequence[float] | Mapping[Any, float],
@@ -70,18 +96,15 @@ def paired_difference(a: Sequence[float] | Mapping[Any, float], b: Sequence[floa
         return {"n": n, "mean": mean, "se": nan, "t": nan, "df": nan, "p": nan, "low": nan, "high": nan}
     df = n - 1
     se = float(d.std(ddof=1) / math.sqrt(n))
-    if se > 0:
-        t = mean / se
-    else:  # identical differences: no spread to test against
-        t = nan if mean == 0 else math.copysign(math.inf, mean)
-    p = float(2 * _scipy_stats.t.sf(abs(t), df)) if not math.isnan(t) else nan
-    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return {"n": n, "mean": mean, "se": se, "t": float(t), "df": df, "p": p, "low": mean - half, "high": mean + half}
+    low, high, p = _t_interval(mean, se, df, confidence)
+    return {"n": n, "mean": mean, "se": se, "t": _t_statistic(mean, se), "df": df, "p": p, "low": low, "high": high}
 
 
 def describe_difference(diff: Mapping[str, float], unit: str = "points") -> str:
     """One line of prose for a :func:`paired_difference`: the mean with its standard error,
     the t-test and the interval, or why there is no uncertainty to give."""
+    if diff["n"] == 0:
+        return "no seed was run with both settings: nothing to compare"
     if diff["n"] < 2:
         return f"{diff['mean']:+.1f} {unit} from {diff['n']} seed: no spread to judge it by"
     if math.isnan(diff["t"]):

@@ -5,15 +5,20 @@ ground truth (the fully supervised bound) and on stage 4's pseudo-masks of each 
 and scored on the validation split against the ground truth. ORANDNet's curriculum, *scale
 scheduling*, trains first on downsampled images and masks (small, often spurious regions
 vanish), then on larger ones; the schedule is not published, so it is a parameter and is
-compared with a constant scale. The headline (``headline_sets[0]`` against
-``headline_sets[1]`` with the headline schedule) is repeated over seeds and compared paired by
-seed. Recipe, top to bottom: :func:`setup`, :func:`train_and_evaluate_all` (each run:
-:func:`train_and_evaluate`), :func:`summarise_runs`, :func:`headline_difference`,
-:func:`object_recall`, :func:`record`, :func:`findings`.
+compared with a constant scale, paired by seed (``schedule_sets`` over ``schedule_seeds``). The
+headline sets (the baseline, the and+offset control, ORANDNet) are repeated over ``seeds`` and
+every pair is compared paired by seed (:func:`orandnet_lib.core.stats.paired_difference`). The
+seeds vary DeepLab only: the pseudo-masks are one draw of stages 1-4, so every comparison holds
+"for these pseudo-masks" (:func:`seeds_note`). Recipe, top to bottom: :func:`setup`,
+:func:`train_and_evaluate_all` (each run: :func:`train_and_evaluate`), :func:`summarise_runs`,
+:func:`paired_comparisons`, :func:`schedule_comparisons`, :func:`object_recall`, :func:`record`,
+:func:`findings`.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +41,9 @@ GROUND_TRUTH = "gt"  # the training set of ground-truth masks (the fully supervi
 
 # Parameters that change no stored artifact, each with the reason (the key-walk test reads this):
 NOT_IN_KEYS = {
+    "seed": "enters each DeepLab key as that model's own seed (ArtifactKey.seed), not as the stage's: it only adds "
+            "runs (sets outside schedule_sets and headline_sets, or a seed not among seeds) and picks the models the "
+            "per-model figures show, so with every set over seeds it changes no key",
     "eval_scales": "evaluation only: test-time scales, recomputed every run, not stored",
     "eval_flip": "evaluation only: test-time flip, recomputed every run, not stored",
     "eval_crf_iterations": "evaluation only: CRF post-processing of predictions, recomputed every run, not stored",
@@ -54,9 +62,10 @@ class Params:
     schedules: Mapping[str, Any] = field(default_factory=lambda: {
         "constant": [[0.0, 1.0]], "curriculum": [[0.0, 0.5], [0.5, 0.75], [0.75, 1.0]]})
     schedule_sets: tuple[str, ...] = ("gt", "cnn", "orandnet")
-    headline_sets: tuple[str, ...] = ("cnn", "orandnet")
+    headline_sets: tuple[str, ...] = ("cnn", "and+offset", "orandnet")
     headline_schedule: str = "curriculum"
     seeds: tuple[int, ...] = (0, 1, 2)
+    schedule_seeds: tuple[int, ...] = ()
     backbone: str = "resnet18"
     backbone_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"channels": [16, 32, 64, 128],
                                                                         "layers": [1, 1, 1, 1]})
@@ -104,15 +113,21 @@ def segmenter_spec(p: Params, schedule: str) -> SegmenterSpec:
         schedule=p.schedules.get(schedule)))
 
 
+def schedule_seeds(p: Params) -> tuple[int, ...]:
+    """The seeds every schedule is trained with on the ``schedule_sets`` (empty: ``seeds``)."""
+    return tuple(p.schedule_seeds) or tuple(p.seeds)
+
+
 def plan(p: Params) -> list[tuple[str, str, int]]:
-    """The runs (training set, schedule, seed), in order: every training set at the stage's
-    seed (with every schedule for the sets in ``schedule_sets``, the headline schedule for the
-    others), then the headline sets over ``seeds``."""
+    """The runs (training set, schedule, seed), in order, each once: every training set at
+    the stage's seed (with every schedule for the sets in ``schedule_sets``, the headline
+    schedule for the others), then the ``schedule_sets`` with every schedule over
+    :func:`schedule_seeds`, then the headline sets with the headline schedule over ``seeds``."""
     sets = list(dict.fromkeys([*p.training_sets, *p.schedule_sets, *p.headline_sets]))
     runs = [(s, name, p.seed) for s in sets for name in (p.schedules if s in p.schedule_sets else [p.headline_schedule])]
-    runs += [(s, p.headline_schedule, sd) for s in p.headline_sets for sd in p.seeds
-             if (s, p.headline_schedule, sd) not in runs]
-    return runs
+    runs += [(s, name, sd) for s in p.schedule_sets for name in p.schedules for sd in schedule_seeds(p)]
+    runs += [(s, p.headline_schedule, sd) for s in p.headline_sets for sd in p.seeds]
+    return list(dict.fromkeys(runs))
 
 
 def run_name(training_set: str, schedule: str, seed: int) -> str:
@@ -269,9 +284,23 @@ def at_seed(runs: Sequence[SegmentationRun], seed: int) -> dict[tuple[str, str],
     return {(r.training_set, r.schedule): r for r in runs if r.seed == seed}
 
 
-def summarise_runs(runs: Sequence[SegmentationRun]) -> dict[str, dict[str, dict[str, Any]]]:
+SIZE_BINS = ("small", "medium", "large")
+
+
+def per_seed_scores(run: SegmentationRun, edges: tuple[float, float] | None) -> dict[str, float]:
+    """One model's scores: mIoU, precision, recall and, with stage 0's size bins,
+    ``object_recall_<bin>`` (mean object recall % per size bin, NaN for an empty bin)."""
+    scores = {k: float(v) for k, v in run.scores.items()}
+    if edges is not None:
+        scores.update({f"object_recall_{b}": v for b, v in recall_by_size(run.evaluation, edges).items()})
+    return scores
+
+
+def summarise_runs(runs: Sequence[SegmentationRun], edges: tuple[float, float] | None = None
+                   ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{training set: {schedule: {miou, precision, recall, <each>_std, seeds, per_seed}}}``:
-    means over seeds, with the sample standard deviation where there are two or more."""
+    means over seeds, with the sample standard deviation where there are two or more; each
+    ``per_seed`` entry holds :func:`per_seed_scores` (object recall by size with ``edges``)."""
     grouped: dict[tuple[str, str], list[SegmentationRun]] = {}
     for run in runs:
         grouped.setdefault((run.training_set, run.schedule), []).append(run)
@@ -279,7 +308,7 @@ def summarise_runs(runs: Sequence[SegmentationRun]) -> dict[str, dict[str, dict[
     for (tset, sched), group in grouped.items():
         group = sorted(group, key=lambda r: r.seed)
         entry: dict[str, Any] = {"seeds": [r.seed for r in group],
-                                 "per_seed": [{k: float(v) for k, v in r.scores.items()} for r in group]}
+                                 "per_seed": [per_seed_scores(r, edges) for r in group]}
         for key in ("miou", "precision", "recall"):
             values = np.array([r.scores[key] for r in group])
             entry[key] = float(values.mean())
@@ -290,8 +319,10 @@ def summarise_runs(runs: Sequence[SegmentationRun]) -> dict[str, dict[str, dict[
 
 
 def per_seed_miou(entry: Mapping[str, Any], key: str = "miou") -> dict[int, float]:
-    """``{seed: score}`` of one summary entry."""
-    return {int(sd): float(s[key]) for sd, s in zip(entry["seeds"], entry["per_seed"])}
+    """``{seed: score}`` of one summary entry; seeds whose score is missing or NaN (an empty
+    size bin) are left out, so they drop out of a pairing."""
+    values = {int(sd): float(s.get(key, math.nan)) for sd, s in zip(entry["seeds"], entry["per_seed"])}
+    return {sd: v for sd, v in values.items() if not math.isnan(v)}
 
 
 def headline_difference(summary: Mapping[str, Mapping[str, Any]], baseline: str, other: str, schedule: str,
@@ -303,6 +334,55 @@ def headline_difference(summary: Mapping[str, Mapping[str, Any]], baseline: str,
     if a is None or b is None:
         return None
     return paired_difference(per_seed_miou(a), per_seed_miou(b), confidence)
+
+
+def headline_pairs(sets: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair (baseline, other) among the headline sets, each compared as other - baseline:
+    the headline (last set against the first: ORANDNet against the single CNN) first, then each
+    later set against each earlier one (the control against the baseline, ORANDNet against the
+    control)."""
+    if len(sets) < 2:
+        return []
+    head = (sets[0], sets[-1])
+    return [head, *(q for q in itertools.combinations(sets, 2) if q != head)]
+
+
+def paired_comparisons(summary: Mapping[str, Mapping[str, Any]], p: Params) -> list[dict[str, Any]]:
+    """Every :func:`headline_pairs` comparison in validation mIoU with the headline schedule,
+    paired by seed: ``{baseline, other, schedule, metric, n, mean, se, t, df, p, low, high}``."""
+    rows = []
+    for a, b in headline_pairs(p.headline_sets):
+        diff = headline_difference(summary, a, b, p.headline_schedule)
+        if diff is not None:
+            rows.append({"comparison": f"{b} − {a}", "baseline": a, "other": b, "schedule": p.headline_schedule,
+                         "metric": "miou", "measure": METRIC_LABELS["miou"], **diff})
+    return rows
+
+
+METRIC_LABELS = {"miou": "mIoU", "precision": "precision", "recall": "recall",
+                 **{f"object_recall_{b}": f"{b}-object recall" for b in SIZE_BINS}}
+SCHEDULE_METRICS = ("miou", "object_recall_small")  # what the curriculum should raise, and may cost
+REFERENCE_SCHEDULE = "constant"
+
+
+def schedule_comparisons(summary: Mapping[str, Mapping[str, Any]], p: Params,
+                         metrics: Sequence[str] = SCHEDULE_METRICS) -> list[dict[str, Any]]:
+    """Each schedule against the constant scale on each of ``schedule_sets``, paired by seed,
+    in each metric: ``{training set, baseline: "constant", other: schedule, metric, n, mean,
+    se, t, df, p, low, high}`` (schedule - constant). Seeds with a NaN score (no small object
+    in the split) drop out of the pairing."""
+    rows = []
+    for t in p.schedule_sets:
+        by = summary.get(t, {})
+        if REFERENCE_SCHEDULE not in by:
+            continue
+        for sched in (s for s in p.schedules if s != REFERENCE_SCHEDULE and s in by):
+            for metric in metrics:
+                diff = paired_difference(per_seed_miou(by[REFERENCE_SCHEDULE], metric), per_seed_miou(by[sched], metric))
+                rows.append({"comparison": f"{t}: {sched} − {REFERENCE_SCHEDULE}", "training set": t,
+                             "baseline": REFERENCE_SCHEDULE, "other": sched, "metric": metric,
+                             "measure": METRIC_LABELS.get(metric, metric), **diff})
+    return rows
 
 
 def object_recall(first: Mapping[tuple[str, str], SegmentationRun], edges: tuple[float, float]
@@ -331,6 +411,27 @@ def scores_table(summary: Mapping[str, Mapping[str, Any]], pseudo_mask_scores: M
     return table.set_index(["training set", "schedule"])
 
 
+DIFFERENCE_COLUMNS = {"measure": "measure", "n": "seeds", "mean": "mean difference", "se": "standard error",
+                      "t": "t", "df": "df", "p": "p", "low": "95 % low", "high": "95 % high"}
+
+
+def differences_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per paired comparison (:func:`paired_comparisons`, :func:`schedule_comparisons`):
+    the measure, the number of paired seeds, the mean difference, its standard error, the
+    t-test (t, df, p) and the 95 % interval."""
+    table = pd.DataFrame([{"comparison": r["comparison"], **{v: r[k] for k, v in DIFFERENCE_COLUMNS.items()}}
+                          for r in rows], columns=["comparison", *DIFFERENCE_COLUMNS.values()])
+    return table.set_index("comparison")
+
+
+def styled_differences(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """:func:`differences_table` formatted for the chapter (p with three decimals)."""
+    table = differences_table(rows)
+    return table.style.format("{:.2f}", na_rep="-", subset=["mean difference", "standard error", "t", "95 % low",
+                                                             "95 % high"]) \
+        .format("{:.3f}", na_rep="-", subset=["p"]).format("{:.0f}", na_rep="-", subset=["seeds", "df"])
+
+
 def per_seed_table(summary: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per model: training set, schedule, seed, miou, precision, recall."""
     return pd.DataFrame([{"training set": t, "schedule": s, "seed": r["seeds"][i], **r["per_seed"][i]}
@@ -356,24 +457,47 @@ def size_bins_note(edges: tuple[float, float], first: Mapping[tuple[str, str], S
 
 # ----------------------------------------------------------------------------- record and findings
 
+def seeds_note(p: Params) -> str:
+    """What the seeds vary, and what they do not: DeepLab's randomness only. The pseudo-masks
+    are one draw (one run of stages 1-4), so every difference holds for these pseudo-masks."""
+    drawn = ["initialisation", "data order", "dropout", "random flips"]
+    if tuple(p.scale_range) != (1.0, 1.0):
+        drawn.append("random rescaling")
+    if p.crop_size:
+        drawn.append("random crops")
+    return (f"The seeds ({', '.join(map(str, p.seeds))}) vary DeepLab only: its {', '.join(drawn[:-1])} and "
+            f"{drawn[-1]}. The pseudo-masks are one draw, one run of stages 1-4 with one seed, and every seed trains "
+            "on the same masks; so the differences and intervals here measure DeepLab's variation on these "
+            "pseudo-masks, not the variation of the whole pipeline, and the claims hold for these pseudo-masks.")
+
+
+
+def headline_record(p: Params, pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The headline (first headline set against the last), as stages 6 and the results page
+    read it: ``{baseline, other, schedule, difference}``."""
+    head = headline_pairs(p.headline_sets)[:1]
+    row = next((r for r in pairs if head and (r["baseline"], r["other"]) == head[0]), None)
+    return {"baseline": head[0][0] if head else None, "other": head[0][1] if head else None,
+            "schedule": p.headline_schedule,
+            "difference": {k: row[k] for k in ("n", "mean", "se", "t", "df", "p", "low", "high")} if row else None}
+
+
 def record(stage: Any, p: Params, s: Setup, runs: Sequence[SegmentationRun], summary: Mapping[str, Any],
-           by_size: Mapping[str, Any], ious: pd.DataFrame) -> dict[str, Any]:
+           by_size: Mapping[str, Any], ious: pd.DataFrame, pairs: Sequence[Mapping[str, Any]],
+           schedule_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Write the stage's metrics and its summary sections; returns the record."""
-    headline = (headline_difference(summary, p.headline_sets[0], p.headline_sets[1], p.headline_schedule)
-                if len(p.headline_sets) >= 2 else None)
+    headline = headline_record(p, pairs)
     return stage.record(
         metrics={"segmentation": summary, "object_recall_by_size": by_size, "size_edges": list(s.size_edges),
-                 "headline": {"baseline": p.headline_sets[0] if p.headline_sets else None,
-                              "other": p.headline_sets[1] if len(p.headline_sets) >= 2 else None,
-                              "schedule": p.headline_schedule, "difference": headline},
+                 "headline": headline, "paired": list(pairs), "schedule_differences": list(schedule_rows),
+                 "seeds_note": seeds_note(p),
                  "histories": {r.name: r.history for r in runs},
                  "train_seconds": {r.name: r.train_seconds for r in runs},
                  "eval_seconds": {r.name: r.eval_seconds for r in runs},
                  "per_class_iou": {k: dict(v) for k, v in ious.T.to_dict().items()}},
-        summary={"segmentation": summary, "segmentation_object_recall": by_size,
-                 "segmentation_headline": {"baseline": p.headline_sets[0] if p.headline_sets else None,
-                                           "other": p.headline_sets[1] if len(p.headline_sets) >= 2 else None,
-                                           "schedule": p.headline_schedule, "difference": headline}},
+        summary={"segmentation": summary, "segmentation_object_recall": by_size, "segmentation_headline": headline,
+                 "segmentation_paired": list(pairs), "segmentation_schedules": list(schedule_rows),
+                 "segmentation_seeds": seeds_note(p)},
         artifacts={name: key for name, key in s.keys.items()})
 
 
@@ -382,30 +506,26 @@ def _fmt(entry: Mapping[str, Any]) -> str:
     return f"{entry['miou']:.1f}{spread} %"
 
 
-def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], first: Mapping[tuple[str, str], SegmentationRun],
-             by_size: Mapping[str, Mapping[str, Mapping[str, float]]], runs: Sequence[SegmentationRun],
-             peak_rss_mb: float) -> str:
+def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]],
+             schedule_rows: Sequence[Mapping[str, Any]], runs: Sequence[SegmentationRun], peak_rss_mb: float) -> str:
     """The "What this chapter found" markdown, from the numbers just computed."""
-    lines = []
+    lines = [f"- **What the seeds vary.** {seeds_note(p)}"]
     hs = p.headline_schedule
-    if len(p.headline_sets) >= 2:
-        a, b = p.headline_sets[0], p.headline_sets[1]
-        diff = headline_difference(summary, a, b, hs)
-        if diff is not None:
-            ea, eb = summary[a][hs], summary[b][hs]
-            lines.append(f"- **Headline ({hs}, {len(ea['seeds'])} seeds).** DeepLab on {b} pseudo-masks scores {_fmt(eb)} "
-                         f"mIoU against {_fmt(ea)} on {a} pseudo-masks: a paired difference of "
-                         f"{describe_difference(diff)}. For comparison, {paper.headline()}.")
-    if "constant" in p.schedules and hs in p.schedules and hs != "constant":
-        for t in p.training_sets:
-            if (t, "constant") in first and (t, hs) in first:
-                c0, c1 = first[(t, "constant")].scores, first[(t, hs)].scores
-                s0, s1 = by_size[t]["constant"]["small"], by_size[t][hs]["small"]
-                l0, l1 = by_size[t]["constant"]["large"], by_size[t][hs]["large"]
-                lines.append(f"- **{t}, {hs} vs constant** (seed {p.seed}): mIoU {c0['miou']:.1f} -> {c1['miou']:.1f} % "
-                             f"(precision {c0['precision']:.1f} -> {c1['precision']:.1f}, recall {c0['recall']:.1f} -> "
-                             f"{c1['recall']:.1f}); small-object recall {s0:.1f} -> {s1:.1f} %, "
-                             f"large {l0:.1f} -> {l1:.1f} %.")
+    for i, r in enumerate(pairs):
+        a, b = r["baseline"], r["other"]
+        ea, eb = summary[a][hs], summary[b][hs]
+        lead = (f"**Headline ({hs}, {len(ea['seeds'])} seeds), for these pseudo-masks.** " if i == 0
+                else f"**{b} against {a}.** ")
+        lines.append(f"- {lead}DeepLab on {b} pseudo-masks scores {_fmt(eb)} mIoU against {_fmt(ea)} on {a} "
+                     f"pseudo-masks: a paired difference of {describe_difference(r)}.")
+    if len(pairs) > 1:
+        lines.append(f"- The {len(pairs)} p-values are per comparison, not adjusted for making {len(pairs)} comparisons; "
+                     "the intervals are the honest summary.")
+    if pairs:
+        lines.append(f"- For comparison, {paper.headline()}.")
+    for r in schedule_rows:
+        lines.append(f"- **{r['training set']}, {r['other']} − {r['baseline']}** ({r['measure']}, paired by seed): "
+                     f"{describe_difference(r)}.")
     if GROUND_TRUTH in summary:
         g = summary[GROUND_TRUTH][hs if hs in summary[GROUND_TRUTH] else next(iter(summary[GROUND_TRUTH]))]
         others = [(t, summary[t][hs]["miou"]) for t in p.training_sets if t != GROUND_TRUTH and hs in summary.get(t, {})]

@@ -3,10 +3,12 @@
 The paper's thesis is in its title: among pseudo-masks of similar quality, the *precise* ones
 make the better segmentation model. This stage trains nothing: it puts every pseudo-mask
 variant of the run side by side (CAM variants x registered refinements, stage 4), relates the
-pseudo-masks stage 5 trained on to the validation mIoU of the models trained on them (seeds as
-error bars), fits that relation with its uncertainty (:func:`orandnet_lib.core.stats.ols`),
-compares the baseline -> ORANDNet gain, paired by seed, with the paper's
-(:mod:`orandnet_lib.core.paper`), and builds the teaching explorer of masks. Recipe, top to
+pseudo-masks stage 5 trained on to the validation mIoU of the models trained on them, fits that
+relation with its uncertainty (:func:`orandnet_lib.core.stats.ols`) on one point per
+pseudo-mask set (the mean over DeepLab seeds: seeds are not independent pseudo-mask sets, so
+they are error bars, never points), only as many regressors as the sets support
+(:func:`min_sets`), compares the baseline -> ORANDNet gain, paired by seed, with the paper's
+beside its context (:mod:`orandnet_lib.core.paper`), and builds the teaching explorer of masks. Recipe, top to
 bottom: :func:`load`, :func:`pseudo_mask_table`, :func:`points_table` / :func:`aggregate`,
 :func:`fit_relations`, :func:`comparison`, :func:`teaching_panels`, :func:`record`,
 :func:`findings`.
@@ -25,7 +27,7 @@ import pandas as pd
 from ..book import teaching
 from ..core import paper
 from ..core.identity import ArtifactKey
-from ..core.stats import ols
+from ..core.stats import describe_difference, ols
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore
 from ..methods.ensemble import Variant
@@ -73,7 +75,7 @@ class Inputs:
     """What stages 4 and 5 recorded: ``refinement`` ({variant: {refinement: scores}}, each at
     its best background score), ``pseudo_masks`` ({variant: scores of the written set, with
     its ``refinement``}), ``segmentation`` (stage 5's summary), stage 4's refinement names and
-    parameters, and stage 5's headline roles."""
+    parameters, and stage 5's headline roles (its first and last headline set)."""
 
     refinement: dict[str, dict[str, dict[str, Any]]]
     pseudo_masks: dict[str, dict[str, Any]]
@@ -93,9 +95,10 @@ def load(stage: Any) -> Inputs:
     if refinement is None:  # earlier layout: {variant: {refinement: scores, "rw_fixed": written}}
         refinement = {v: {k: s for k, s in levels.items() if k != "rw_fixed"} for v, levels in m4["pseudo_masks"].items()}
     names = list(u4.params.get("refinements") or dict.fromkeys(k for levels in refinement.values() for k in levels))
-    heads = list(u5.params.get("headline_sets", ())) + [None, None]
+    heads = list(u5.params.get("headline_sets", ()))
+    baseline, other = s5.headline_pairs(heads)[0] if len(heads) >= 2 else (None, None)
     return Inputs(refinement, s5.written_pseudo_masks(m4), u5.metrics["segmentation"], names, dict(u4.params),
-                  heads[0], heads[1], u5.params.get("headline_schedule", ""))
+                  baseline, other, u5.params.get("headline_schedule", ""))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -150,35 +153,67 @@ def ground_truth_mious(inp: Inputs) -> list[float]:
     return [e["miou"] for e in inp.segmentation.get(s5.GROUND_TRUTH, {}).values()]
 
 
-FIT_MODELS = {"precision": ["pseudo precision"], "mIoU": ["pseudo miou"],
-              "precision + recall": ["pseudo precision", "pseudo recall"]}
+FIT_MODELS = {"precision": ["precision"], "mIoU": ["miou"], "precision + recall": ["precision", "recall"]}
+PREDICTOR_LABELS = {"precision": "pseudo-mask precision", "recall": "pseudo-mask recall", "miou": "pseudo-mask mIoU"}
+
+
+def min_sets(regressors: int) -> int:
+    """The pseudo-mask sets a fit with ``regressors`` predictors needs: 2k + 1 (three for a
+    line, five for precision + recall), so at least k + 1 sets are left over to estimate the
+    scatter (with fewer, the sets are described, not fitted)."""
+    return 2 * regressors + 1
 
 
 def fit_relations(points: pd.DataFrame, fit_schedule: str) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
-    """OLS of the final mIoU on each predictor set of ``FIT_MODELS``, one row per model of
-    ``fit_schedule``; a fit that cannot be made holds ``{"error": why}``. Returns (fits, rows)."""
-    rows = trained_points(points)
-    rows = rows[rows["schedule"] == fit_schedule]
+    """OLS of the final mIoU on each predictor set of ``FIT_MODELS``, one point per pseudo-mask
+    set trained with ``fit_schedule`` (:func:`aggregate`: the mean over its seeds; a seed is
+    another DeepLab on the same masks, not another set). A model with more regressors than
+    the sets support (:func:`min_sets`), or that cannot be made, holds ``{"error": why,
+    "n": sets}``. Returns (fits, the per-set rows)."""
+    rows = aggregate(points)
+    rows = rows[rows["schedule"] == fit_schedule].reset_index(drop=True)
+    n = len(rows)
     fits: dict[str, dict[str, Any]] = {}
     for name, cols in FIT_MODELS.items():
+        if n < min_sets(len(cols)):
+            fits[name] = {"error": f"{len(cols)} regressor(s) need at least {min_sets(len(cols))} pseudo-mask sets, "
+                                   f"this run has {n}", "n": n}
+            continue
         try:
-            fits[name] = ols(rows["final miou"], {c: rows[c] for c in cols})
+            fits[name] = ols(rows["final"], {c: rows[c] for c in cols})
         except ValueError as e:
-            fits[name] = {"error": str(e)}
+            fits[name] = {"error": str(e), "n": n}
     return fits, rows
 
 
 def fit_table(fits: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    table = pd.DataFrame([{"model": n, "term": t, "coefficient": f["coef"][t], "standard error": f["se"][t],
-                           "R²": f["r2"], "rows": f["n"]} for n, f in fits.items() if "coef" in f for t in f["coef"]])
+    """Each fitted model's terms: coefficient, standard error, 95 % interval, p, R² and the
+    number of pseudo-mask sets it was fitted on."""
+    table = pd.DataFrame([{"model": n, "term": PREDICTOR_LABELS.get(t, t), "coefficient": f["coef"][t],
+                           "standard error": f["se"][t], "95 % low": f["low"][t], "95 % high": f["high"][t],
+                           "p": f["p"][t], "R²": f["r2"], "sets": f["n"]}
+                          for n, f in fits.items() if "coef" in f for t in f["coef"]])
     return table.set_index(["model", "term"]) if len(table) else table
 
 
 def fit_notes(fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.DataFrame) -> str:
     """Why a fit was not made, one line each (empty when all were)."""
-    n_sets = fit_rows["training set"].nunique()
-    return "\n\n".join(f"*{n}*: not fitted ({f['error']}; {n_sets} distinct pseudo-mask sets)."
-                       for n, f in fits.items() if "error" in f)
+    n_sets = len(fit_rows)
+    return "\n\n".join(f"*{n}*: not fitted ({f['error']}); the {n_sets} set(s) are described in the table above."
+                        for n, f in fits.items() if "error" in f)
+
+
+def slope_verdict(fit: Mapping[str, Any], term: str) -> str:
+    """The fitted slope in words, following the number of sets and the interval: a slope whose
+    interval holds 0 is "not distinguishable from no relation"."""
+    b, low, high, n = fit["coef"][term], fit["low"][term], fit["high"][term], fit["n"]
+    what = PREDICTOR_LABELS.get(term, term)
+    numbers = (f"{b:+.2f} points of final mIoU per point of {what}, {round(100 * fit['confidence'])} % interval "
+               f"{low:+.2f} to {high:+.2f}, {fit['dof']} residual degree{'s' if fit['dof'] != 1 else ''} of freedom")
+    if math.isnan(low) or low <= 0 <= high:
+        return f"not distinguishable from no relation with {n} sets ({numbers})"
+    few = f"; with only {n} sets, a description of these sets, not a law" if n < min_sets(2) else ""
+    return f"{'rises' if b > 0 else 'falls'} with {what} across these {n} sets ({numbers}){few}"
 
 
 def comparison_schedule(inp: Inputs, p: Params) -> str:
@@ -210,6 +245,14 @@ def comparison(inp: Inputs, p: Params) -> tuple[pd.DataFrame, dict[str, float] |
     table = pd.DataFrame({f"paper ({paper.DATASET})": paper.comparison(), "this run (embedded)": ours,
                           "± seeds (sd; gain: paired se)": spread})
     return table, gain
+
+
+def against_paper(gain: Mapping[str, float] | None, inp: Inputs) -> str:
+    """The two gains side by side, each with what it was measured on (printed under the table)."""
+    ours = describe_difference(gain) if gain else "not measured (stage 5 ran no paired headline)"
+    return (f"ORANDNet's gain over the baseline ({inp.other} against {inp.baseline}): {paper.gain_with_context()}. "
+            "This run (the embedded benchmark, networks trained from scratch, for these pseudo-masks: one run of "
+            f"stages 1-4, the seeds vary DeepLab only): {ours}.")
 
 
 # ----------------------------------------------------------------------------- the teaching explorer
@@ -258,45 +301,44 @@ def teaching_panels(stage: Any, p: Params, inp: Inputs) -> teaching.MaskPanels:
 def record(stage: Any, p: Params, fits: Mapping[str, Any], points: pd.DataFrame, table: pd.DataFrame,
            gain: Mapping[str, float] | None, inp: Inputs) -> dict[str, Any]:
     ours = float(table.loc["gain in segmentation mIoU", "this run (embedded)"])
-    gain_out = {"paper": paper.GAIN, "ours": ours, "baseline": inp.baseline, "other": inp.other,
-                "schedule": comparison_schedule(inp, p), "paired": dict(gain) if gain else None}
+    gain_out = {"paper": paper.GAIN, "paper_context": paper.CONTEXT, "ours": ours, "baseline": inp.baseline,
+                "other": inp.other, "schedule": comparison_schedule(inp, p), "paired": dict(gain) if gain else None}
+    fit_unit = "one point per pseudo-mask set: the mean final mIoU over its DeepLab seeds"
     return stage.record(
-        metrics={"fits": dict(fits), "points": points.to_dict(orient="records"), "comparison": table.to_dict(),
-                 "gain": gain_out},
-        summary={"precision_vs_miou": {"fits": dict(fits), "fit_schedule": p.fit_schedule, "gain": gain_out}})
+        metrics={"fits": dict(fits), "fit_unit": fit_unit, "points": points.to_dict(orient="records"),
+                 "comparison": table.to_dict(), "gain": gain_out},
+        summary={"precision_vs_miou": {"fits": dict(fits), "fit_schedule": p.fit_schedule, "fit_unit": fit_unit,
+                                       "gain": gain_out}})
 
 
 def findings(p: Params, fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.DataFrame, agg: pd.DataFrame,
              gain: Mapping[str, float] | None, inp: Inputs) -> str:
     """The "What this chapter found" markdown, from the numbers just computed."""
-    from ..core.stats import describe_difference
-
     lines = []
     f = fits.get("precision", {})
-    n_sets = fit_rows["training set"].nunique()
-    if n_sets < 3:
+    n_sets = len(fit_rows)
+    if n_sets < min_sets(1):
         lines.append(f"- **Thesis test.** Only {n_sets} distinct pseudo-mask set(s) trained with the {p.fit_schedule} "
-                     "schedule: a line through two points says nothing about the relation (its standard error reflects "
-                     "only the seeds), so no relation is fitted; compare the sets directly in the table above.")
-    elif "coef" in f and not np.isnan(f["se"]["pseudo precision"]):
-        b, se = f["coef"]["pseudo precision"], f["se"]["pseudo precision"]
-        prec_span = fit_rows["pseudo precision"].max() - fit_rows["pseudo precision"].min()
-        verdict = ("rises" if b > 0 else "falls") if abs(b) > 2 * se else "shows no relation distinguishable from the seed noise"
-        lines.append(f"- **Thesis test ({p.fit_schedule}, {f['n']} models, {n_sets} pseudo-mask sets whose precision "
-                     f"spans {prec_span:.1f} points).** Final mIoU {verdict} with pseudo-mask precision: {b:+.2f} ± "
-                     f"{se:.2f} points per point of precision (R² {f['r2']:.2f}). With so few sets, and a standard error "
-                     "that reflects only the seeds, this is a description of these sets, not a law.")
+                     "schedule: a line through so few points says nothing about the relation, so none is fitted; "
+                     "compare the sets directly in the table above.")
+    elif "coef" in f:
+        prec_span = fit_rows["precision"].max() - fit_rows["precision"].min()
+        lines.append(f"- **Thesis test ({p.fit_schedule}, {n_sets} pseudo-mask sets, one point each: the mean over its "
+                     f"seeds; their precision spans {prec_span:.1f} points).** Final mIoU "
+                     f"{slope_verdict(f, 'precision')}; R² {f['r2']:.2f}. The fit is of these pseudo-masks (one run "
+                     "of stages 1-4); the seeds vary DeepLab only.")
     else:
-        lines.append(f"- **Thesis test.** Not enough models of the {p.fit_schedule} schedule to fit a relation.")
+        lines.append(f"- **Thesis test.** No line could be fitted to the {n_sets} sets: {f.get('error', 'no fit')}.")
+    two = fits.get("precision + recall", {})
+    if "error" in two and n_sets >= min_sets(1):
+        lines.append(f"- Precision and recall together are described, not fitted: {two['error']}.")
     if len(agg):
         best_prec = agg.loc[agg["precision"].idxmax()]
         best_final = agg.loc[agg["final"].idxmax()]
         lines.append(f"- The most precise pseudo-masks ({best_prec['training set']}, precision {best_prec['precision']:.1f} %) "
                      + ("also give" if best_prec["training set"] == best_final["training set"] else "do not give")
                      + f" the best model ({best_final['training set']} / {best_final['schedule']}: "
-                       f"{best_final['final']:.1f} % mIoU).")
+                       f"{best_final['final']:.1f} % mIoU, mean over {int(best_final['seeds'])} seed(s)).")
     if gain is not None:
-        lines.append(f"- **Against the paper.** ORANDNet's gain over the baseline ({inp.other} against {inp.baseline}): "
-                     f"paper {paper.GAIN:+.1f} on {paper.DATASET} (arXiv {paper.ARXIV}); this run "
-                     f"{describe_difference(gain)}.")
+        lines.append(f"- **Against the paper.** {against_paper(gain, inp)}")
     return "\n".join(lines)
