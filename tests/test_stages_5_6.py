@@ -338,3 +338,19 @@ def test_notebooks_type_no_paper_number(name):
     text = "".join("".join(c["source"]) for c in nb["cells"])
     for number in ("6.8", "63.5", "70.3", "66.5", "72.1"):
         assert number not in text, f"{name} types the paper's {number}: read it from core.paper"
+
+
+def test_the_widget_walks_each_variant_with_the_relation_net_that_refined_it(tmp_path):
+    from orandnet_lib.book.stage import Upstream
+    from orandnet_lib.stages.s6_precision import relation_net_maps
+
+    for source, value in (("cnn", 0.25), ("orandnet", 0.75)):
+        np.savez(tmp_path / f"boundaries-{source}.npz", img0=np.full((2, 2), value, np.float16))
+    np.savez(tmp_path / "boundaries.npz", img0=np.full((2, 2), 0.25, np.float16))
+    nets = {"boundary_source": "per_variant", "refines": {"cnn": "cnn", "orandnet": "orandnet"},
+            "files": {"cnn": "boundaries-cnn.npz", "orandnet": "boundaries-orandnet.npz"}, "widget_file": "boundaries.npz"}
+    boundary_of = relation_net_maps(Upstream("04_refinement", tmp_path, {"params": {}, "metrics": {"boundary_nets": nets}}))
+    assert float(boundary_of("orandnet", "img0")[0, 0]) == 0.75
+    assert float(boundary_of("cnn", "img0")[0, 0]) == 0.25
+    assert float(boundary_of("vit", "img0")[0, 0]) == 0.25, "a variant stage 4 did not refine: the first net's maps"
+    assert relation_net_maps(Upstream("04_refinement", tmp_path / "none", {"params": {}, "metrics": {}})) is None

@@ -128,14 +128,19 @@ class MaskPanels:
     width: int  # of one image, so a panel's left half is the mask alone
 
 
+BoundaryOf = Callable[[str, str], "np.ndarray | None"]  # (variant, image id) -> (h, w) boundary map, or None
+
+
 def mask_panels(dataset: Any, cams_of: CamsOf, image_ids: Sequence[str], variants: Sequence[str],
                 refinements: Sequence[str], thresholds: Sequence[float], *,
-                boundaries: Mapping[str, np.ndarray] | None = None, settings: Mapping[str, Any] | None = None
-                ) -> MaskPanels:
+                boundaries: Mapping[str, np.ndarray] | BoundaryOf | None = None,
+                settings: Mapping[str, Any] | None = None) -> MaskPanels:
     """For each image, CAM variant, registered refinement and background score: the refined
-    mask (each refinement through its registry function, with the image's boundary map) and
-    its precision, recall and mIoU on that image. A refinement whose entry does not declare
-    ``uses_background`` is computed once per image and variant and thresholded at each score."""
+    mask (each refinement through its registry function, with the boundary map of the relation
+    net that refines that variant) and its precision, recall and mIoU on that image. A
+    refinement whose entry does not declare ``uses_background`` is computed once per image and
+    variant and thresholded at each score. ``boundaries``: one net's maps by image id, or a
+    function of (variant, image id)."""
     settings = dict(settings or {})
     gap = None
     panels: dict[tuple[int, int, int, int], tuple[np.ndarray, dict[str, float]]] = {}
@@ -145,9 +150,11 @@ def mask_panels(dataset: Any, cams_of: CamsOf, image_ids: Sequence[str], variant
         width = sample.image.shape[1]
         gap = np.full((sample.image.shape[0], 4, 3), 255, np.uint8)
         gt_panel = plots.overlay(sample.image, sample.mask)
-        boundary = None if boundaries is None else np.asarray(boundaries[image_id], dtype=np.float32)
         for b, variant in enumerate(variants):
             cams, class_ids = cams_of(variant, image_id)
+            found = (boundaries(variant, image_id) if callable(boundaries) else
+                     None if boundaries is None else boundaries[image_id])
+            boundary = None if found is None else np.asarray(found, dtype=np.float32)
             for r, name in enumerate(refinements):
                 entry = REFINEMENTS.entry(name)
                 needs = boundary if entry.attrs.get("needs_boundary") else None

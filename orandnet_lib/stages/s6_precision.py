@@ -289,11 +289,28 @@ def teaching_panels(stage: Any, p: Params, inp: Inputs) -> teaching.MaskPanels:
     cams = VariantCams(stage, p.train_split, s2_ensembles.variants_from(stage.upstream("02_or_and_ensembles")),
                        p.widget_variants)
     ids = [i for i in ds.ids if len(cams.class_ids(i)) > 0][: p.widget_images]
-    boundaries = teaching.load_boundaries(stage.upstream("04_refinement").dir / "boundaries.npz")
-    names = teaching.usable_refinements(list(p.widget_refinements) or inp.refinements, boundaries is not None)
+    boundary_of = relation_net_maps(stage.upstream("04_refinement"))
+    names = teaching.usable_refinements(list(p.widget_refinements) or inp.refinements, boundary_of is not None)
     settings = {**inp.stage4_params, "crf_iterations": p.crf_iterations}
     return teaching.mask_panels(ds, cams, ids, p.widget_variants, names, p.widget_thresholds,
-                                boundaries=boundaries, settings=settings)
+                                boundaries=boundary_of, settings=settings)
+
+
+def relation_net_maps(stage4: Any) -> teaching.BoundaryOf | None:
+    """(variant, image id) -> the boundary map of the relation net stage 4 refined that variant
+    with (one net per source under ``per_variant``); a variant stage 4 did not refine (e.g.
+    the ViT alone) gets the net of its first refined variant (``boundaries.npz``)."""
+    nets = stage4.metrics.get("boundary_nets", {})
+    shared = teaching.load_boundaries(stage4.dir / nets.get("widget_file", "boundaries.npz"))
+    if shared is None:
+        return None
+    per_source = {source: teaching.load_boundaries(stage4.dir / name) for source, name in nets.get("files", {}).items()}
+    refines = nets.get("refines", {})
+
+    def boundary_of(variant: str, image_id: str) -> np.ndarray | None:
+        maps = per_source.get(refines.get(variant, ""))
+        return (maps if maps is not None else shared)[image_id]
+    return boundary_of
 
 
 # ----------------------------------------------------------------------------- record and findings
