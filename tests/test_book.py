@@ -74,9 +74,8 @@ def built_book(request, tmp_path_factory):
     shutil.copytree(base / "book" / "executed", root / "book" / "executed")
     shutil.copytree(REPO / "_static", root / "_static")
     shutil.copytree(REPO / ".cache" / "html_extra", root / ".cache" / "html_extra")
-    (root / "book" / "generated").mkdir()
-    (root / "book" / "generated" / "results.md").write_text(bookpages.results_page(result.summary))
-    (root / "book" / "generated" / "parameters.md").write_text(bookpages.parameters_page(REPO / "notebooks"))
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    bookpages.write_pages(root, "smoke", summary=result.summary)
     jb = Path(sys.executable).parent / "jupyter-book"
     proc = subprocess.run([str(jb), "build", "--all", str(root)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

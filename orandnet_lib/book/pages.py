@@ -166,18 +166,27 @@ def results_page(summary: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_pages(root: Path, profile: str, out_dir: Path | None = None) -> list[Path]:
-    """Write ``parameters.md`` and ``results.md`` into ``book/generated/``. Without a
-    summary for the profile, the results page says how to produce one."""
+def write_pages(root: Path, profile: str, out_dir: Path | None = None,
+                summary: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write the generated pages into ``book/generated/``: ``parameters.md``, ``results.md``,
+    ``reproduces.md`` (each claim of the paper against this run) and ``headline.md`` (what the
+    run found, included at the top of the introduction). ``summary``: the run's summary.json
+    (default: ``runs/<profile>/summary.json``); without one the pages say how to produce it."""
+    from .claims import headline, reproduces_page
+
     out_dir = out_dir or root / "book" / "generated"
     summary_path = root / "runs" / profile / "summary.json"
-    if summary_path.exists():
-        results = results_page(store.read_json(summary_path))
+    if summary is None and summary_path.exists():
+        summary = store.read_json(summary_path)
+    if summary is not None:
+        results, reproduces, head = results_page(summary), reproduces_page(summary), headline(summary)
     else:
-        results = (f"# Results\n\nNo run of the `{profile}` profile yet: `make book PROFILE={profile}` or "
+        missing = (f"No run of the `{profile}` profile yet: `make book PROFILE={profile}` or "
                    f"`orandnet run --profile {profile}` produces `{summary_path.relative_to(root)}`.\n")
+        results, reproduces, head = f"# Results\n\n{missing}", f"# What reproduces\n\n{missing}", f"*{missing.strip()}*\n"
     written = []
-    for name, text in (("parameters.md", parameters_page(root / "notebooks")), ("results.md", results)):
+    for name, text in (("parameters.md", parameters_page(root / "notebooks")), ("results.md", results),
+                       ("reproduces.md", reproduces), ("headline.md", head)):
         store.write_text(out_dir / name, text)
         written.append(out_dir / name)
     return written

@@ -1,0 +1,139 @@
+"""'What reproduces': each claim of the paper beside this run's effect, its interval where the
+run has seeds, the verdict and the chapter that shows it; and the two-line headline the
+book's introduction opens with. Everything is read from the run's summary.json."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import paper
+
+CHAPTERS = {
+    "02": "../executed/02_or_and_ensembles", "03": "../executed/03_orandnet",
+    "05": "../executed/05_segmentation_curriculum", "06": "../executed/06_precision_vs_miou",
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str  # the paper's claim, in a few words
+    effect: str  # this run's measured effect
+    interval: str  # its 95 % interval, or why there is none
+    verdict: str  # reproduces / does not reproduce / not resolved / not measured
+    chapter: str  # key of CHAPTERS
+
+
+def _variant(cams: Mapping[str, Any], base: str) -> str | None:
+    """The offset variant when stage 2 wrote it (the one ORANDNet trains from), else the plain one."""
+    return next((name for name in (f"{base}+offset", base) if name in cams), None)
+
+
+def _interval_verdict(d: Mapping[str, float], positive_is_claim: bool = True) -> tuple[str, str]:
+    n = int(d.get("n", 0))
+    if n < 2 or d.get("low") is None or math.isnan(float(d.get("low", math.nan))):
+        return f"none ({n} seed: no spread)", "not resolved"
+    low, high = float(d["low"]), float(d["high"])
+    interval = f"[{low:+.1f}, {high:+.1f}] (n = {n} seeds, p = {float(d['p']):.2g})"
+    if (low > 0) if positive_is_claim else (high < 0):
+        return interval, "reproduces"
+    if (high < 0) if positive_is_claim else (low > 0):
+        return interval, "the opposite"
+    return interval, "not resolved: the interval includes 0"
+
+
+def single_run(holds: bool) -> str:
+    return "holds in this run" if holds else "does not hold in this run"
+
+
+def claims(summary: Mapping[str, Any]) -> list[Claim]:
+    """The paper's claims, each with what this run measured (rows for stages that did not run
+    say so)."""
+    out: list[Claim] = []
+    cams = summary.get("cams", {})
+    singles = [s for s in ("cnn", "vit") if s in cams]
+    one_draw = "none (one run of stages 1-4)"
+    and_name, or_name = _variant(cams, "and"), _variant(cams, "or")
+    if and_name and len(singles) == 2:
+        best = max(cams[s]["precision"] for s in singles)
+        diff = cams[and_name]["precision"] - best
+        out.append(Claim("AND is more precise than either single CAM",
+                         f"{and_name} precision {cams[and_name]['precision']:.1f} % vs the more precise single "
+                         f"{best:.1f} % ({diff:+.1f} points)", one_draw, single_run(diff > 0), "02"))
+    if or_name and len(singles) == 2:
+        best = max(cams[s]["recall"] for s in singles)
+        diff = cams[or_name]["recall"] - best
+        out.append(Claim("OR has a higher recall than either single CAM",
+                         f"{or_name} recall {cams[or_name]['recall']:.1f} % vs {best:.1f} % ({diff:+.1f} points)",
+                         one_draw, single_run(diff > 0), "02"))
+    if "orandnet" in cams and len(singles) == 2:
+        top = max(singles, key=lambda s: cams[s]["miou"])
+        dp = cams["orandnet"]["precision"] - cams[top]["precision"]
+        dm = cams["orandnet"]["miou"] - cams[top]["miou"]
+        out.append(Claim("ORANDNet is more precise than the best single CAM at no loss of mIoU",
+                         f"precision {dp:+.1f}, mIoU {dm:+.1f} points against {top}", one_draw,
+                         single_run(dp > 0 and dm >= 0), "03"))
+    headline = summary.get("segmentation_headline")
+    if headline and "difference" in headline:
+        d = headline["difference"]
+        interval, verdict = _interval_verdict(d)
+        out.append(Claim(f"Segmentation trained on ORANDNet's pseudo-masks beats the single-CNN baseline "
+                         f"(paper: {paper.GAIN:+.1f} on {paper.DATASET})",
+                         f"{headline['other']} - {headline['baseline']}: {float(d['mean']):+.1f} mIoU points "
+                         f"({headline.get('schedule', '')} schedule), for these pseudo-masks", interval, verdict, "05"))
+    for row in summary.get("segmentation_schedules", []):
+        interval, verdict = _interval_verdict(row)
+        out.append(Claim(f"The scale-scheduling curriculum helps ({row['measure']}, {row['training set']})",
+                         f"{row['comparison']}: {float(row['mean']):+.1f} points", interval, verdict, "05"))
+    fit = summary.get("precision_vs_miou", {}).get("fits", {}).get("precision", {})
+    if "coef" in fit and "precision" in fit["coef"]:
+        d = {"n": fit["n"], "low": fit.get("low", {}).get("precision"), "high": fit.get("high", {}).get("precision"),
+             "p": fit.get("p", {}).get("precision", math.nan)}
+        interval, verdict = _interval_verdict(d)
+        interval = interval.replace("seeds", "pseudo-mask sets")
+        out.append(Claim("More precise pseudo-masks give a better segmentation model",
+                         f"{fit['coef']['precision']:+.2f} final mIoU points per point of pseudo-mask precision",
+                         interval, verdict, "06"))
+    elif "precision_vs_miou" in summary:
+        reason = summary["precision_vs_miou"].get("fits", {}).get("precision", {}).get("error", "too few sets")
+        out.append(Claim("More precise pseudo-masks give a better segmentation model", "not fitted", reason,
+                         "not measured", "06"))
+    return out
+
+
+def reproduces_page(summary: Mapping[str, Any]) -> str:
+    rows = claims(summary)
+    lines = ["# What reproduces", "",
+             f"Each claim of the paper ({paper.CITATION}) beside what this run (profile `{summary.get('profile')}`) "
+             "measured. Single-run effects have no interval: stages 1 to 4 ran once. Segmentation effects are paired "
+             "by seed; their seeds vary DeepLab only, so they hold for these pseudo-masks. Verdicts follow the "
+             "95 % interval: *reproduces* when it excludes zero on the paper's side.", "",
+             "| claim | this run | 95 % interval | verdict | chapter |", "|---|---|---|---|---|"]
+    lines += [f"| {c.claim} | {c.effect} | {c.interval} | **{c.verdict}** | {{doc}}`{CHAPTERS[c.chapter]}` |"
+              for c in rows]
+    if not rows:
+        lines.append("| (no stage has run yet) | | | | |")
+    gain = summary.get("precision_vs_miou", {}).get("gain", {})
+    if gain.get("paper_context"):
+        lines += ["", f"The paper's {paper.GAIN:+.1f}: {gain['paper_context']}."]
+    return "\n".join(lines) + "\n"
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """What this run found, in a few lines for the introduction."""
+    rows = claims(summary)
+    if not rows:
+        return ("*No run has been executed for this book yet: `make book` runs every chapter and writes this "
+                "summary.*\n")
+    counts = {v: sum(c.verdict.startswith(v) for c in rows) for v in ("reproduces", "holds", "not resolved")}
+    main = next((c for c in rows if c.chapter == "05" and "beats" in c.claim), None)
+    lines = [f"**What this run found** (profile `{summary.get('profile')}`; details in {{doc}}`generated/reproduces`):",
+             ""]
+    if main is not None:
+        lines.append(f"- Segmentation: {main.effect}; 95 % interval {main.interval}: **{main.verdict}**.")
+    lines += [f"- {c.claim}: {c.effect} (**{c.verdict}**)." for c in rows if c.chapter in ("02", "03")]
+    lines.append(f"- Of {len(rows)} claims: {counts['reproduces']} reproduce with an interval, {counts['holds']} hold "
+                 f"in this single run, {counts['not resolved']} are not resolved by this run's seeds.")
+    return "\n".join(lines) + "\n"

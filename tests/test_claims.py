@@ -1,0 +1,46 @@
+"""'What reproduces' and the introduction's headline, from a hand-made summary."""
+
+from orandnet_lib.book.claims import claims, headline, reproduces_page
+
+
+def scores(miou, precision, recall):
+    return {"miou": miou, "precision": precision, "recall": recall, "threshold": 30.0}
+
+
+SUMMARY = {
+    "profile": "smoke",
+    "cams": {"cnn": scores(30, 40, 50), "vit": scores(25, 35, 45), "and+offset": scores(28, 48, 38),
+             "or+offset": scores(27, 30, 60), "orandnet": scores(31, 44, 42)},
+    "segmentation_headline": {"baseline": "cnn", "other": "orandnet", "schedule": "curriculum",
+                              "difference": {"n": 3, "mean": 1.5, "se": 0.2, "t": 7.5, "df": 2, "p": 0.017,
+                                             "low": 0.64, "high": 2.36}},
+    "segmentation_schedules": [{"training set": "cnn", "measure": "mIoU", "comparison": "cnn: curriculum - constant",
+                                "n": 3, "mean": -0.4, "se": 0.5, "t": -0.8, "df": 2, "p": 0.5, "low": -2.5,
+                                "high": 1.7}],
+    "precision_vs_miou": {"fits": {"precision": {"error": "needs at least 3 sets, has 2"}}},
+}
+
+
+def test_each_claim_gets_its_effect_interval_and_verdict():
+    rows = {c.claim.split(" (")[0]: c for c in claims(SUMMARY)}
+    assert rows["AND is more precise than either single CAM"].verdict == "holds in this run"
+    assert "+8.0 points" in rows["AND is more precise than either single CAM"].effect  # 48 - 40
+    assert rows["OR has a higher recall than either single CAM"].effect.endswith("(+10.0 points)")
+    orand = rows["ORANDNet is more precise than the best single CAM at no loss of mIoU"]
+    assert orand.effect == "precision +4.0, mIoU +1.0 points against cnn" and orand.verdict == "holds in this run"
+    seg = rows["Segmentation trained on ORANDNet's pseudo-masks beats the single-CNN baseline"]
+    assert seg.verdict == "reproduces" and seg.interval.startswith("[+0.6, +2.4] (n = 3 seeds")
+    curriculum = rows["The scale-scheduling curriculum helps"]
+    assert curriculum.verdict == "not resolved: the interval includes 0"
+    fit = rows["More precise pseudo-masks give a better segmentation model"]
+    assert fit.verdict == "not measured" and "needs at least 3 sets" in fit.interval
+
+
+def test_pages_link_every_claim_to_its_chapter():
+    page = reproduces_page(SUMMARY)
+    assert page.count("{doc}`../executed/") == len(claims(SUMMARY))
+    assert "{doc}`../executed/05_segmentation_curriculum`" in page
+    text = headline(SUMMARY)
+    assert "orandnet - cnn: +1.5 mIoU points" in text and "**reproduces**" in text
+    assert "Of 6 claims: 1 reproduce with an interval, 3 hold in this single run, 1 are not resolved" in text
+    assert "No run" in headline({"profile": "smoke"})
