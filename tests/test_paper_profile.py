@@ -71,7 +71,7 @@ def test_paper_profile_runs_end_to_end_on_a_tiny_voc_folder(tmp_path):
     assert result.executed[-1] == "06_precision_vs_miou" and len(result.executed) == 7
     s = result.summary
     assert s["dataset"]["classes"][15] == "person" and len(s["dataset"]["classes"]) == 21
-    assert s["classifiers"]["vit"]["spec"]["cam_method"] == "gradcam"
+    assert s["classifiers"]["vit"]["spec"]["cam_method"] == "attribution"
     assert set(s["segmentation"]) == {"gt", "cnn", "and+offset", "orandnet"}
     assert s["segmentation"]["cnn"]["curriculum"]["seeds"] == [0, 1]
     for entry in (s["segmentation"]["gt"]["constant"], s["pseudo_masks"]["cnn"]):

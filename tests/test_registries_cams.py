@@ -15,7 +15,7 @@ SMALL_RESNET = {"backbone": "resnet18", "backbone_kwargs": {"channels": (8, 16, 
 
 def test_unknown_cam_method_and_classifier_kind_are_refused_with_the_known_ones():
     model = create_classifier("cnn", 3, **SMALL_RESNET)
-    with pytest.raises(ConfigError, match="unknown CAM method 'scorecam'; known: cam, gradcam"):
+    with pytest.raises(ConfigError, match="unknown CAM method 'scorecam'; known: cam, gradcam, attribution"):
         cam_function(model, "scorecam")
     with pytest.raises(ConfigError, match="CNNCAM has no Grad-CAM"):
         cam_function(model, "gradcam")

@@ -9,7 +9,9 @@ image by image into a temporary folder that is renamed into place when complete.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,7 +55,8 @@ CamMethod = Callable[[nn.Module], CamFunction]  # a classifier -> its raw-CAM fu
 
 # The CAM methods a classifier spec can name (``cam_method``). A method is one function from a
 # classifier to its raw-CAM function plus one registration; ``gradient=True`` runs it with
-# autograd enabled (the others run under inference mode).
+# autograd enabled (the others run under inference mode); ``classes=True`` passes the images'
+# labels (B, C) as the function's second argument, so it computes only the images' classes.
 CAM_METHODS: Registry[CamMethod] = Registry("CAM method")
 
 
@@ -71,24 +74,40 @@ def grad_cam(model: nn.Module) -> CamFunction:
     return model.gradcam  # type: ignore[return-value]
 
 
+@CAM_METHODS.register("attribution", label="attention attribution", gradient=True, classes=True)
+def attention_attribution(model: nn.Module) -> CamFunction:
+    """Gradient-weighted attention rollout on a ViT (the official code's transformer attribution);
+    its function takes the images' classes as a second argument and computes only those."""
+    if not hasattr(model, "attribution"):
+        raise ConfigError(f"{type(model).__name__} has no attention attribution; use CAM method 'cam'")
+    return model.attribution  # type: ignore[return-value]
+
+
 def cam_function(model: nn.Module, method: str = "cam") -> CamFunction:
     """The raw-CAM function of a classifier for a registered CAM method ("cam", "gradcam", ...)."""
     return CAM_METHODS.get(method)(model)
 
 
-def multiscale_cam(cam_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   scales: Sequence[float] = (1.0,), flip: bool = True) -> torch.Tensor:
+def multiscale_cam(cam_fn: Callable[..., torch.Tensor], x: torch.Tensor,
+                   scales: Sequence[float] = (1.0,), flip: bool = True,
+                   classes: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ReLU'd CAMs, each resized to the input.
 
     x: (B, 3, H, W) -> (B, C, H, W) float32, not normalised. As in IRN, each scale's map is
     ReLU'd, its flipped twin flipped back and added, then upsampled bilinearly and summed.
+    classes: (B, C) labels passed on as ``cam_fn(batch, classes)`` (methods registered with
+    ``classes=True``); None calls ``cam_fn(batch)``.
     """
     h, w = x.shape[-2:]
     total: torch.Tensor | None = None
     for s in scales:
         xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        cams = F.relu(cam_fn(batch).float())
+        if classes is None:
+            raw = cam_fn(batch)
+        else:
+            raw = cam_fn(batch, torch.cat([classes, classes]) if flip else classes)
+        cams = F.relu(raw.float())
         if flip:
             cams = cams[: x.shape[0]] + cams[x.shape[0] :].flip(-1)
         cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
@@ -235,9 +254,9 @@ class CamStore:
 
 
 @torch.inference_mode()
-def _forward_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float],
-                  flip: bool) -> torch.Tensor:
-    return multiscale_cam(cam_fn, x, scales, flip)
+def _forward_cams(cam_fn: Callable[..., torch.Tensor], x: torch.Tensor, scales: Sequence[float],
+                  flip: bool, classes: torch.Tensor | None = None) -> torch.Tensor:
+    return multiscale_cam(cam_fn, x, scales, flip, classes)
 
 
 def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike[str], *,
@@ -247,13 +266,15 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     """CAMs of every image of ``dataset`` into a store at ``path``.
 
     Images of equal size are batched; memory stays bounded by one batch whatever the split size.
-    Gradient methods (``gradcam``) run with autograd enabled; the others under inference mode.
+    Gradient methods (``gradcam``, ``attribution``) run with autograd enabled; the others under
+    inference mode.
     ``meta`` should hold ``"identity"``: the store's :class:`~orandnet_lib.core.identity.ArtifactKey`
     as a dict (its :attr:`CamStore.digest` keys what is made from the store).
     """
     model.eval().to(device)
     cam_fn = cam_function(model, method)
     gradient = bool(CAM_METHODS.entry(method).attrs.get("gradient"))
+    per_class = bool(CAM_METHODS.entry(method).attrs.get("classes"))
     from ..book.profiles import data_fingerprint
 
     meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
@@ -264,10 +285,11 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
 
         def flush() -> None:
             x = to_tensor([p[1] for p in pending]).to(device)
+            classes = torch.from_numpy(np.stack([p[2] for p in pending])).to(device) if per_class else None
             if gradient:
-                cams = multiscale_cam(cam_fn, x, scales, flip)
+                cams = multiscale_cam(cam_fn, x, scales, flip, classes)
             else:
-                cams = _forward_cams(cam_fn, x, scales, flip)
+                cams = _forward_cams(cam_fn, x, scales, flip, classes)
             for (image_id, _, labels), c in zip(pending, cams.cpu()):
                 writer.add(image_id, *normalise(c, labels))
             bar.update(len(pending))
@@ -315,3 +337,67 @@ def error_overlap(store_a: CamStore, store_b: CamStore, dataset: VOCDataset, bac
         overlap.update(cam_to_mask(*store_a[image_id], background_a), cam_to_mask(*store_b[image_id], background_b),
                        dataset.load_mask(image_id))
     return overlap
+
+
+# -- the representation limit of a CAM grid ------------------------------------------------------
+
+def grid_shape(height: int, width: int, stride: int, scale: float) -> tuple[int, int]:
+    """The output grid of a network of output stride ``stride`` on an image of height x width
+    resized by ``scale``: ceil(H s / stride) x ceil(W s / stride)."""
+    return math.ceil(height * scale / stride - 1e-9), math.ceil(width * scale / stride - 1e-9)
+
+
+def _area_weights(size: int, cells: int) -> np.ndarray:
+    """(cells, size): the share of each pixel [p, p + 1) in cell i's span [i size/cells,
+    (i + 1) size/cells), rows summing to 1 (a cell's area-weighted average)."""
+    edges = np.arange(cells + 1) * size / cells
+    pixels = np.arange(size)
+    overlap = np.minimum(edges[1:, None], pixels[None] + 1) - np.maximum(edges[:-1, None], pixels[None])
+    weights = np.clip(overlap, 0, None)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+@functools.lru_cache(maxsize=512)
+def _line_operators(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a line of ``size`` pixels and ``cells`` cells: the area-weighted pooling (cells, size)
+    and the linear upsampling back as F.interpolate does it, align_corners=False (size, cells);
+    bilinear upsampling is linear upsampling along each axis."""
+    basis = torch.eye(cells, dtype=torch.float64)[None]  # (1, cells, cells): cell i as channel i
+    up = F.interpolate(basis, size=size, mode="linear", align_corners=False)[0].T.numpy()
+    return _area_weights(size, cells), np.ascontiguousarray(up)
+
+
+def grid_roundtrip(mask: np.ndarray, grid: tuple[int, int], num_classes: int) -> np.ndarray:
+    """The best mask a score map on ``grid`` can give back: each class's one-hot map averaged
+    over each cell's area, upsampled bilinearly to the mask's size as CAMs are (align_corners
+    False), arg-max (ties to the lower class id, background first). Ignored pixels (255) count
+    for no class. (H, W) uint8 -> (H, W) uint8."""
+    from ..data.voc import IGNORE_INDEX
+
+    height, width = mask.shape
+    (pool_y, up_y), (pool_x, up_x) = _line_operators(height, grid[0]), _line_operators(width, grid[1])
+    onehot = (mask[None] == np.arange(num_classes)[:, None, None]) & (mask != IGNORE_INDEX)[None]
+    pooled = pool_y @ onehot.astype(np.float64) @ pool_x.T  # (C, gh, gw); small products, no BLAS threads
+    return (up_y @ pooled @ up_x.T).argmax(axis=0).astype(np.uint8)
+
+
+def grid_limits(dataset: VOCDataset, grids: Sequence[tuple[int, float]]) -> dict[tuple[int, float], float]:
+    """The representation limit of each (stride, scale): the mIoU (percent) of the true masks
+    shrunk to that output grid and scaled back (:func:`grid_roundtrip`), scored against the
+    masks over the whole split. No map on that grid, however good, can score higher."""
+    from ..core.metrics import ConfusionMatrix
+
+    unique = list(dict.fromkeys((int(st), float(sc)) for st, sc in grids))
+    matrices = {g: ConfusionMatrix(dataset.num_classes) for g in unique}
+    for _, mask in dataset.iter_masks():
+        for stride, scale in unique:
+            grid = grid_shape(*mask.shape, stride, scale)
+            matrices[(stride, scale)].update(grid_roundtrip(mask, grid, dataset.num_classes), mask)
+    return {g: 100 * m.scores().miou for g, m in matrices.items()}
+
+
+def grid_limit(dataset: VOCDataset, stride: int, scales: Sequence[float]) -> dict[str, float]:
+    """{"stride <stride> @ scale <s>": limit mIoU (percent)} for each scale (:func:`grid_limits`).
+    The finest grid (the largest scale) is what a multi-scale sum of such maps can resolve."""
+    limits = grid_limits(dataset, [(stride, s) for s in scales])
+    return {f"stride {st} @ scale {sc:g}": v for (st, sc), v in limits.items()}

@@ -91,7 +91,8 @@ class ViTCAM(nn.Module):
 
     ``pool="avg"``: logits are the head applied to the mean patch token, so the CAM head on
     each token is the exact CAM (as the CNN's). ``pool="token"``: logits come from the class
-    token (as DeiT); CAMs then need a gradient method (``cam_method="gradcam"``).
+    token (as DeiT); CAMs then need a gradient method (``cam_method="gradcam"`` or
+    ``"attribution"``, the official code's transformer attribution).
     ``stem_widths`` non-empty: a convolutional stem of stride 2^(len+1) replaces the patch
     embedding (then ``patch_size`` is the stride of the projection on the stem's output).
     """
@@ -165,6 +166,54 @@ class ViTCAM(nn.Module):
         finally:
             hook.remove()
         return torch.stack(maps, dim=1).reshape(x.shape[0], -1, h, w).detach()
+
+    def attribution(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradient-weighted attention rollout (Chefer et al., 2021), the transformer attribution
+        of the official ORANDNet code (module/vit_cam.py, lrp/baselines/ViT/ViT_LRP.py) with the
+        attention probabilities A_l in place of their LRP relevance. Per class c, from R = I over
+        all tokens, each block l updates R <- R + mean_heads(relu(dy_c/dA_l * A_l)) @ R; the patch
+        tokens' relevance is R's row of the token the classifier pools (class token for
+        pool="token", the mean of the patch rows for pool="avg"), ReLU'd. Only that row is
+        needed, so it is propagated as a row vector from the last block down (v <- v + v @ Ā_l,
+        the same product by associativity, O(N^2) instead of O(N^3) per block).
+
+        classes: (B, C) multi-hot; only the classes an image has are computed (one backward pass
+        per class present in the batch), the others are zero. Returns (B, C, h, w) >= 0.
+        With pool="avg" the identity gives every patch a floor of 1 / N (its own residual path).
+        """
+        attns: list[torch.Tensor] = []
+        blocks = list(self.vit.blocks)
+        fused = [blk.attn.fused_attn for blk in blocks]
+        # fused attention never materialises the probabilities; the explicit path does, in attn_drop
+        hooks = [blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attns.append(o)) for blk in blocks]
+        for blk in blocks:
+            blk.attn.fused_attn = False
+        try:
+            with torch.enable_grad():
+                tokens, (h, w) = self.tokens(x.detach())
+                logits = self._logits(tokens)
+                b, n, k = tokens.shape[0], tokens.shape[1], logits.shape[1]
+                wanted = (torch.ones_like(logits) if classes is None else classes.to(logits)) > 0
+                start = torch.zeros(b, n, device=x.device, dtype=tokens.dtype)
+                if self.pool == "token":
+                    start[:, 0] = 1.0
+                else:
+                    start[:, self.num_prefix :] = 1.0 / (n - self.num_prefix)
+                out = torch.zeros(b, k, n - self.num_prefix, device=x.device, dtype=tokens.dtype)
+                for c in torch.nonzero(wanted.any(dim=0)).flatten().tolist():
+                    target = (logits[:, c] * wanted[:, c]).sum()  # images without class c: no gradient
+                    grads = torch.autograd.grad(target, attns, retain_graph=True)
+                    v = start
+                    for a, g in zip(reversed(attns), reversed(grads)):
+                        weighted = (g * a).clamp(min=0).mean(dim=1)  # (B, N, N)
+                        v = v + torch.bmm(v.unsqueeze(1), weighted).squeeze(1)
+                    out[:, c] = v[:, self.num_prefix :].clamp(min=0) * wanted[:, c, None]
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for blk, f in zip(blocks, fused):
+                blk.attn.fused_attn = f
+        return out.reshape(b, k, h, w).detach()
 
     def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         return [{"params": list(self.vit.parameters()), "lr_mult": 1.0},

@@ -3,7 +3,8 @@ each trained from image-level labels only by the one training loop, scored as cl
 validation, then turned into class activation maps (multi-scale + flip, max-normalised, kept
 for the image's classes) on the train and validation splits. The CAMs are scored by a sweep of
 the background score, and the two classifiers' mistakes are compared: an ensemble can only
-remove the mistakes the two do not share.
+remove the mistakes the two do not share. The representation limit bounds what any map on a
+network's output grid can score: the true masks shrunk to that grid and scaled back.
 
 Artifacts: one checkpoint per classifier (``classifier:<name>``), keyed by its full spec, its
 training config, the training and validation data and the seed; one CAM store per classifier
@@ -30,7 +31,7 @@ from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import SweepResult, cam_to_mask
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data.voc import VOCDataset
-from ..methods.cams import CamStore, compute_store, error_overlap, sweep_store
+from ..methods.cams import CamStore, compute_store, error_overlap, grid_limits, grid_shape, sweep_store
 from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from ..nets.classifiers import CLASSIFIER_KINDS, create_classifier
 
@@ -65,7 +66,7 @@ class Params:
     vit_patch_size: int = 1
     vit_stem_widths: tuple[int, ...] = (16, 32, 64)
     vit_pool: str = "avg"
-    vit_cam_method: str = "cam"
+    vit_cam_method: str = "cam"  # "cam" | "gradcam" | "attribution" (the official code's transformer attribution)
     vit_epochs: int = 14
     vit_batch_size: int = 32
     vit_optimizer: str = "adamw"
@@ -73,7 +74,7 @@ class Params:
     vit_weight_decay: float = 0.05
     vit_warmup_steps: int = 100
     vit_head_lr_mult: float = 1.0
-    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # the paper's scales
     cam_flip: bool = True
     cam_batch_size: int = 32
     n_examples: int = 6
@@ -96,7 +97,7 @@ class ClassifierSpec:
     patch_size: int | None = None  # ViT only
     stem_widths: tuple[int, ...] = ()  # ViT only: convolutional stem
     pool: str = "avg"  # ViT only
-    cam_method: str = "cam"  # a registered CAM method: "cam" (CAM head) | "gradcam"
+    cam_method: str = "cam"  # a registered CAM method: "cam" (CAM head) | "gradcam" | "attribution"
     epochs: int = 8
     batch_size: int = 32
     lr: float = 0.05
@@ -316,6 +317,44 @@ def cam_table(sweeps: Mapping[str, Mapping[str, SweepResult]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["split", "source", "threshold rule"])
 
 
+def deeplab_stride() -> int:
+    """The output stride of stage 5's DeepLab: its constructor's default, which stage 5 keeps."""
+    import inspect
+
+    from ..nets.deeplab import DeepLab
+
+    return int(inspect.signature(DeepLab).parameters["output_stride"].default)
+
+
+def representation_limits(p: Params, trained: Mapping[str, TrainedClassifier], splits: Splits) -> pd.DataFrame:
+    """The best mIoU (%) a map on each output grid can reach on each scored split: the true
+    masks shrunk to the grid (area-weighted class shares per cell) and scaled back (bilinear,
+    arg-max), as :func:`~orandnet_lib.methods.cams.grid_limits`. One row per classifier (its
+    own output stride: the CNN's, the ViT's token stride) and CAM scale, the largest scale being
+    the finest grid a multi-scale sum resolves, and one for stage 5's DeepLab at scale 1."""
+    outputs = [(name, int(t.model.stride), float(s)) for name, t in trained.items() for s in sorted(p.cam_scales)]
+    outputs.append(("deeplab", deeplab_stride(), 1.0))  # stage 5's segmentation network
+    per_split = {split: grid_limits(ds, [(st, sc) for _, st, sc in outputs]) for split, ds in splits.scored().items()}
+    h, w = splits.train.load_mask(splits.train.ids[0]).shape
+    rows = [{"output": name, "stride": st, "scale": sc, f"grid at {h}x{w} px": "x".join(map(str, grid_shape(h, w, st, sc))),
+             **{f"{split} limit mIoU (%)": limits[(st, sc)] for split, limits in per_split.items()}}
+            for name, st, sc in outputs]
+    return pd.DataFrame(rows).set_index(["output", "stride", "scale"])
+
+
+def limits_summary(limits: pd.DataFrame) -> dict[str, Any]:
+    """``cams_limit``: per output its stride, per scale the limit on each split (percent), and
+    ``finest``: the limit at its largest scale, the finest grid its multi-scale sum resolves."""
+    out: dict[str, Any] = {}
+    cols = [c for c in limits.columns if c.endswith(" limit mIoU (%)")]
+    for (name, stride, scale), row in limits.iterrows():
+        entry = out.setdefault(str(name), {"stride": int(stride), "scales": {}})
+        scores = {c.removesuffix(" limit mIoU (%)"): float(row[c]) for c in cols}
+        entry["scales"][f"{scale:g}"] = scores
+        entry["finest"] = {"scale": float(scale), **scores}  # rows are in increasing scale
+    return out
+
+
 def best_thresholds(p: Params, sweeps: Mapping[str, Mapping[str, SweepResult]]) -> dict[str, float]:
     """Each classifier's best-mIoU background score on the train split, in [0, 1]."""
     return {name: s.best()["threshold"] / 100 for name, s in sweeps[p.train_split].items()}
@@ -361,8 +400,9 @@ def shared_errors_figure(ov: pd.DataFrame, names: list[str]) -> plt.Figure:
 
 
 def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mapping[str, Mapping[str, SweepResult]],
-              ov: pd.DataFrame) -> dict[str, Any]:
-    """The summary sections: ``classifiers``, ``cams`` and ``error_overlap``."""
+              ov: pd.DataFrame, limits: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The summary sections: ``classifiers``, ``cams``, ``error_overlap`` and, given the
+    representation limits, ``cams_limit`` (:func:`limits_summary`)."""
     cams = {name: {"miou": sw.best()["miou"], "precision": sw.best()["precision"], "recall": sw.best()["recall"],
                    "threshold": sw.best()["threshold"], "crossover": sw.crossover(),
                    "val": sweeps[p.val_split][name].best()}
@@ -372,7 +412,10 @@ def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mappi
                    for name, t in trained.items()}
     fg = ov.iloc[1:]
     shared = {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"]))}
-    return {"classifiers": classifiers, "cams": cams, "error_overlap": shared}
+    out = {"classifiers": classifiers, "cams": cams, "error_overlap": shared}
+    if limits is not None:
+        out["cams_limit"] = limits_summary(limits)
+    return out
 
 
 def record(stage: Any, p: Params, splits: Splits, trained: Mapping[str, TrainedClassifier],
@@ -384,6 +427,13 @@ def record(stage: Any, p: Params, splits: Splits, trained: Mapping[str, TrainedC
 
 def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
     """The chapter's closing bullets (markdown), from the numbers it computed."""
+    limit = summary.get("cams_limit") or {}
+
+    def ceiling(name: str) -> str:
+        """The representation limit at a network's finest grid, in words."""
+        f = limit[name]["finest"]
+        return f"{f[p.train_split]:.1f} % (stride {limit[name]['stride']}, scale {f['scale']:g})"
+
     lines = []
     for name, c in summary["cams"].items():
         t = summary["classifiers"][name]
@@ -391,12 +441,20 @@ def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
                 if c["recall"] > c["precision"] else
                 "scattered or under-covering: what it marks is mostly right but it misses object pixels "
                 "(precision above recall)")
+        bound = (f"a perfect map on its output grid would score {ceiling(name)}, the ground truth itself 100 %"
+                 if name in limit else "the ground truth itself would score 100 %")
         lines.append(
             f"- **{name}**: validation mAP {t['val_map']:.1f} % (a random ranking would score about {chance:.1f} %, "
             f"the share of positive image-class pairs), trained in {t['train_seconds']:.0f} s. Its CAM reaches "
             f"{c['miou']:.1f} % mIoU on the {p.train_split} split at background score {c['threshold']:.0f} % "
-            f"(precision {c['precision']:.1f} %, recall {c['recall']:.1f} %); the ground truth itself would score "
-            f"100 %. Failure mode: {mode}. On {p.val_split}: {c['val']['miou']:.1f} % mIoU.")
+            f"(precision {c['precision']:.1f} %, recall {c['recall']:.1f} %); {bound}. "
+            f"Failure mode: {mode}. On {p.val_split}: {c['val']['miou']:.1f} % mIoU.")
+    if "deeplab" in limit:
+        lines.append(
+            f"- Representation limit (the true masks shrunk to an output grid and scaled back, {p.train_split} "
+            f"split): no map on a grid scores more than that grid allows; stage 5's DeepLab at most "
+            f"{ceiling('deeplab')}. The CAMs' limits are those of their finest scale, the grid a multi-scale "
+            f"sum resolves.")
     shared = summary["error_overlap"]
     lines.append(
         f"- The two classifiers share on average {shared['fp_jaccard_mean']:.0%} of their false-positive pixels "
