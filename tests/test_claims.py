@@ -36,6 +36,15 @@ def test_each_claim_gets_its_effect_interval_and_verdict():
     assert fit.verdict == "not measured" and "needs at least 3 sets" in fit.interval
 
 
+def test_a_comparison_without_spread_has_no_p_value():
+    summary = {"segmentation_schedules": [{"training set": "gt", "measure": "small-object recall", "n": 2,
+                                           "comparison": "gt: curriculum - constant", "mean": 0.0, "se": 0.0,
+                                           "t": None, "df": 1, "p": None, "low": 0.0, "high": 0.0}]}
+    (row,) = claims(summary)
+    assert row.interval == "[+0.0, +0.0] (n = 2 seeds, p undefined: no spread)"
+    assert row.verdict == "not resolved: the interval includes 0"
+
+
 def test_pages_link_every_claim_to_its_chapter():
     page = reproduces_page(SUMMARY)
     assert page.count("{doc}`../executed/") == len(claims(SUMMARY))

@@ -40,6 +40,7 @@ def test_two_smoke_runs_that_differ_in_one_parameter(smoke_run, tmp_path, capsys
         seeded["segmentation.cnn.curriculum.miou"]["mean"] <= seeded["segmentation.cnn.curriculum.miou"]["high"]
     text = format_comparison(c)
     assert "| 05_segmentation_curriculum | `epochs` | `2` | `1` |" in text
+    capsys.readouterr()
     assert cli.main(["compare", str(base / "runs"), str(other), "--out", str(tmp_path / "compare.md")]) == 0
     assert capsys.readouterr().out.strip() == (tmp_path / "compare.md").read_text().strip()
     assert cli.main(["compare", str(tmp_path / "missing"), str(other)]) == 2

@@ -36,7 +36,9 @@ def _interval_verdict(d: Mapping[str, float], positive_is_claim: bool = True) ->
     if n < 2 or d.get("low") is None or math.isnan(float(d.get("low", math.nan))):
         return f"none ({n} seed: no spread)", "not resolved"
     low, high = float(d["low"]), float(d["high"])
-    interval = f"[{low:+.1f}, {high:+.1f}] (n = {n} seeds, p = {float(d['p']):.2g})"
+    p = d.get("p")
+    shown_p = "p undefined: no spread" if p is None or math.isnan(float(p)) else f"p = {float(p):.2g}"
+    interval = f"[{low:+.1f}, {high:+.1f}] (n = {n} seeds, {shown_p})"
     if (low > 0) if positive_is_claim else (high < 0):
         return interval, "reproduces"
     if (high < 0) if positive_is_claim else (low > 0):
