@@ -96,6 +96,8 @@ def test_every_page_loads_offline_without_errors_and_the_widget_reacts(built_boo
             pass
 
     handler = functools.partial(Quiet, directory=str(built_book))
+    # No page may show where this machine keeps the project, its runs or temporary folders.
+    machine_paths = {str(REPO), str(Path.home()), "/tmp/pytest-of-", str(built_book.parent.parent)}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     origin = f"http://127.0.0.1:{server.server_address[1]}"
@@ -126,10 +128,32 @@ def test_every_page_loads_offline_without_errors_and_the_widget_reacts(built_boo
                 broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
                                        ".map(i => i.src)")
                 shot = SCREENSHOTS / f"{doc.replace('/', '_')}.png"
-                page.screenshot(path=str(shot), full_page=False)
+                page.screenshot(path=str(shot), full_page=True)
                 report[doc] = {"screenshot": str(shot), "images": page.evaluate("document.images.length")}
                 assert not broken, (doc, broken)
                 assert not problems, (doc, problems)
+                text = page.evaluate("document.body.innerText")
+                for local in machine_paths:
+                    assert local not in text, f"{doc} shows an absolute path of this machine ({local})"
+                if doc.startswith("book/executed/"):
+                    widths = page.evaluate("Array.from(document.querySelectorAll('.tag_headline-figure img'))"
+                                           ".map(i => i.getBoundingClientRect().width)")
+                    assert widths and max(widths) >= 600, f"{doc}: its headline figure renders {widths} px wide"
+                    report[doc]["headline_px"] = max(widths)
+                if doc.endswith("02_or_and_ensembles"):
+                    slider = page.locator(".widget-hslider .noUi-handle, .widget-slider .noUi-handle").first
+                    slider.wait_for(timeout=30000)
+
+                    def marker_panel():
+                        return page.evaluate("Array.from(document.querySelectorAll('.widget-image'))"
+                                             ".filter(e => e.offsetParent !== null).map(e => e.src)")
+
+                    before = marker_panel()
+                    slider.focus()
+                    page.keyboard.press("ArrowRight")
+                    page.wait_for_timeout(500)
+                    assert len(before) == 1 and marker_panel() != before, "the threshold explorer must react"
+                    report[doc]["threshold_explorer_reacts"] = True
                 if doc.endswith("06_precision_vs_miou"):
                     page.wait_for_selector(".widget-hslider, .widget-slider", timeout=30000)
 

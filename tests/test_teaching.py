@@ -41,6 +41,7 @@ class _Data:
     """Two 4 x 6 images with a class-2 square, in the dataset interface the explorer reads."""
 
     num_classes = 3
+    class_names = ("background", "disc", "square")
 
     def __init__(self):
         from types import SimpleNamespace
@@ -90,8 +91,12 @@ def test_mask_explorer_lists_a_newly_registered_refinement_by_its_label(toy_refi
     box = teaching.mask_explorer(m)
     toggles = [c for c in box.children if isinstance(c, widgets.ToggleButtons)]
     assert [t.options for t in toggles] == [("x", "y"), ("CAM", "toy: half")]
+    legend = box.children[-1]
+    assert isinstance(legend, widgets.HTML) and "disc" in legend.value and "square" in legend.value
+    assert ">background</span>" not in legend.value, "the legend lists the classes a mask can show"
     fig = teaching.mask_grid(m)
     assert len(fig.axes) == 2 * 2
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["disc", "square"], "mask colours under the grid"
     import matplotlib.pyplot as plt
     plt.close(fig)
 

@@ -1,5 +1,9 @@
 """Figure helpers shared by the notebooks (masks in VOC colours, image grids) and the
-figures of the segmentation and precision chapters (stages 5 and 6)."""
+figures of the segmentation and precision chapters (stages 5 and 6).
+
+Figures are drawn for the book's column: at most :data:`COLUMN` inches wide at 100 dpi, so
+they render near their natural size and their text (:func:`book_style`, 10-11 pt) stays at
+least 9 pt on the page. A figure that would be wider stacks its panels instead."""
 
 from __future__ import annotations
 
@@ -14,6 +18,25 @@ from ..data.voc import IGNORE_INDEX, voc_palette
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+COLUMN = 7.2  # inches: the book's text column at 100 dpi (about 720 px)
+
+
+def book_style() -> None:
+    """The book's figure style: seaborn's white grid, fonts sized for the column, 100 dpi."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", rc={
+        "figure.dpi": 100, "savefig.dpi": 100, "font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11,
+        "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10})
+
+
+def class_legend(fig: plt.Figure, class_names: Sequence[str], include_background: bool = False) -> None:
+    """A row of class-colour swatches under a figure of masks (VOC palette, as :func:`overlay`)."""
+    handles = legend_handles(class_names, include_background)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 7),
+               fontsize=10, frameon=False, title="mask colours", title_fontsize=10)
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -36,10 +59,13 @@ def legend_handles(class_names: Sequence[str], include_background: bool = False)
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
-               row_labels: Sequence[str] | None = None, size: float = 1.8) -> plt.Figure:
-    """A grid of images, rows[i][j]; titles label columns of the first row."""
+               row_labels: Sequence[str] | None = None, size: float = 1.8,
+               class_names: Sequence[str] | None = None) -> plt.Figure:
+    """A grid of images, rows[i][j]; titles label columns of the first row. Cells shrink so
+    the grid fits the column; ``class_names`` adds the legend of mask colours under it."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
+    size = min(size, COLUMN / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + 0.3), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -47,13 +73,15 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | Non
             if j < len(row):
                 ax.imshow(row[j], interpolation="nearest")
             if i == 0 and titles is not None and j < len(titles):
-                ax.set_title(titles[j], fontsize=8)
+                ax.set_title(titles[j], fontsize=9, wrap=True)
         if row_labels is not None:
             axes[i][0].axis("on")
             axes[i][0].set_xticks([])
             axes[i][0].set_yticks([])
-            axes[i][0].set_ylabel(row_labels[i], fontsize=8)
+            axes[i][0].set_ylabel(row_labels[i], fontsize=9)
     fig.tight_layout()
+    if class_names is not None:
+        class_legend(fig, class_names)
     return fig
 
 
@@ -65,8 +93,12 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cma
 
 def training_curves(histories: dict[str, list[dict[str, float]]], keys: Sequence[str] = ("loss", "val_map")) -> plt.Figure:
     """One panel per logged key, one line per model, against the epoch."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    cols = min(2, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(COLUMN, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
         for name, history in histories.items():
             epochs = [h["epoch"] for h in history if key in h]
             ax.plot(epochs, [h[key] for h in history if key in h], marker="o", label=name)
@@ -79,7 +111,7 @@ def training_curves(histories: dict[str, list[dict[str, float]]], keys: Sequence
 def sweep_curves(sweeps: dict[str, "object"], title: str = "") -> plt.Figure:
     """mIoU, mean precision and mean recall against the background score, one colour per
     source; dots mark the best-mIoU score, crosses the precision/recall crossover."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(COLUMN, 7.8), sharex=True)
     for i, (name, sweep) in enumerate(sweeps.items()):
         curve = sweep.curve()  # type: ignore[attr-defined]
         colour = f"C{i}"
@@ -89,8 +121,9 @@ def sweep_curves(sweeps: dict[str, "object"], title: str = "") -> plt.Figure:
             ax.plot(curve["threshold"][sweep.crossover_index], curve[key][sweep.crossover_index], "x", color=colour,  # type: ignore[attr-defined]
                     markersize=8)
     for ax, key in zip(axes, ("mIoU", "mean precision", "mean recall")):
-        ax.set(xlabel="background score (%)", ylabel=f"{key} (%)", title=key)
-    axes[0].legend()
+        ax.set(ylabel=f"{key} (%)")
+    axes[-1].set_xlabel("background score (%)")
+    axes[0].legend(title="dot: best mIoU; cross: precision = recall", ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -102,14 +135,14 @@ def precision_recall_curves(sweeps: dict[str, "object"], ax: plt.Axes | None = N
     """Mean precision against mean recall as the background score moves, one line per
     variant (``dashed`` names get dashed lines), a dot at each variant's best-mIoU score."""
     if ax is None:
-        ax = plt.subplots(figsize=(7, 4.6))[1]
+        ax = plt.subplots(figsize=(COLUMN, 4.8))[1]
     for i, (name, sweep) in enumerate(sweeps.items()):
         curve = sweep.curve()  # type: ignore[attr-defined]
         best = sweep.best_index  # type: ignore[attr-defined]
         ax.plot(curve["recall"], curve["precision"], "--" if name in dashed else "-", color=f"C{i % 10}", label=name)
         ax.plot(curve["recall"][best], curve["precision"][best], "o", color=f"C{i % 10}")
     ax.set(xlabel="mean recall (%)", ylabel="mean precision (%)", title="precision-recall over the background score")
-    ax.legend(fontsize=8)
+    ax.legend(ncol=2)
     return ax
 
 
@@ -117,12 +150,12 @@ def precision_recall_curves(sweeps: dict[str, "object"], ax: plt.Axes | None = N
 
 def scale_schedules(schedules: Mapping[str, "object"]) -> plt.Figure:
     """The input scale over the fraction of training, one step line per ``ScaleSchedule``."""
-    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
     grid = np.linspace(0, 1, 201)
     for name, sch in schedules.items():
         ax.step(grid, [sch.scale_at(p) for p in grid], where="post", label=name)  # type: ignore[attr-defined]
     ax.set(xlabel="fraction of training", ylabel="input scale", ylim=(0, 1.1))
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -143,13 +176,16 @@ def score_bars(per_seed: "pd.DataFrame") -> plt.Figure:
     error bars one standard deviation, points the seeds."""
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(3, 1, figsize=(COLUMN, 8.4), sharex=True)
     for ax, key in zip(axes, ("miou", "precision", "recall")):
         sns.barplot(per_seed, x="training set", y=key, hue="schedule", errorbar="sd", ax=ax, alpha=0.8)
-        sns.stripplot(per_seed, x="training set", y=key, hue="schedule", dodge=True, ax=ax, palette="dark:k", size=3,
+        sns.stripplot(per_seed, x="training set", y=key, hue="schedule", dodge=True, ax=ax, palette="dark:k", size=4,
                       legend=False)
-        ax.set(title=key, xlabel="", ylabel="%")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="", ylabel={"miou": "mIoU %", "precision": "precision %", "recall": "recall %"}[key])
+        if key == "miou":
+            ax.legend(title="schedule (bar: mean, line: sd, dots: seeds)", ncol=3)
+        elif ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.tight_layout()
     return fig
 
@@ -158,7 +194,7 @@ def class_iou_heatmap(ious: "pd.DataFrame") -> plt.Figure:
     """IoU % per model (rows) and class (columns)."""
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * ious.shape[1], 0.5 + 0.45 * len(ious)))
+    fig, ax = plt.subplots(figsize=(min(COLUMN, 1.6 + 0.8 * ious.shape[1]), 0.8 + 0.45 * len(ious)))
     sns.heatmap(ious, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "IoU %"})
     fig.tight_layout()
     return fig
@@ -169,8 +205,10 @@ def object_recall_bars(by_size: "pd.DataFrame") -> plt.Figure:
     import seaborn as sns
 
     long = by_size.melt(id_vars=["training set", "schedule"], var_name="object size", value_name="object recall %")
+    n_sets = long["training set"].nunique()
+    cols = min(3, n_sets)
     g = sns.catplot(long, x="object size", y="object recall %", hue="schedule", col="training set", kind="bar",
-                    height=2.8, aspect=1.0)
+                    col_wrap=cols if n_sets > cols else None, height=COLUMN / cols * 0.85, aspect=1.1)
     g.set_titles("{col_name}")
     return g.figure
 
@@ -183,7 +221,8 @@ def prediction_grid(dataset: "object", image_ids: Sequence[str], predictions: Ma
         sample = dataset.load(image_id)  # type: ignore[attr-defined]
         rows.append([sample.image, overlay(sample.image, sample.mask)]
                     + [overlay(sample.image, preds[image_id]) for preds in predictions.values()])
-    return image_grid(rows, titles=["image", "ground truth", *predictions], size=1.6)
+    return image_grid(rows, titles=["image", "ground truth", *predictions], size=1.6,
+                      class_names=dataset.class_names)  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------------------------------------- stage 6: precision against mIoU
@@ -193,12 +232,13 @@ def pseudo_mask_scatter(table: "pd.DataFrame") -> plt.Figure:
     variant, refinement, miou, precision, recall); the numbers are the mIoU."""
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    sns.scatterplot(table, x="recall", y="precision", hue="variant", style="refinement", s=70, ax=ax)
+    fig, ax = plt.subplots(figsize=(COLUMN, 5.6))
+    sns.scatterplot(table, x="recall", y="precision", hue="variant", style="refinement", s=90, ax=ax)
     for _, r in table.iterrows():
-        ax.annotate(f"{r.miou:.0f}", (r.recall, r.precision), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="pseudo-mask recall %", ylabel="pseudo-mask precision %", title="numbers: mIoU %")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+        ax.annotate(f"{r.miou:.0f}", (r.recall, r.precision), fontsize=9, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel="pseudo-mask recall %", ylabel="pseudo-mask precision %",
+           title="every pseudo-mask variant (numbers: its mIoU %)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
     return fig
 
@@ -207,19 +247,25 @@ def final_against_pseudo(agg: "pd.DataFrame", reference: Sequence[float] = ()) -
     """Final validation mIoU (mean, sd over seeds) against the pseudo-masks' precision, recall
     and mIoU, one point per (training set, schedule); dashed lines at ``reference`` (DeepLab
     on the ground truth)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    fig = plt.figure(figsize=(COLUMN, 8.2))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.25, 1])
+    axes = [fig.add_subplot(grid[0, :])]  # the thesis: precision, full width
+    axes += [fig.add_subplot(grid[1, 0], sharey=axes[0]), fig.add_subplot(grid[1, 1], sharey=axes[0])]
     markers = dict(zip(sorted(agg["schedule"].unique()), "os^Dv<>p"))
     for ax, (col, label) in zip(axes, (("precision", "pseudo-mask precision %"), ("recall", "pseudo-mask recall %"),
                                        ("miou", "pseudo-mask mIoU %"))):
         for _, r in agg.iterrows():
             ax.errorbar(r[col], r["final"], yerr=0 if np.isnan(r["final_std"]) else r["final_std"],
                         fmt=markers.get(r["schedule"], "o"), capsize=3, label=f"{r['training set']} / {r['schedule']}")
-            ax.annotate(r["training set"], (r[col], r["final"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            ax.annotate(r["training set"], (r[col], r["final"]), fontsize=9, xytext=(5, 3), textcoords="offset points")
         for value in reference:
             ax.axhline(value, ls="--", lw=0.8, color="grey")
         ax.set(xlabel=label)
-    axes[0].set_ylabel("DeepLab validation mIoU %")
-    axes[-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    axes[0].set_ylabel("DeepLab val mIoU %")
+    axes[1].set_ylabel("DeepLab val mIoU %")
+    axes[0].set_title("final model against pseudo-mask precision (error bars: sd over seeds; dashed: ground truth)",
+                      fontsize=10)
+    axes[0].legend(loc="best", ncol=2, fontsize=9, framealpha=0.8)
     fig.tight_layout()
     return fig
 
@@ -229,7 +275,7 @@ def difference_intervals(rows: Sequence[Mapping[str, "object"]], title: str = ""
     ``s5_segmentation.paired_comparisons`` / ``schedule_comparisons``), one line each: the mean
     difference and its 95 % interval, with zero marked (an interval across it does not
     separate the two settings)."""
-    fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.45 * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(COLUMN, 0.9 + 0.45 * max(1, len(rows))))
     labels = [f"{r['comparison']} ({r['measure']})" for r in rows]
     for i, r in enumerate(rows):
         mean, low, high = (float(r[k]) for k in ("mean", "low", "high"))  # type: ignore[arg-type]
@@ -237,7 +283,7 @@ def difference_intervals(rows: Sequence[Mapping[str, "object"]], title: str = ""
             ax.plot([low, high], [i, i], color="C0", lw=2)
         ax.plot([mean], [i], "o", color="C0" if not np.isnan(low) else "grey")
     ax.axvline(0, ls="--", lw=0.8, color="grey")
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=10)
     ax.invert_yaxis()
     ax.set(xlabel="paired difference, points (dot: mean; line: 95 % interval)", title=title)
     fig.tight_layout()

@@ -126,6 +126,7 @@ class MaskPanels:
     thresholds: tuple[float, ...]
     panels: dict[tuple[int, int, int, int], tuple[np.ndarray, dict[str, float]]]
     width: int  # of one image, so a panel's left half is the mask alone
+    class_names: tuple[str, ...] = ()
 
 
 BoundaryOf = Callable[[str, str], "np.ndarray | None"]  # (variant, image id) -> (h, w) boundary map, or None
@@ -171,7 +172,7 @@ def mask_panels(dataset: Any, cams_of: CamsOf, image_ids: Sequence[str], variant
                     panel = np.concatenate([plots.overlay(sample.image, mask), gap, gt_panel], axis=1)
                     panels[(a, b, r, t)] = (panel, image_scores(mask, sample.mask, dataset.num_classes))
     return MaskPanels(tuple(image_ids), tuple(variants), tuple(refinements), tuple(float(t) for t in thresholds),
-                      panels, width)
+                      panels, width, tuple(dataset.class_names))
 
 
 def panel_leaf(panel: np.ndarray, scores: Mapping[str, float]) -> Any:
@@ -187,20 +188,36 @@ def panel_leaf(panel: np.ndarray, scores: Mapping[str, float]) -> Any:
 def mask_explorer(m: MaskPanels, title: str = "CAM masks, ensembles and refinements") -> Any:
     """The explorer over :func:`mask_panels`: image (dropdown), variant and refinement
     (toggles, refinements by their registry labels), background score (slider)."""
+    import ipywidgets as widgets
+
     levels = [Level("image", m.image_ids, "dropdown"), Level("variant", m.variants, "toggle"),
               Level("refinement", tuple(REFINEMENTS.label(r) for r in m.refinements), "toggle"),
               Level("background", tuple(f"{t:.2f}" for t in m.thresholds), "slider")]
-    return explorer(levels, lambda key: panel_leaf(*m.panels[key]), title=title)
+    box = explorer(levels, lambda key: panel_leaf(*m.panels[key]), title=title)
+    if m.class_names:
+        box.children = (*box.children, widgets.HTML(class_legend_html(m.class_names)))
+    return box
+
+
+def class_legend_html(class_names: Sequence[str]) -> str:
+    """The mask colours (VOC palette) as HTML swatches, for widgets."""
+    palette = plots.voc_palette()
+    swatches = "".join(
+        f'<span style="display:inline-block;margin-right:12px"><span style="display:inline-block;width:12px;'
+        f'height:12px;background:rgb({",".join(str(int(c)) for c in palette[i])});margin-right:4px;'
+        f'vertical-align:middle"></span>{name}</span>' for i, name in enumerate(class_names) if i > 0)
+    return f"<div><b>mask colours:</b> {swatches}</div>"
 
 
 def mask_grid(m: MaskPanels, image: int = 0, refinement: int = 0) -> Any:
     """The static twin of the explorer: one image's masks by variant (rows) and background
     score (columns) after one refinement."""
-    rows = [[m.panels[(image, b, refinement, t)][0][:, : m.width] for t in range(len(m.thresholds))]
-            for b in range(len(m.variants))]
-    fig = plots.image_grid(rows, titles=[f"{t:.2f}" for t in m.thresholds], row_labels=list(m.variants), size=1.2)
+    shown = sorted({int(round(i)) for i in np.linspace(0, len(m.thresholds) - 1, min(5, len(m.thresholds)))})
+    rows = [[m.panels[(image, b, refinement, t)][0][:, : m.width] for t in shown] for b in range(len(m.variants))]
+    fig = plots.image_grid(rows, titles=[f"background {m.thresholds[t]:.2f}" for t in shown],
+                           row_labels=list(m.variants), size=1.4, class_names=m.class_names or None)
     fig.suptitle(f"{m.image_ids[image]}: {REFINEMENTS.label(m.refinements[refinement])} masks by variant (rows) "
-                 "and background score (columns)", fontsize=9, y=1.01)
+                 "and background score (columns)", fontsize=10, y=1.01)
     return fig
 
 

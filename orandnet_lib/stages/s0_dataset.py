@@ -83,10 +83,8 @@ def sample_figure(data: Benchmark, n_examples: int) -> plt.Figure:
     fig = plots.image_grid(
         [[s.image for s in examples], [plots.overlay(s.image, s.mask) for s in examples]],
         titles=[", ".join(first.class_names[k + 1] for k in np.flatnonzero(s.labels)) for s in examples],
-        row_labels=["image", "ground truth"],
+        row_labels=["image", "ground truth"], class_names=first.class_names,
     )
-    fig.legend(handles=plots.legend_handles(first.class_names), loc="lower center", ncol=len(first.class_names),
-               fontsize=8, bbox_to_anchor=(0.5, -0.06))
     return fig
 
 
@@ -108,7 +106,7 @@ def class_statistics(data: Benchmark) -> ClassStatistics:
 
 def class_figure(stats: ClassStatistics) -> plt.Figure:
     """Images containing each class, labelled pixels per class, classes per image."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(3, 1, figsize=(plots.COLUMN, 9.0))
     fg = stats.classes.reset_index().query("`class` != 'background'")
     sns.barplot(fg, x="class", y="image_fraction", hue="split", ax=axes[0])
     axes[0].set(title="images containing the class", ylabel="fraction of images", xlabel="")
@@ -118,7 +116,7 @@ def class_figure(stats: ClassStatistics) -> plt.Figure:
     sns.barplot(counts, x="classes", y="fraction", hue="split", ax=axes[2])
     axes[2].set(title="classes per image", xlabel="distinct foreground classes", ylabel="fraction of images")
     for ax in axes[:2]:
-        ax.tick_params(axis="x", rotation=35)
+        ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
 
@@ -134,7 +132,7 @@ def size_bins(stats: ClassStatistics, split: str) -> tuple[tuple[float, float], 
 
 def size_figure(stats: ClassStatistics, edges: tuple[float, float]) -> plt.Figure:
     objects = stats.objects
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    fig, axes = plt.subplots(2, 1, figsize=(plots.COLUMN, 7.0), gridspec_kw={"height_ratios": [3, 2]})
     sns.histplot(objects, x="area_fraction", hue="class", log_scale=True, element="step", fill=False, bins=30, ax=axes[0])
     axes[0].set(xlabel="object area / image area", ylabel="objects", title="object sizes by class (all splits)")
     for edge in edges:
@@ -172,12 +170,13 @@ def context_bias(data: Benchmark) -> Context:
 def context_figure(ctx: Context) -> plt.Figure:
     matrix = ctx.matrix
     if ctx.rates is not None:
-        fig, ax = plt.subplots(figsize=(min(14, 1 + 0.8 * matrix.shape[1]), 0.5 + 0.45 * matrix.shape[0]))
+        fig, ax = plt.subplots(figsize=(min(plots.COLUMN, 1.5 + 0.8 * matrix.shape[1]), 0.8 + 0.45 * matrix.shape[0]))
         sns.heatmap(matrix, annot=True, fmt=".2f", cmap="Blues", cbar=False, ax=ax)
         ax.set(title=f"P(background | class), {ctx.split} split", xlabel="background photograph", ylabel="")
     else:
-        fig, ax = plt.subplots(figsize=(0.5 * len(matrix) + 2, 0.45 * len(matrix) + 1))
-        sns.heatmap(matrix, annot=len(matrix) <= 12, fmt=".2f", cmap="Blues", cbar=False, ax=ax)
+        side = min(plots.COLUMN, 0.5 * len(matrix) + 2)
+        fig, ax = plt.subplots(figsize=(side, side * 0.9))
+        sns.heatmap(matrix, annot=len(matrix) <= 10, fmt=".2f", cmap="Blues", cbar=False, ax=ax)
         ax.set(title="P(column class present | row class present)")
     return fig
 

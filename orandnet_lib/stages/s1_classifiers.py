@@ -377,7 +377,7 @@ def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, Mapping[st
                     plots.overlay(sample.image, cam_to_mask(cams, ids, best_t[name]))]
         rows.append(row)
     titles = ["image", "ground truth"] + [f"{n} {kind}" for n in stores for kind in ("CAM", "mask")]
-    return plots.image_grid(rows, titles=titles, size=1.7)
+    return plots.image_grid(rows, titles=titles, size=1.7, class_names=train.class_names)
 
 
 def shared_errors(p: Params, stores: Mapping[str, Mapping[str, CamStore]], train: VOCDataset,
@@ -391,11 +391,12 @@ def shared_errors(p: Params, stores: Mapping[str, Mapping[str, CamStore]], train
 
 
 def shared_errors_figure(ov: pd.DataFrame, names: list[str]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(plots.COLUMN, 3.6))
     ov.iloc[1:][["fp_jaccard", "fn_jaccard"]].rename(
         columns={"fp_jaccard": "false positives", "fn_jaccard": "false negatives"}).plot.bar(ax=ax)
     ax.set(ylabel="shared / union", title=f"errors shared by {names[0]} and {names[1]} (train split)", ylim=(0, 1))
     plt.xticks(rotation=30)
+    fig.tight_layout()
     return fig
 
 

@@ -197,12 +197,13 @@ def variant_table(sweeps: Mapping[str, SweepResult]) -> pd.DataFrame:
 
 def curves_figure(sweeps: Mapping[str, SweepResult]) -> plt.Figure:
     """Precision against recall, and mIoU over the background score (offset variants dashed)."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, axes = plt.subplots(2, 1, figsize=(plots.COLUMN, 9.0), gridspec_kw={"height_ratios": [3, 2]})
     offset_names = [n for n in sweeps if "+offset" in n]
     plots.precision_recall_curves(dict(sweeps), axes[0], dashed=offset_names)
     for i, (name, s) in enumerate(sweeps.items()):
         curve = s.curve()
-        axes[1].plot(curve["threshold"], curve["miou"], "--" if name in offset_names else "-", color=f"C{i}", label=name)
+        axes[1].plot(curve["threshold"], curve["miou"], "--" if name in offset_names else "-", color=f"C{i % 10}",
+                     label=name)
     axes[1].set(xlabel="background score (%)", ylabel="mIoU (%)", title="mIoU over the background score")
     fig.tight_layout()
     return fig
@@ -229,7 +230,7 @@ def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, CamStore],
         row = [sample.image, plots.overlay(sample.image, sample.mask)]
         row += [plots.overlay(sample.image, cam_to_mask(chosen[n].compute(maps), class_ids, best_t[n])) for n in shown]
         grid.append(row)
-    return plots.image_grid(grid, titles=["image", "ground truth", *shown], size=1.8)
+    return plots.image_grid(grid, titles=["image", "ground truth", *shown], size=1.8, class_names=train.class_names)
 
 
 def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: VOCDataset,

@@ -364,17 +364,19 @@ def seed_quality_figure(p: Params, qualities: Mapping[str, Mapping[str, Any]]) -
     marked."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(qualities), figsize=(5.2 * len(qualities), 3.4), squeeze=False)
-    for ax, (src, quality) in zip(axes[0], qualities.items()):
+    from ..book import plots
+
+    fig, axes = plt.subplots(len(qualities), 1, figsize=(plots.COLUMN, 3.8 * len(qualities)), squeeze=False)
+    for ax, (src, quality) in zip(axes[:, 0], qualities.items()):
         table = quality["table"]
         for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
             ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
         for t, name in ((p.fg_threshold, "foreground threshold"), (p.bg_threshold, "background threshold"),
                         (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
             ax.axvline(t, color="grey", lw=0.8, ls=":")
-            ax.text(t, 102, name, rotation=90, fontsize=7, va="bottom", ha="center")
+            ax.text(t, 102, name, rotation=90, fontsize=9, va="bottom", ha="center")
         ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100))
-        ax.legend(fontsize=7, loc="center right")
+        ax.legend(loc="center right")
     fig.tight_layout()
     return fig
 
@@ -384,11 +386,16 @@ def score_bars(table: Any) -> Any:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    from ..book import plots
+
+    fig, axes = plt.subplots(3, 1, figsize=(plots.COLUMN, 8.4), sharex=True)
     for ax, metric in zip(axes, ("miou", "precision", "recall")):
         sns.barplot(table.reset_index(), x="variant", y=metric, hue="refinement", ax=ax)
-        ax.set(title=metric, xlabel="", ylabel="%")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="", ylabel={"miou": "mIoU %", "precision": "precision %", "recall": "recall %"}[metric])
+        if metric == "miou":
+            ax.legend(title="refinement", ncol=2)
+        elif ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.tight_layout()
     return fig
 
@@ -415,7 +422,8 @@ def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNe
                      plots.overlay(sample.image, cam_to_mask(refined, ids, p.rw_background))])
     label = REFINEMENTS.label(p.pseudo_mask_refinement)
     return plots.image_grid(grid, titles=["image", "ground truth", f"confident labels ({src})",
-                                          f"boundaries ({src} net)", f"{v0} CAM mask", f"{v0} {label}"], size=1.8)
+                                          f"boundaries ({src} net)", f"{v0} CAM mask", f"{v0} {label}"], size=1.8,
+                            class_names=inputs.train.class_names)
 
 
 def walk_figure(p: Params, inputs: Inputs, boundaries: Boundaries, results: Mapping[str, Refined]) -> Any:
