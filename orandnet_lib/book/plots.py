@@ -7,6 +7,7 @@ least 9 pt on the page. A figure that would be wider stacks its panels instead."
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,8 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | Non
             if j < len(row):
                 ax.imshow(row[j], interpolation="nearest")
             if i == 0 and titles is not None and j < len(titles):
-                ax.set_title(titles[j], fontsize=9, wrap=True)
+                ax.set_title(textwrap.fill(titles[j], max(8, int(size * 11)), break_long_words=False),
+                             fontsize=9 if size >= 1.2 else 8)
         if row_labels is not None:
             axes[i][0].axis("on")
             axes[i][0].set_xticks([])
