@@ -56,7 +56,7 @@ $(WIDGETS_JS):
 widgets-js: $(WIDGETS_JS)
 
 book: notebooks widgets-js
-	$(BIN)/orandnet pages --profile $(PROFILE)
+	$(BIN)/orandnet pages --profile $(PROFILE) $(if $(COMPARE),--compare $(COMPARE))
 	$(BIN)/jupyter-book build --all . 2>&1 | tail -n 4
 	@test -f _build/html/index.html && echo "== book: _build/html/index.html"
 

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pages = sub.add_parser("pages", help="write the book's generated pages (results, parameters)")
     pages.add_argument("--profile", default="smoke", help="the run whose summary.json feeds the results page")
+    pages.add_argument("--compare", metavar="RUN", help="also render what differs between the book's run and this "
+                                                         "run folder (book/generated/compare.md)")
     return parser
 
 
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
             check_one_run(profiles.project_root() / "book" / "executed")
 
-            for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"]):
+            for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"],
+                                    compare=args.compare):
                 print(f"wrote {path}")
         elif args.command == "stages":
             from .book.runner import Runner, depends_on, notebook_parameters

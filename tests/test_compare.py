@@ -44,3 +44,23 @@ def test_two_smoke_runs_that_differ_in_one_parameter(smoke_run, tmp_path, capsys
     assert cli.main(["compare", str(base / "runs"), str(other), "--out", str(tmp_path / "compare.md")]) == 0
     assert capsys.readouterr().out.strip() == (tmp_path / "compare.md").read_text().strip()
     assert cli.main(["compare", str(tmp_path / "missing"), str(other)]) == 2
+
+
+@pytest.mark.slow
+def test_the_book_renders_a_comparison_page(smoke_run, tmp_path):
+    from orandnet_lib.book.pages import write_pages
+
+    result, base = smoke_run
+    project = tmp_path / "project"
+    (project / "runs").mkdir(parents=True)
+    (project / "notebooks").symlink_to(REPO / "notebooks")
+    shutil.copytree(base / "runs", project / "runs" / "smoke")
+    shutil.copytree(base / "runs", project / "runs" / "other")
+    written = write_pages(project, "smoke", out_dir=tmp_path / "generated", compare=project / "runs" / "other")
+    page = (tmp_path / "generated" / "compare.md").read_text()
+    assert tmp_path / "generated" / "compare.md" in written
+    assert page.startswith("# Compare runs") and "None: the two runs were made with the same parameters." in page
+    assert "A: `runs/smoke`" in page and "B: `runs/other`" in page and str(tmp_path) not in page
+    default = write_pages(project, "smoke", out_dir=tmp_path / "plain")
+    assert "make book PROFILE=smoke COMPARE=runs/<other>" in (tmp_path / "plain" / "compare.md").read_text()
+    assert len(default) == 5
