@@ -129,13 +129,15 @@ def headline(summary: Mapping[str, Any]) -> str:
     if not rows:
         return ("*No run has been executed for this book yet: `make book` runs every chapter and writes this "
                 "summary.*\n")
-    counts = {v: sum(c.verdict.startswith(v) for c in rows) for v in ("reproduces", "holds", "not resolved")}
+    kinds = {"reproduce with an interval": "reproduces", "hold in this single run": "holds in",
+             "do not hold in this single run": "does not hold", "go the other way": "the opposite",
+             "are not resolved by this run's seeds": "not resolved", "were not measured": "not measured"}
+    counts = {label: sum(c.verdict.startswith(prefix) for c in rows) for label, prefix in kinds.items()}
     main = next((c for c in rows if c.chapter == "05" and "beats" in c.claim), None)
     lines = [f"**What this run found** (profile `{summary.get('profile')}`; details in {{doc}}`generated/reproduces`):",
              ""]
     if main is not None:
         lines.append(f"- Segmentation: {main.effect}; 95 % interval {main.interval}: **{main.verdict}**.")
     lines += [f"- {c.claim}: {c.effect} (**{c.verdict}**)." for c in rows if c.chapter in ("02", "03")]
-    lines.append(f"- Of {len(rows)} claims: {counts['reproduces']} reproduce with an interval, {counts['holds']} hold "
-                 f"in this single run, {counts['not resolved']} are not resolved by this run's seeds.")
+    lines.append(f"- Of {len(rows)} claims: " + ", ".join(f"{n} {label}" for label, n in counts.items() if n) + ".")
     return "\n".join(lines) + "\n"
