@@ -57,7 +57,7 @@ widgets-js: $(WIDGETS_JS)
 
 book: notebooks widgets-js
 	$(BIN)/orandnet pages --profile $(PROFILE) $(if $(COMPARE),--compare $(COMPARE))
-	$(BIN)/jupyter-book build --all . 2>&1 | tail -n 4
+	$(BIN)/jupyter-book build --all . $(if $(wildcard _config.online.yml),--config _config.online.yml) 2>&1 | tail -n 4
 	@test -f _build/html/index.html && echo "== book: _build/html/index.html"
 
 test: install fashion-mnist

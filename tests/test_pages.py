@@ -90,3 +90,22 @@ def test_results_page_prints_the_papers_gain_with_its_context_and_the_fits_with_
     assert "| precision | precision | 0.400 | 0.115 | -1.067 to 1.867 | 0.179 | 3 |" in page
     assert "*precision + recall*: not fitted (2 regressor(s) need at least 5" in page
     assert "Fitted on one point per pseudo-mask set (curriculum schedule)." in page
+
+
+def test_repository_buttons_follow_the_checkouts_public_remote(tmp_path):
+    import subprocess
+
+    from orandnet_lib.book.pages import book_config, repository_url
+
+    from conftest import REPO
+
+    (tmp_path / "_config.yml").write_text((REPO / "_config.yml").read_text())
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert repository_url(tmp_path) is None and book_config(tmp_path, None) is None
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", "git@github.com:someone/orandnet-book.git"],
+                   check=True)
+    url = repository_url(tmp_path)
+    assert url == "https://github.com/someone/orandnet-book"
+    config = book_config(tmp_path, url)
+    assert "  url: https://github.com/someone/orandnet-book\n" in config
+    assert "use_repository_button: true" in config and "use_issues_button: true" in config

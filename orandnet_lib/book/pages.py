@@ -206,9 +206,41 @@ def write_pages(root: Path, profile: str, out_dir: Path | None = None,
         "result with its difference, and intervals where seeds exist):\n\n```bash\n"
         f".venv/bin/orandnet compare runs/{profile} runs/<other>        # in the terminal\n"
         f"make book PROFILE={profile} COMPARE=runs/<other>            # as this page of the book\n```\n")
+    config = book_config(root, repository_url(root))
+    if config is not None:  # `make book` builds with it: repository and issues buttons for readers online
+        store.write_text(root / ONLINE_CONFIG, config)
     written = []
     for name, text in (("parameters.md", parameters_page(root / "notebooks") + stamp), ("results.md", results + stamp),
                        ("reproduces.md", reproduces + stamp), ("headline.md", head), ("compare.md", comparison + stamp)):
         store.write_text(out_dir / name, text)
         written.append(out_dir / name)
     return written
+
+
+ONLINE_CONFIG = "_config.online.yml"  # beside _config.yml (its relative paths resolve there); not committed
+
+
+def repository_url(root: Path) -> str | None:
+    """The public https URL of the checkout's ``origin`` remote (GitHub), or None."""
+    import subprocess
+
+    try:
+        url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    if url.startswith("git@github.com:"):
+        url = "https://github.com/" + url.split(":", 1)[1]
+    url = url.removesuffix(".git")
+    return url if url.startswith("https://") else None
+
+
+def book_config(root: Path, url: str | None) -> str | None:
+    """``_config.yml`` with the repository and issues buttons switched on for ``url`` (None:
+    no public repository, so no buttons and no separate config)."""
+    if not url:
+        return None
+    text = (root / "_config.yml").read_text()
+    text = text.replace("repository:\n", f"repository:\n  url: {url}\n", 1)
+    text = text.replace("use_repository_button: false", "use_repository_button: true")
+    return text.replace("use_issues_button: false", "use_issues_button: true")
