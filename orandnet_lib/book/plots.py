@@ -75,7 +75,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | Non
                 ax.imshow(row[j], interpolation="nearest")
             if i == 0 and titles is not None and j < len(titles):
                 ax.set_title(textwrap.fill(titles[j], max(8, int(size * 11)), break_long_words=False),
-                             fontsize=9 if size >= 1.2 else 8)
+                             fontsize=9)
         if row_labels is not None:
             axes[i][0].axis("on")
             axes[i][0].set_xticks([])
