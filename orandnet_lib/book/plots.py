@@ -173,19 +173,21 @@ def shrinking_masks(dataset: "object", image_id: str, scales: Sequence[float], m
     return image_grid([row], titles=["image"] + [f"{label} mask at {s:g}" for s in scales], size=1.8)
 
 
-def score_bars(per_seed: "pd.DataFrame") -> plt.Figure:
-    """mIoU, precision and recall per training set and schedule: bars the mean over seeds,
-    error bars one standard deviation, points the seeds."""
+def score_bars(table: "pd.DataFrame", x: str = "training set", hue: str = "schedule",
+               seeds: bool = True) -> plt.Figure:
+    """mIoU, precision and recall (columns ``miou``, ``precision``, ``recall``) per ``x``, one
+    bar per ``hue``, stacked for the column. ``seeds``: rows are seeds, so bars are the mean,
+    lines one standard deviation and dots the seeds."""
     import seaborn as sns
 
     fig, axes = plt.subplots(3, 1, figsize=(COLUMN, 8.4), sharex=True)
     for ax, key in zip(axes, ("miou", "precision", "recall")):
-        sns.barplot(per_seed, x="training set", y=key, hue="schedule", errorbar="sd", ax=ax, alpha=0.8)
-        sns.stripplot(per_seed, x="training set", y=key, hue="schedule", dodge=True, ax=ax, palette="dark:k", size=4,
-                      legend=False)
+        sns.barplot(table, x=x, y=key, hue=hue, errorbar="sd" if seeds else None, ax=ax, alpha=0.8 if seeds else 1.0)
+        if seeds:
+            sns.stripplot(table, x=x, y=key, hue=hue, dodge=True, ax=ax, palette="dark:k", size=4, legend=False)
         ax.set(xlabel="", ylabel={"miou": "mIoU %", "precision": "precision %", "recall": "recall %"}[key])
         if key == "miou":
-            ax.legend(title="schedule (bar: mean, line: sd, dots: seeds)", ncol=3)
+            ax.legend(title=f"{hue} (bar: mean, line: sd, dots: seeds)" if seeds else hue, ncol=3 if seeds else 2)
         elif ax.get_legend() is not None:
             ax.get_legend().remove()
     fig.tight_layout()

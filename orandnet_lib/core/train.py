@@ -292,6 +292,13 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     return history
 
 
+def config_from(p: Any) -> TrainConfig:
+    """The training config of a stage whose parameters name ``epochs``, ``batch_size``,
+    ``optimizer``, ``lr``, ``weight_decay`` and ``seed`` (stages 3 and 4)."""
+    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
+                       weight_decay=p.weight_decay, seed=p.seed)
+
+
 def learning_config(cfg: TrainConfig) -> dict[str, Any]:
     """What a training config decides about the learned weights: all fields but those that
     only change how the run executes (workers, device, checkpoint cadence, memory format).

@@ -20,7 +20,7 @@ import torch
 
 from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
-from ..core.train import TrainConfig, fit, learning_config
+from ..core.train import TrainConfig, config_from, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore, sweep_store
 from ..methods.ensemble import Variant, sweep_variants
@@ -63,17 +63,6 @@ class Run:
     use_image: bool = False
 
 
-def train_config(p: Params) -> TrainConfig:
-    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
-                       weight_decay=p.weight_decay, seed=p.seed)
-
-
-def train_spec(p: Params) -> dict[str, Any]:
-    """The training config as keyed: all but what changes how a run executes, not what it
-    learns (as the training loop's resume check)."""
-    return spec_dict(learning_config(train_config(p)))
-
-
 def runs(p: Params) -> dict[str, Run]:
     """The main model, then the ablations the parameters ask for (in training order)."""
     out = {MAIN: Run(p.loss)}
@@ -100,7 +89,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     OR and AND stores' digests. ``stage1``: stage 1's parameters (:func:`stage1_params`;
     its defaults when not given), whose CNN the third classifier repeats with another seed.
     """
-    train = train_spec(p)
+    train = spec_dict(learning_config(config_from(p)))
     inputs = {"or": upstream[f"cams:{p.or_variant}_{p.train_split}"],
               "and": upstream[f"cams:{p.and_variant}_{p.train_split}"]}
     keys = {f"orandnet:{name}": ArtifactKey(
@@ -184,7 +173,7 @@ def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: V
 
 def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, Trained]:
     """The main model and the ablations, in order."""
-    return {name: train_variant(name, inputs.or_store, inputs.and_store, inputs.train, train_config(p), out_dir,
+    return {name: train_variant(name, inputs.or_store, inputs.and_store, inputs.train, config_from(p), out_dir,
                                 inputs.keys[f"orandnet:{name}"], loss=run.loss, use_image=run.use_image,
                                 encoder=p.encoder, widths=p.widths, pretrained=p.pretrained, progress=progress)
             for name, run in runs(p).items()}

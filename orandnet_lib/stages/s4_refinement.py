@@ -27,7 +27,7 @@ from ..core import store as files
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import ConfusionMatrix, cam_to_mask
 from ..core.parallel import default_workers
-from ..core.train import TrainConfig, fit, learning_config
+from ..core.train import config_from, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods import pseudo
 from ..methods.cams import CamStore, sweep_store, sweep_stream
@@ -85,17 +85,6 @@ class Params:
     n_examples: int = 4
 
 
-def train_config(p: Params) -> TrainConfig:
-    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
-                       weight_decay=p.weight_decay, seed=p.seed)
-
-
-def train_spec(p: Params) -> dict[str, Any]:
-    """The training config as keyed: all but what changes how a run executes, not what it
-    learns (as the training loop's resume check)."""
-    return spec_dict(learning_config(train_config(p)))
-
-
 def backbone_kwargs(p: Params) -> dict[str, Any]:
     """timm wants tuples where TOML and papermill give lists."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(p.boundary_backbone_kwargs).items()}
@@ -131,7 +120,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     ``upstream["cams:<variant>_<split>"]``: the CAM stores' digests."""
     spec = {"backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
             "pretrained": p.boundary_pretrained, "fg_threshold": p.fg_threshold, "bg_threshold": p.bg_threshold,
-            "use_crf": p.use_crf, "radius": p.radius, "train": train_spec(p)}
+            "use_crf": p.use_crf, "radius": p.radius, "train": spec_dict(learning_config(config_from(p)))}
     keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
                                                upstream={"cams": upstream[f"cams:{src}_{p.train_split}"]}, seed=p.seed)
             for src in boundary_sources(p)}
@@ -190,7 +179,7 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
                                 p.bg_threshold, p.use_crf, p.seed, progress=progress, workers=p.workers)
     label_seconds = time.perf_counter() - start
     checkpoint = key.path(out_dir, "boundary")
-    history = fit(net, labels, pseudo.boundary_loss(p.radius), train_config(p), checkpoint=checkpoint, identity=key,
+    history = fit(net, labels, pseudo.boundary_loss(p.radius), config_from(p), checkpoint=checkpoint, identity=key,
                   desc=f"training the relation network ({source})", progress=progress)
     return RelationNet(source, net, history, labels, label_seconds, checkpoint)
 
@@ -377,25 +366,6 @@ def seed_quality_figure(p: Params, qualities: Mapping[str, Mapping[str, Any]]) -
             ax.text(t, 102, name, rotation=90, fontsize=9, va="bottom", ha="center")
         ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100))
         ax.legend(loc="center right")
-    fig.tight_layout()
-    return fig
-
-
-def score_bars(table: Any) -> Any:
-    """mIoU, precision and recall per variant, one bar per refinement."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from ..book import plots
-
-    fig, axes = plt.subplots(3, 1, figsize=(plots.COLUMN, 8.4), sharex=True)
-    for ax, metric in zip(axes, ("miou", "precision", "recall")):
-        sns.barplot(table.reset_index(), x="variant", y=metric, hue="refinement", ax=ax)
-        ax.set(xlabel="", ylabel={"miou": "mIoU %", "precision": "precision %", "recall": "recall %"}[metric])
-        if metric == "miou":
-            ax.legend(title="refinement", ncol=2)
-        elif ax.get_legend() is not None:
-            ax.get_legend().remove()
     fig.tight_layout()
     return fig
 
