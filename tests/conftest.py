@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,23 @@ import pytest
 from orandnet_lib.data import fashion_mnist
 from orandnet_lib.data import synth
 from orandnet_lib.data.voc import VOCWriter
+from orandnet_lib.methods.pretrain import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pretrained_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Pretrained backbones (methods.pretrain) are cached in a temporary folder for the whole
+    session (the notebooks the tests run inherit it): tests never write into the project."""
+    folder = tmp_path_factory.mktemp("pretrained_cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 def write_tiny_voc(root: Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (20, 24),

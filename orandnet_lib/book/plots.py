@@ -87,6 +87,22 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | Non
     return fig
 
 
+def labelled_grid(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6,
+                  size: float = 1.2) -> plt.Figure:
+    """Images in rows of ``columns``, each titled with its caption (9 pt), fitting the column."""
+    columns = max(1, min(columns, len(images)))
+    size = min(size, COLUMN / columns)
+    n_rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(size * columns, (size + 0.25) * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Blend a (H, W) map in [0, 1] over an RGB image (for CAMs)."""
     colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3] * 255.0

@@ -122,6 +122,8 @@ class SegmentationSet(Dataset):
     (the image resized bilinearly, the mask downsampled by ``mask_mode``). Augmentation is
     drawn from (seed, epoch, index), so epochs are reproducible and resumable."""
 
+    CACHE_MB = 1024
+
     def __init__(self, dataset: VOCDataset, crop_size: int = 0, schedule: ScaleSchedule | None = None,
                  epochs: int = 1, scale_range: tuple[float, float] = (1.0, 1.0), flip: bool = True,
                  mask_mode: str = "majority", seed: int = 0):
@@ -129,6 +131,10 @@ class SegmentationSet(Dataset):
         self.schedule = schedule or ScaleSchedule()
         self.scale_range, self.flip, self.mask_mode, self.seed = tuple(scale_range), flip, mask_mode, seed
         self.epoch = 0
+        # decoded (image, mask) as uint8, kept while they fit in CACHE_MB: JPEG/PNG decoding otherwise
+        # costs as much as a training step on the embedded benchmark (a VOC-sized split outgrows it)
+        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,10 +147,16 @@ class SegmentationSet(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.dataset[index]
+        if index in self._decoded:
+            image, mask = self._decoded[index]
+        else:
+            sample = self.dataset[index]
+            image, mask = sample.image, sample.mask
+            if self._cached_bytes + image.nbytes + mask.nbytes <= self.CACHE_MB * 2**20:
+                self._decoded[index] = (image, mask)
+                self._cached_bytes += image.nbytes + mask.nbytes
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        x = to_tensor(sample.image)[0]
-        y = torch.from_numpy(sample.mask.astype(np.int64))
+        x, y = to_tensor(image)[0], torch.from_numpy(mask.astype(np.int64))
         lo, hi = self.scale_range
         if (lo, hi) != (1.0, 1.0):
             r = float(rng.uniform(lo, hi))
@@ -321,6 +333,8 @@ class SegmenterSpec:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     head_lr_mult: float = 10.0
+    warmup_steps: int = 0
+    bf16: bool = False  # CPU bfloat16 autocast
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SegmenterSpec":
@@ -338,7 +352,8 @@ class SegmenterSpec:
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           momentum=self.momentum, optimizer=self.optimizer, seed=seed)
+                           momentum=self.momentum, optimizer=self.optimizer, seed=seed,
+                           warmup_steps=self.warmup_steps, bf16=self.bf16)
 
 
 @dataclass

@@ -24,20 +24,31 @@ from ..data.voc import IGNORE_INDEX
 
 class BoundaryNet(nn.Module):
     """Multi-level features of a timm backbone, each squeezed by a 1x1 convolution,
-    upsampled to stride 4, concatenated and mapped to a (B, 1, H/4, W/4) boundary map in [0, 1]."""
+    upsampled to stride 4, concatenated and mapped to a (B, 1, H/4, W/4) boundary map in [0, 1].
+    ``freeze_backbone`` (IRN's setting): the backbone's weights are not trained and it stays in
+    eval mode (BatchNorm statistics frozen) also when the net trains; only the new layers learn."""
 
     def __init__(self, backbone: str = "resnet50", pretrained: str = "", width: int = 32,
-                 backbone_kwargs: dict[str, Any] | None = None):
+                 backbone_kwargs: dict[str, Any] | None = None, freeze_backbone: bool = False):
         super().__init__()
-        from .classifiers import _pretrained_kwargs
+        from .classifiers import _pretrained_kwargs, backbone_shape, init_backbone
 
         self.features = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3, 4),
-                                          **_pretrained_kwargs(pretrained), **(backbone_kwargs or {}))
+                                          **_pretrained_kwargs(pretrained, True), **(backbone_kwargs or {}))
+        init_backbone(self.features, pretrained, "cnn", backbone, backbone_shape("cnn", backbone_kwargs))
+        self.freeze_backbone = freeze_backbone
+        self.features.requires_grad_(not freeze_backbone)
         self.squeeze = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
             for c in self.features.feature_info.channels())
         self.head = nn.Conv2d(width * 4, 1, 1)
         self.stride = self.features.feature_info.reduction()[0]
+
+    def train(self, mode: bool = True) -> "BoundaryNet":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.features.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x)

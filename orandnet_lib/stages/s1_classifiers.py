@@ -30,10 +30,12 @@ from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import SweepResult, cam_to_mask
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
+from ..data import fashion_mnist
 from ..data.voc import VOCDataset
+from ..methods import pretrain
 from ..methods.cams import CamStore, compute_store, error_overlap, grid_limits, grid_shape, sweep_store
 from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
-from ..nets.classifiers import CLASSIFIER_KINDS, create_classifier
+from ..nets.classifiers import CLASSIFIER_KINDS, backbone_shape, create_classifier
 
 STAGE = "01_classifiers_and_cams"
 NOT_IN_KEYS = {
@@ -60,6 +62,8 @@ class Params:
     cnn_lr: float = 0.002
     cnn_weight_decay: float = 0.0001
     cnn_head_lr_mult: float = 1.0
+    cnn_warmup_steps: int = 0
+    cnn_bf16: bool = False
     vit_backbone: str = "vit_tiny_patch16_224"
     vit_backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"embed_dim": 96, "depth": 4, "num_heads": 4})
     vit_pretrained: str = ""
@@ -91,7 +95,7 @@ class ClassifierSpec:
 
     kind: str  # a registered classifier kind: "cnn" | "vit"
     backbone: str
-    pretrained: str = ""  # "" from scratch, "timm" from the hub, or a local weights file
+    pretrained: str = ""  # "" from scratch, "timm" from the hub, an auxiliary recipe ("aux"), or a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     crop_size: int = 96
     patch_size: int | None = None  # ViT only
@@ -105,6 +109,7 @@ class ClassifierSpec:
     optimizer: str = "sgd"
     warmup_steps: int = 0
     head_lr_mult: float = 1.0
+    bf16: bool = False  # CPU bfloat16 autocast
     scale_range: tuple[float, float] = (0.75, 1.25)
 
     @classmethod
@@ -116,7 +121,11 @@ class ClassifierSpec:
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           optimizer=self.optimizer, warmup_steps=self.warmup_steps, seed=seed)
+                           optimizer=self.optimizer, warmup_steps=self.warmup_steps, seed=seed, bf16=self.bf16)
+
+    def shape(self) -> dict[str, Any]:
+        """What shapes the backbone's weights (the key of its auxiliary pretraining)."""
+        return backbone_shape(self.kind, self.backbone_kwargs, self.patch_size, self.stem_widths)
 
 
 def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
@@ -125,7 +134,8 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
         "cnn": ClassifierSpec.from_dict(dict(
             kind="cnn", backbone=p.cnn_backbone, backbone_kwargs=p.cnn_backbone_kwargs, pretrained=p.cnn_pretrained,
             crop_size=p.crop_size, epochs=p.cnn_epochs, batch_size=p.cnn_batch_size, optimizer=p.cnn_optimizer,
-            lr=p.cnn_lr, weight_decay=p.cnn_weight_decay, head_lr_mult=p.cnn_head_lr_mult)),
+            lr=p.cnn_lr, weight_decay=p.cnn_weight_decay, head_lr_mult=p.cnn_head_lr_mult,
+            warmup_steps=p.cnn_warmup_steps, bf16=p.cnn_bf16)),
         "vit": ClassifierSpec.from_dict(dict(
             kind="vit", backbone=p.vit_backbone, backbone_kwargs=p.vit_backbone_kwargs, pretrained=p.vit_pretrained,
             crop_size=p.crop_size, patch_size=p.vit_patch_size, stem_widths=p.vit_stem_widths, pool=p.vit_pool,
@@ -141,6 +151,7 @@ def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) ->
     checkpoint holds the per-epoch validation history) and the seed."""
     train = spec_dict(learning_config(spec.train_config(seed)))
     architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
+    architecture["pretrained"] = pretrain.identity(spec.pretrained, spec.kind, spec.backbone, spec.shape())
     return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
                        data=data, seed=seed)
 
@@ -186,6 +197,80 @@ def load_splits(stage: Any, p: Params) -> Splits:
 def keys_for(p: Params, splits: Splits) -> dict[str, ArtifactKey]:
     """:func:`artifact_keys` with the fingerprints of the splits on disk."""
     return artifact_keys(p, splits.fingerprints(), {})
+
+
+# -- the starting point ----------------------------------------------------------------------------
+
+@dataclass
+class Pretrained:
+    """A classifier's backbone pretrained on an auxiliary task (``methods.pretrain``)."""
+
+    recipe: str
+    kind: str
+    backbone: str
+    path: Path  # the cached weights
+    summary: dict[str, Any]  # pretrain.summary: history, val_accuracy, seconds, ...
+
+
+def pretrained_backbones(p: Params, progress: bool = True) -> dict[str, Pretrained]:
+    """The weights of each classifier whose ``pretrained`` names an auxiliary recipe, trained on
+    the recipe's task on first use and cached (the classifiers then load them when built)."""
+    out = {}
+    for name, spec in classifier_specs(p).items():
+        if pretrain.is_recipe(spec.pretrained):
+            path = pretrain.weights_file(spec.pretrained, spec.kind, spec.backbone, spec.shape(), progress=progress,
+                                         log=lambda message: None)  # the table below says it
+            out[name] = Pretrained(spec.pretrained, spec.kind, spec.backbone, path, pretrain.summary(path))
+    return out
+
+
+def pretraining_table(pretrained: Mapping[str, Pretrained]) -> pd.DataFrame:
+    """One row per pretrained backbone: kind, timm backbone, recipe, held-out accuracy, the
+    seconds its pretraining took (when it ran, on whichever run first asked) and the cached file."""
+    return pd.DataFrame({name: {"kind": t.kind, "backbone": t.backbone, "recipe": t.recipe,
+                                "val accuracy (%)": t.summary["val_accuracy"], "seconds": t.summary["seconds"],
+                                "cached file": t.path.name}
+                         for name, t in pretrained.items()}).T
+
+
+def pretraining_curves(pretrained: Mapping[str, Pretrained]) -> plt.Figure:
+    """The training loss and held-out accuracy after each epoch of every pretraining."""
+    return plots.training_curves({f"{name} ({t.recipe})": t.summary["history"] for name, t in pretrained.items()},
+                                 keys=("loss", "val_accuracy"))
+
+
+def pretraining_examples(pretrained: Mapping[str, Pretrained], n: int = 12) -> plt.Figure:
+    """Training images of the (first) auxiliary task, each titled with its class."""
+    return pretrain.examples_figure(next(iter(pretrained.values())).recipe, n)
+
+
+def _start(setting: str) -> str:
+    if pretrain.is_recipe(setting):
+        return f"the backbone pretrained on the auxiliary task (recipe `{setting}`)"
+    if setting == "timm":
+        return "ImageNet weights loaded through timm, as in the paper"
+    return f"the weights in `{setting}`" if setting else "random weights (trained from scratch)"
+
+
+def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
+    """Where each classifier starts and, when one starts from an auxiliary task, why and what that task is."""
+    lines = [f"- **{name}** starts from {_start(spec.pretrained)}." for name, spec in classifier_specs(p).items()]
+    for recipe_name in dict.fromkeys(t.recipe for t in pretrained.values()):
+        r = pretrain.AUX_RECIPES.get(recipe_name)
+        lines.append(
+            f"\nThe paper's networks start from ImageNet-pretrained backbones; none can be had offline, so the "
+            f"embedded profiles make their own starting point. Recipe `{recipe_name}`: each backbone first learns a "
+            f"{len(fashion_mnist.CLASS_NAMES)}-way classification of single Fashion-MNIST items "
+            f"({', '.join(fashion_mnist.CLASS_NAMES)}), {r.n_train} images of {r.image_size} px, each one item "
+            f"tinted and textured as in the benchmark and pasted on a crop of the bundled photographs or (a share of "
+            f"{r.texture_background:.0%}) a procedural texture, trained for {r.epochs} epoch{'s' * (r.epochs != 1)}. "
+            f"The task uses no masks and none of the validation scenes' objects (the embedded benchmark's come from "
+            f"Fashion-MNIST's test set; the task draws from its training set only, every 10th item held out for the "
+            f"accuracy below, {r.n_val} images). The classifiers still learn this chapter's task from image labels "
+            f"only. The weights are cached by recipe and backbone shape, so a machine pays for them once; the "
+            f"relation net (stage 4) and DeepLab (stage 5) load the same pretrained ResNet when they name the same "
+            f"recipe and their backbone has the CNN's shape.")
+    return "\n".join(lines)
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -401,9 +486,11 @@ def shared_errors_figure(ov: pd.DataFrame, names: list[str]) -> plt.Figure:
 
 
 def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mapping[str, Mapping[str, SweepResult]],
-              ov: pd.DataFrame, limits: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The summary sections: ``classifiers``, ``cams``, ``error_overlap`` and, given the
-    representation limits, ``cams_limit`` (:func:`limits_summary`)."""
+              ov: pd.DataFrame, limits: pd.DataFrame | None = None,
+              pretrained: Mapping[str, Pretrained] | None = None) -> dict[str, Any]:
+    """The summary sections: ``classifiers``, ``cams``, ``error_overlap``, given the
+    representation limits ``cams_limit`` (:func:`limits_summary`) and, given the pretrained
+    backbones, ``pretraining`` (per classifier: recipe, val accuracy, seconds, cached file)."""
     cams = {name: {"miou": sw.best()["miou"], "precision": sw.best()["precision"], "recall": sw.best()["recall"],
                    "threshold": sw.best()["threshold"], "crossover": sw.crossover(),
                    "val": sweeps[p.val_split][name].best()}
@@ -412,10 +499,17 @@ def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mappi
                           "train_seconds": t.train_seconds, "spec": t.spec.to_dict()}
                    for name, t in trained.items()}
     fg = ov.iloc[1:]
-    shared = {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"]))}
+    shared = {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"])),
+              # of each source's foreground false-positive pixels, the share the other source makes too
+              "fp_shared_of": {name: float(fg["fp_shared"].sum() / max(1, fg[col].sum()))
+                               for name, col in zip(trained, ("fp_a", "fp_b"))}}
     out = {"classifiers": classifiers, "cams": cams, "error_overlap": shared}
     if limits is not None:
         out["cams_limit"] = limits_summary(limits)
+    if pretrained:
+        out["pretraining"] = {name: {"recipe": t.recipe, "val_accuracy": t.summary["val_accuracy"],
+                                     "seconds": t.summary["seconds"], "file": t.path.name}
+                              for name, t in pretrained.items()}
     return out
 
 

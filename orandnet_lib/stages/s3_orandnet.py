@@ -50,6 +50,7 @@ class Params:
     optimizer: str = "adamw"
     lr: float = 0.001
     weight_decay: float = 0.0001
+    bf16: bool = False
     ablate_loss: bool = True  # also train with the other loss
     ablate_image: bool = True  # also train with the RGB image as input
     third_classifier_seed: int = 1  # stage 1's CNN retrained with this seed; -1: skip

@@ -29,10 +29,11 @@ from ..core.metrics import ConfusionMatrix, cam_to_mask
 from ..core.parallel import default_workers
 from ..core.train import config_from, fit, learning_config
 from ..data.voc import VOCDataset
-from ..methods import pseudo
+from ..methods import pretrain, pseudo
 from ..methods.cams import CamStore, sweep_store, sweep_stream
 from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, walk_input
 from ..nets.boundary import BoundaryNet
+from ..nets.classifiers import backbone_shape
 
 STAGE = "04_refinement"
 NOT_IN_KEYS = {
@@ -69,11 +70,13 @@ class Params:
     boundary_backbone: str = "resnet18"
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
     boundary_pretrained: str = ""
+    boundary_freeze_backbone: bool = False  # IRN's: the pretrained backbone is not trained, BatchNorm frozen
     epochs: int = 4
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 0.001
     weight_decay: float = 0.0001
+    bf16: bool = False
     radius: int = 5  # affinity radius on the stride-4 grid
     beta: float = 10.0  # affinity exponent
     exp_times: int = 8  # IRN's: the transition matrix raised to 2 ** exp_times (256 steps)
@@ -119,7 +122,10 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     of the net that refined it). ``data[train_split]``: the split's fingerprint;
     ``upstream["cams:<variant>_<split>"]``: the CAM stores' digests."""
     spec = {"backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
-            "pretrained": p.boundary_pretrained, "fg_threshold": p.fg_threshold, "bg_threshold": p.bg_threshold,
+            "pretrained": pretrain.identity(p.boundary_pretrained, "cnn", p.boundary_backbone,
+                                            backbone_shape("cnn", p.boundary_backbone_kwargs)),
+            "freeze_backbone": p.boundary_freeze_backbone, "fg_threshold": p.fg_threshold,
+            "bg_threshold": p.bg_threshold,
             "use_crf": p.use_crf, "radius": p.radius, "train": spec_dict(learning_config(config_from(p)))}
     keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
                                                upstream={"cams": upstream[f"cams:{src}_{p.train_split}"]}, seed=p.seed)
@@ -173,7 +179,8 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
     changed setting trains a new network instead of resuming another."""
     key = inputs.keys[f"boundary_net:{source}"]
     torch.manual_seed(p.seed)
-    net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p))
+    net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p),
+                      freeze_backbone=p.boundary_freeze_backbone)
     start = time.perf_counter()
     labels = pseudo.BoundarySet(inputs.stores[source], inputs.train, net.stride, p.fg_threshold,
                                 p.bg_threshold, p.use_crf, p.seed, progress=progress, workers=p.workers)

@@ -33,8 +33,10 @@ from ..core import paper
 from ..core.identity import ArtifactKey, dataset_fingerprint, read_identity, spec_dict
 from ..core.stats import describe_difference, paired_difference
 from ..data.voc import VOCDataset
+from ..methods import pretrain
 from ..methods.segmentation import (Evaluation, ScaleSchedule, SegmenterSpec, evaluate, recall_by_size,
                                     train_segmenter)
+from ..nets.classifiers import backbone_shape
 
 STAGE = "05_segmentation_curriculum"
 GROUND_TRUTH = "gt"  # the training set of ground-truth masks (the fully supervised bound)
@@ -83,6 +85,8 @@ class Params:
     lr: float = 0.004
     weight_decay: float = 0.0005
     head_lr_mult: float = 1.0
+    warmup_steps: int = 0
+    bf16: bool = False
     eval_scales: tuple[float, ...] = (1.0,)
     eval_flip: bool = False
     eval_crf_iterations: int = 0
@@ -110,6 +114,7 @@ def segmenter_spec(p: Params, schedule: str) -> SegmenterSpec:
         rates=p.rates, head_channels=p.head_channels, dropout=p.dropout, crop_size=p.crop_size,
         scale_range=p.scale_range, mask_mode=p.mask_mode, epochs=p.epochs, batch_size=p.batch_size,
         optimizer=p.optimizer, lr=p.lr, weight_decay=p.weight_decay, head_lr_mult=p.head_lr_mult,
+        warmup_steps=p.warmup_steps, bf16=p.bf16,
         schedule=p.schedules.get(schedule)))
 
 
@@ -148,7 +153,9 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     the pseudo-masks' identity is their artifact key, inside their fingerprint."""
     keys = {}
     for tset, sched, sd in plan(p):
-        spec = {**spec_dict(segmenter_spec(p, sched)), "curve_split": data[p.val_split]}
+        spec = {**spec_dict(segmenter_spec(p, sched)), "curve_split": data[p.val_split],
+                "pretrained": pretrain.identity(p.pretrained, "cnn", p.backbone,
+                                                backbone_shape("cnn", p.backbone_kwargs))}
         keys[f"deeplab:{run_name(tset, sched, sd)}"] = ArtifactKey(
             "deeplab", spec, data=data[training_data_name(tset, p.train_split)], seed=sd)
     return keys

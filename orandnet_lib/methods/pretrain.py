@@ -1,0 +1,325 @@
+"""The embedded profiles' starting point: backbones pretrained on an auxiliary image-level task.
+
+The paper's networks start from ImageNet weights; none can be had offline, so the embedded
+profiles make their own: every network's backbone first learns a 10-way image classification
+of single Fashion-MNIST items (all ten classes, tinted and textured as in the benchmark) pasted
+on crops of the bundled photographs or on procedural textures. It uses no masks and none of
+the validation scenes' objects (those come from Fashion-MNIST's test set; this task draws from
+its training set only), and the WSSS classifiers still learn their task from image labels.
+
+A recipe (``AUX_RECIPES``) names the task and its training; ``weights_file`` returns the
+cached weights of one backbone shape under one recipe, training them on first use. The cache
+is keyed by recipe and shape, so a machine pays for each shape once, whatever run asks.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..core import store
+from ..core.identity import ArtifactKey, spec_dict
+from ..core.progress import bar as progress_bar
+from ..core.registry import Registry
+from ..core.train import TrainConfig, fit, learning_config
+from ..data import fashion_mnist, synth
+
+RECIPE_VERSION = 1  # bump when the task's generator changes in a way the recipe fields do not show
+CACHE_ENV = "ORANDNET_CACHE"  # where pretrained weights are kept; default <project>/data/cache
+
+
+@dataclass(frozen=True)
+class AuxRecipe:
+    """The auxiliary task (its images) and how a backbone is trained on it."""
+
+    n_train: int = 12000
+    n_val: int = 1000  # held-out Fashion-MNIST training items (every 10th), to report accuracy
+    image_size: int = 48  # a quarter of the pixels of a 96 px scene: 4x the images per second (pilots)
+    object_size: tuple[float, float] = (0.3, 0.9)  # longer side, fraction of the image side
+    texture_background: float = 0.4  # share of images on a procedural texture instead of a photo
+    epochs: int = 14
+    batch_size: int = 64
+    lr: float = 0.003
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    label_smoothing: float = 0.1
+    bf16_kinds: tuple[str, ...] = ("cnn",)  # make bench: bf16 speeds the ResNet up, slows the ViT down
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "version": RECIPE_VERSION}
+
+    def train_config(self, kind: str = "cnn") -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adamw",
+                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, seed=self.seed,
+                           bf16=kind in self.bf16_kinds)
+
+
+AUX_RECIPES: Registry[AuxRecipe] = Registry("auxiliary pretraining recipe")
+AUX_RECIPES.add("aux", AuxRecipe(), label="auxiliary task, default size")
+AUX_RECIPES.add("aux-smoke", AuxRecipe(n_train=256, n_val=64, image_size=48, epochs=1, batch_size=32,
+                                       warmup_steps=2), label="auxiliary task, smoke size")
+
+
+def is_recipe(pretrained: str) -> bool:
+    """True when a network's ``pretrained`` setting names an auxiliary recipe."""
+    return pretrained in AUX_RECIPES
+
+
+# ----------------------------------------------------------------------------- the task's images
+
+def _procedural(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(S, S, 3) float background: two random colours mixed by stripes, checks, speckle or a
+    smooth gradient."""
+    a, b = (np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.9), rng.uniform(0.2, 1.0)),
+                     dtype=np.float32) * 255 for _ in range(2))
+    kind = int(rng.integers(0, 4))
+    if kind < 3:
+        # synth's object textures, at a coarser period, as a mixing weight in [0, 1]
+        weight = (synth._texture((size, size), rng, 1.0) - 0.6) / 0.4
+    else:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        angle = rng.uniform(0, 2 * np.pi)
+        weight = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)
+    return weight[..., None] * a + (1 - weight[..., None]) * b
+
+
+def aux_sample(index: int, split: str, recipe: AuxRecipe, photos: Mapping[str, np.ndarray],
+               items: np.ndarray, by_class: Mapping[int, np.ndarray]) -> tuple[np.ndarray, int]:
+    """One image of the task: (S, S, 3) uint8 and its Fashion-MNIST class (0-9)."""
+    rng = np.random.default_rng([recipe.seed, 104729, synth.SPLIT_CODES[split], index])
+    label = int(rng.integers(0, len(fashion_mnist.CLASS_NAMES)))
+    cfg = synth.SceneConfig(image_size=recipe.image_size, max_overlap=1.0)
+    if rng.random() < recipe.texture_background:
+        canvas = _procedural(recipe.image_size, rng)
+    else:
+        canvas = synth._background(synth._Sources(photos=dict(photos), items={}),
+                                   synth.PHOTOS[int(rng.integers(0, len(synth.PHOTOS)))], cfg, rng)
+    pool = by_class[label]
+    item = items[pool[int(rng.integers(0, len(pool)))]]
+    lo, hi = np.log(recipe.object_size[0]), np.log(recipe.object_size[1])
+    side = max(4, round(recipe.image_size * float(np.exp(rng.uniform(lo, hi)))))
+    patch, mask = synth._render_item(item, side, cfg, rng)
+    occupied = np.zeros(canvas.shape[:2], dtype=bool)
+    synth._paste(canvas, occupied, patch, mask, cfg, rng)
+    canvas = canvas + rng.normal(0, 4.0, size=canvas.shape)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), label
+
+
+def item_pools(labels: np.ndarray, split: str) -> dict[int, np.ndarray]:
+    """Per Fashion-MNIST class, the indices of the training-set items ``split`` may paste: every
+    10th item is held out for "val", the others are "train"'s."""
+    held_out = np.arange(len(labels)) % 10 == 0
+    keep = held_out if split == "val" else ~held_out
+    return {c: np.flatnonzero(keep & (labels == c)) for c in range(len(fashion_mnist.CLASS_NAMES))}
+
+
+def aux_images(recipe: AuxRecipe, split: str, progress: bool = True, n: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The task's ``split`` ("train" or "val") as (N, S, S, 3) uint8 images and (N,) labels
+    (the first ``n`` only, when given). Both draw items from Fashion-MNIST's training set:
+    every 10th item is held out for "val" (:func:`item_pools`)."""
+    images, labels = fashion_mnist.load("train")
+    by_class = item_pools(labels, split)
+    photos = synth.load_photos()
+    n = (recipe.n_val if split == "val" else recipe.n_train) if n is None else n
+    out = np.empty((n, recipe.image_size, recipe.image_size, 3), dtype=np.uint8)
+    targets = np.empty(n, dtype=np.int64)
+    for i in progress_bar(range(n), desc=f"auxiliary task: {split} images", disable=not progress, leave=False):
+        out[i], targets[i] = aux_sample(i, split, recipe, photos, images, by_class)
+    return out, targets
+
+
+def examples_figure(recipe_name: str, n: int = 12, columns: int = 6) -> Any:
+    """The first ``n`` training images of a recipe's task, each titled with its class."""
+    from ..book import plots
+
+    images, labels = aux_images(AUX_RECIPES.get(recipe_name), "train", progress=False, n=n)
+    return plots.labelled_grid(list(images), [fashion_mnist.CLASS_NAMES[int(c)] for c in labels], columns)
+
+
+@functools.lru_cache(maxsize=2)
+def _task_images(recipe: AuxRecipe, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`aux_images`, made once per process: the CNN and the ViT pretrain on the same images."""
+    return aux_images(recipe, split, progress=progress)
+
+
+class AuxSet(Dataset):
+    """Normalised (3, S, S) tensors with a random horizontal flip when ``augment``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool, seed: int = 0):
+        from .cams import to_tensor
+
+        self.x = torch.cat([to_tensor(images[i : i + 256]) for i in range(0, len(images), 256)]) if len(images) \
+            else torch.empty(0, 3, 1, 1)
+        self.y = torch.from_numpy(labels)
+        self.augment, self.seed, self.epoch = augment, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[index]
+        if self.augment and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            x = x.flip(-1)
+        return x, self.y[index]
+
+
+# ----------------------------------------------------------------------------- training and the cache
+
+def cache_dir() -> Path:
+    """$ORANDNET_CACHE, else ``data/cache`` in the project (beside the generated data)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    from ..book.profiles import project_root
+
+    return project_root() / "data" / "cache"
+
+
+def weights_key(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, Any]) -> ArtifactKey:
+    """The identity of one backbone's pretrained weights: the recipe (its full settings), the
+    network kind, the timm backbone and every constructor argument that shapes its weights."""
+    recipe = AUX_RECIPES.get(recipe_name)
+    return ArtifactKey("pretrained", {"recipe": recipe.to_dict(), "kind": kind, "backbone": backbone,
+                                      "shape": spec_dict(shape)})
+
+
+def identity(pretrained: str, kind: str, backbone: str, shape: Mapping[str, Any]) -> str:
+    """What a network's ``pretrained`` setting means, for the key of an artifact trained from it:
+    the setting itself, unless it names a recipe: then ``"<recipe>:<weights key digest>"``, so a
+    changed recipe setting changes the key. Pure: no file is read or trained."""
+    if not is_recipe(pretrained):
+        return pretrained
+    return f"{pretrained}:{weights_key(pretrained, kind, backbone, shape).digest}"
+
+
+def cached_path(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, Any]) -> Path:
+    """Where the weights of a backbone under a recipe are (or will be) cached."""
+    return weights_key(recipe_name, kind, backbone, shape).path(cache_dir() / "pretrained", f"{kind}-{backbone}")
+
+
+def _network(kind: str, backbone: str, shape: Mapping[str, Any], image_size: int) -> nn.Module:
+    """The network pretrained on the task: the CAM classifier of ``kind`` with a 10-way head."""
+    from ..nets.classifiers import create_classifier
+
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in shape.items()}
+    if kind == "vit":  # shape: the ViT's backbone kwargs plus its patch size and stem
+        extra = {"patch_size": kwargs.pop("patch_size", None), "stem_widths": kwargs.pop("stem_widths", ()),
+                 "img_size": image_size}
+        kwargs = {"backbone_kwargs": kwargs, **extra}
+    else:  # output stride 32 as ImageNet training; the CAM networks dilate the last stage later
+        kwargs = {"backbone_kwargs": kwargs, "output_stride": 32}
+    return create_classifier(kind, len(fashion_mnist.CLASS_NAMES), backbone=backbone, pretrained="", **kwargs)
+
+
+def backbone_module(net: nn.Module) -> nn.Module:
+    """The part of a CAM classifier that other networks take as their backbone (timm's module)."""
+    return net.vit if hasattr(net, "vit") else net.features
+
+
+def _loss(smoothing: float):
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=smoothing), {
+            "accuracy": float((logits.argmax(1) == y).float().mean())}
+    return loss
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, data: AuxSet, batch_size: int = 256) -> float:
+    model.eval()
+    hits = sum(int((model(data.x[i : i + batch_size]).argmax(1) == data.y[i : i + batch_size]).sum())
+               for i in range(0, len(data), batch_size))
+    return 100.0 * hits / max(1, len(data))
+
+
+def weights_file(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, Any] | None = None,
+                 progress: bool = True, log: Any = print) -> Path:
+    """The cached pretrained weights of a backbone (``kind`` "cnn" or "vit", timm ``backbone``,
+    ``shape``: its constructor arguments, e.g. channels and layers, or the ViT's embed_dim, depth,
+    stem_widths, patch_size), trained on the recipe's task when not cached yet."""
+    shape = dict(shape or {})
+    key = weights_key(recipe_name, kind, backbone, shape)
+    path = cached_path(recipe_name, kind, backbone, shape)
+    if path.exists():
+        return path
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is the same whether cached or not
+        return _train(recipe_name, kind, backbone, shape, key, path, progress, log)
+
+
+def _train(recipe_name: str, kind: str, backbone: str, shape: dict[str, Any], key: ArtifactKey, path: Path,
+           progress: bool, log: Any) -> Path:
+    recipe = AUX_RECIPES.get(recipe_name)
+    start = time.perf_counter()
+    train_x, train_y = _task_images(recipe, "train", progress)
+    val_x, val_y = _task_images(recipe, "val", progress)
+    train, val = AuxSet(train_x, train_y, augment=True, seed=recipe.seed), AuxSet(val_x, val_y, augment=False)
+    torch.manual_seed(recipe.seed)
+    model = _network(kind, backbone, shape, recipe.image_size)
+    cfg = recipe.train_config(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.pt")  # fit's own checkpoint: a killed run resumes from it
+    history = fit(model, train, _loss(recipe.label_smoothing), cfg, checkpoint=partial, identity=key,
+                  param_groups=model.param_groups(1.0), evaluate=lambda m, e: {"val_accuracy": accuracy(m, val)},
+                  progress=progress, desc=f"pretraining {kind} ({backbone}) on the auxiliary task")
+    with store.atomic_path(path) as tmp:
+        torch.save({"state_dict": backbone_module(model).state_dict(), "identity": key.to_dict(),
+                    "history": history, "val_accuracy": history[-1]["val_accuracy"],
+                    "seconds": time.perf_counter() - start, "train_config": learning_config(cfg)}, tmp)
+    partial.unlink(missing_ok=True)
+    log(f"pretrained {kind} {backbone} on the auxiliary task: val accuracy {history[-1]['val_accuracy']:.1f} % "
+        f"in {time.perf_counter() - start:.0f} s -> {path.name}")
+    return path
+
+
+def load_into(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load pretrained backbone weights into a timm module (a ``features_only`` ResNet or a
+    VisionTransformer): every weight must match but a classification head's, which is dropped.
+    A ViT's position embedding is resampled when its token grid differs from the saved one."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    own = module.state_dict()
+    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed
+
+        prefix = int(getattr(module, "num_prefix_tokens", 1))
+        grid = module.patch_embed.grid_size  # type: ignore[union-attr]
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
+    missing = [k for k in own if k not in state and not k.startswith(("fc.", "head."))]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+             if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        # a ResNet stage as wide as the one before has a projection shortcut only where it is strided,
+        # so the same kwargs at another output stride give other weights
+        shortcut_only = all(".downsample." in k for k in missing + unexpected) and not wrong
+        hint = ("; a dilated ResNet stage as wide as the previous one loses its projection shortcut: give "
+                "every stage more channels than the one before" if shortcut_only else "")
+        raise ValueError(f"{path}: pretrained weights do not fit this backbone (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, other shapes {wrong[:5]}){hint}")
+    module.load_state_dict(state, strict=False)
+    return module
+
+
+def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a cached weights file says about itself (no tensors)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: state[k] for k in ("identity", "history", "val_accuracy", "seconds", "train_config")}
