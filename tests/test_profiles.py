@@ -13,7 +13,7 @@ def test_builtin_profiles_load_and_embedded_configs_validate():
 
 
 def test_unknown_profile():
-    with pytest.raises(ConfigError, match="unknown profile 'fast'; choose one of smoke, default, paper"):
+    with pytest.raises(ConfigError, match="unknown profile 'fast'; choose one of smoke, default, extended, paper"):
         profiles.load_profile("fast")
 
 
@@ -51,3 +51,21 @@ def test_data_fingerprint_changes_with_split_lists(tiny_voc):
     assert before.startswith("voc:")
     (tiny_voc / "ImageSets/Segmentation/val.txt").write_text("val_0\n")
     assert profiles.data_fingerprint(tiny_voc) != before
+
+
+def test_extended_profile_starts_from_default():
+    default, extended = profiles.load_profile("default"), profiles.load_profile("extended")
+    assert extended["name"] == "extended"
+    assert extended["data"] == default["data"]
+    s5, d5 = extended["stages"]["05_segmentation_curriculum"], default["stages"]["05_segmentation_curriculum"]
+    assert s5["schedule_sets"] == ["gt", "cnn", "orandnet"] and d5["schedule_sets"] == ["gt"]
+    assert s5["pretrained"] == d5["pretrained"] == "aux"  # inherited
+    assert extended["stages"]["03_orandnet"]["ablate_loss"] is True
+    assert default["stages"]["03_orandnet"]["ablate_loss"] is False
+
+
+def test_profile_that_extends_itself_is_refused(tmp_path):
+    path = tmp_path / "loop.toml"
+    path.write_text('extends = "loop"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        profiles.load_profile(str(path))

@@ -22,7 +22,7 @@ from ..data import synth
 from ..core.errors import ConfigError
 from ..data.voc import check_layout
 
-PROFILE_NAMES = ("smoke", "default", "paper")
+PROFILE_NAMES = ("smoke", "default", "extended", "paper")
 
 
 def project_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -67,6 +67,12 @@ def load_profile(name: str) -> dict[str, Any]:
         profile = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"profile {name!r}: invalid TOML ({e})") from e
+    base = profile.pop("extends", None)
+    if base is not None:  # a profile that starts from another and changes some of its values
+        if base == Path(name).stem:
+            raise ConfigError(f"profile {name!r} extends itself")
+        profile = store.deep_merge(load_profile(base), profile)
+        profile.pop("name", None)
     profile.setdefault("seed", 0)
     profile.setdefault("data", {})
     profile.setdefault("stages", {})
