@@ -9,6 +9,7 @@ so the benchmark needs no finished run; the stage table reads ``runs/<profile>/`
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -280,12 +281,21 @@ def bench_bf16_training(rng: np.random.Generator) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- stages and re-runs
 
 def stage_table(profile: str) -> list[dict[str, Any]]:
+    """Per stage of ``runs/<profile>``: wall and CPU seconds, peak memory, and (default profile)
+    the wall seconds before calibration, from ``book/calibration.json``."""
+    from importlib import resources
+
+    before: dict[str, float] = {}
+    if profile == "default":
+        record = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
+        before = record["stages_before"]["wall_time_s"]
     run_dir = ROOT / "runs" / profile
     rows = []
     for path in sorted(run_dir.glob("*/manifest.json")):
         m = store.read_json(path)
         rows.append({"stage": path.parent.name, "wall_time_s": m.get("wall_time_s"),
-                     "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb")})
+                     "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+                     "wall_time_before_s": before.get(path.parent.name)})
     return rows
 
 
@@ -339,11 +349,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = ["stage                            wall s   CPU s  peak MiB"]
+    lines = ["stage                            wall s   CPU s  peak MiB  wall s before calibration"]
     for r in results["stages"]:
-        cpu = r["cpu_time_s"]
+        cpu, before = r["cpu_time_s"], r.get("wall_time_before_s")
         lines.append(f"{r['stage']:<32} {r['wall_time_s'] or 0:7.1f} {cpu if cpu is not None else float('nan'):7.1f} "
-                     f"{r['peak_rss_mb'] or 0:9.0f}")
+                     f"{r['peak_rss_mb'] or 0:9.0f}  {before if before is not None else '-':>8}")
+    total = sum(r["wall_time_s"] or 0 for r in results["stages"])
+    total_before = sum(r.get("wall_time_before_s") or 0 for r in results["stages"])
+    lines.append(f"{'all stages':<32} {total:7.1f} {'':7} {'':9}  {total_before or '-':>8}")
     lines += ["", f"{'kernel':<72} {'value':>10} {'naive':>10} {'ratio':>7}  unit"]
     for k in results["kernels"]:
         naive = f"{k['naive_value']:10.1f}" if "naive_value" in k else f"{'-':>10}"

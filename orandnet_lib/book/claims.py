@@ -120,7 +120,12 @@ def reproduces_page(summary: Mapping[str, Any]) -> str:
     gain = summary.get("precision_vs_miou", {}).get("gain", {})
     if gain.get("paper_context"):
         lines += ["", f"The paper's {paper.GAIN:+.1f}: {gain['paper_context']}."]
-    return "\n".join(lines) + "\n"
+    from . import operating_point
+
+    chapters = {stem: f"../executed/{stem}" for stem in
+                ("01_classifiers_and_cams", "04_refinement", "05_segmentation_curriculum")}
+    lines += ["", operating_point.section(summary, chapters)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def headline(summary: Mapping[str, Any]) -> str:

@@ -181,8 +181,35 @@ def context_figure(ctx: Context) -> plt.Figure:
     return fig
 
 
+GRID_STRIDES = (4, 8, 16, 32)  # the relation net's, DeepLab's and the ViT's, the CNN CAM's, a plain ResNet's
+
+
+def representation_limits(data: Benchmark, strides: tuple[int, ...] = GRID_STRIDES) -> pd.DataFrame:
+    """The best mIoU (%) any map on an output grid of each stride can reach on each split: the
+    true masks shrunk to the grid and scaled back (:func:`~orandnet_lib.methods.cams.grid_limits`).
+    A network whose score is far below its grid's limit is limited by its training, not its grid."""
+    from ..methods.cams import grid_limits, grid_shape
+
+    h, w = data.first.load_mask(data.first.ids[0]).shape
+    per_split = {split: grid_limits(ds, [(st, 1.0) for st in strides]) for split, ds in data.datasets.items()}
+    return pd.DataFrame([{"output stride": st, f"grid at {h}x{w} px": "x".join(map(str, grid_shape(h, w, st, 1.0))),
+                          **{f"{split} limit mIoU (%)": lim[(st, 1.0)] for split, lim in per_split.items()}}
+                         for st in strides]).set_index("output stride")
+
+
+def calibration_record() -> tuple[str, pd.DataFrame]:
+    """The pilots that set the default profile's operating point (issue 15), as recorded in
+    ``book/calibration.json``: what it says of them, and one row per pilot."""
+    import json
+    from importlib import resources
+
+    record = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
+    table = pd.DataFrame(record["pilots"]).fillna("").rename(columns=str.capitalize)
+    return record["about"], table
+
+
 def summarise(stage: Any, data: Benchmark, stats: ClassStatistics, edges: tuple[float, float],
-              size_share: pd.Series, ctx: Context) -> dict[str, Any]:
+              size_share: pd.Series, ctx: Context, limits: pd.DataFrame | None = None) -> dict[str, Any]:
     """The stage's record: ``{"dataset": {...}}`` (later stages read ``size_edges``)."""
     dataset: dict[str, Any] = {
         "root": profiles.display_path(stage.data_root),
@@ -196,6 +223,9 @@ def summarise(stage: Any, data: Benchmark, stats: ClassStatistics, edges: tuple[
     if ctx.rates is not None and data.generator is not None:
         dataset["context_bias_asked"] = float(data.generator["config"]["context_bias"])
         dataset["context_bias_measured"] = float(ctx.rates["p_preferred"].mean())
+    if limits is not None:
+        dataset["grid_limits"] = {str(st): {c.removesuffix(" limit mIoU (%)"): float(v) for c, v in row.items()
+                                            if c.endswith(" limit mIoU (%)")} for st, row in limits.iterrows()}
     return {"dataset": dataset}
 
 

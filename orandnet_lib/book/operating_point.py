@@ -1,0 +1,116 @@
+"""The operating point of a run: the quantities that decide whether the paper's mechanisms *can*
+show (issue 15's calibration targets), read from a run's summary.json beside their targets.
+
+None of them is an effect the book studies (ORANDNet's result, AND's advantage, the segmentation
+gain): they say whether the networks are good enough for those effects to be measurable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Summary = Mapping[str, Any]
+
+
+def _get(summary: Summary, *path: str) -> Any:
+    node: Any = summary
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _headline_schedule(summary: Summary, training_set: str) -> Mapping[str, Any] | None:
+    by_schedule = _get(summary, "segmentation", training_set) or {}
+    name = _get(summary, "segmentation_headline", "schedule") or "curriculum"
+    return by_schedule.get(name) or next(iter(by_schedule.values()), None)
+
+
+def supervised_bound(s: Summary) -> float | None:
+    gt = _get(s, "segmentation", "gt") or {}
+    entry = gt.get("constant") or next(iter(gt.values()), None)
+    return None if entry is None else float(entry["miou"])
+
+
+def refinement_gain(s: Summary) -> float | None:
+    cam, rw = _get(s, "refinement", "cnn", "cam", "miou"), _get(s, "refinement", "cnn", "rw", "miou")
+    return None if cam is None or rw is None else float(rw) - float(cam)
+
+
+def pseudo_ratio(s: Summary) -> float | None:
+    seg, pseudo = _headline_schedule(s, "cnn"), _get(s, "pseudo_masks", "cnn", "miou")
+    return None if seg is None or not pseudo else float(seg["miou"]) / float(pseudo)
+
+
+def total_seconds(s: Summary) -> float | None:
+    times = [v.get("wall_time_s") for v in (_get(s, "stages") or {}).values()]
+    return float(sum(t for t in times if t is not None)) if times else None
+
+
+def peak_gib(s: Summary) -> float | None:
+    peaks = [v.get("peak_rss_mb") for v in (_get(s, "stages") or {}).values() if v.get("peak_rss_mb") is not None]
+    return max(peaks) / 1024 if peaks else None
+
+
+@dataclass(frozen=True)
+class Target:
+    quantity: str
+    chapter: str  # the notebook stem that measures it
+    target: str  # as the reader reads it
+    value: Callable[[Summary], float | None]
+    met: Callable[[float], bool]
+    fmt: str = "{:.1f}"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("fully supervised DeepLab, val mIoU", "05_segmentation_curriculum", ">= 75", supervised_bound,
+           lambda v: v >= 75),
+    Target("CNN classifier, val mAP (%)", "01_classifiers_and_cams", ">= 90",
+           lambda s: _get(s, "classifiers", "cnn", "val_map"), lambda v: v >= 90),
+    Target("ViT classifier, val mAP (%)", "01_classifiers_and_cams", ">= 90",
+           lambda s: _get(s, "classifiers", "vit", "val_map"), lambda v: v >= 90),
+    Target("CNN CAM mIoU (train, best background score)", "01_classifiers_and_cams", ">= 40",
+           lambda s: _get(s, "cams", "cnn", "miou"), lambda v: v >= 40),
+    Target("ViT CAM mIoU (train, best background score)", "01_classifiers_and_cams", ">= 30",
+           lambda s: _get(s, "cams", "vit", "miou"), lambda v: v >= 30),
+    Target("share of the CNN's false-positive pixels the ViT also makes", "01_classifiers_and_cams", "<= 0.5",
+           lambda s: _get(s, "error_overlap", "fp_shared_of", "cnn"), lambda v: v <= 0.5, "{:.2f}"),
+    Target("CNN pseudo-masks: random walk minus CAM, mIoU", "04_refinement", ">= +5", refinement_gain,
+           lambda v: v >= 5, "{:+.1f}"),
+    Target("DeepLab on CNN pseudo-masks / their mIoU", "05_segmentation_curriculum", ">= 0.9", pseudo_ratio,
+           lambda v: v >= 0.9, "{:.2f}"),
+    Target("all stages, wall time (s)", "", "<= 900", total_seconds, lambda v: v <= 900, "{:.0f}"),
+    Target("peak memory of a stage (GiB)", "", "<= 6", peak_gib, lambda v: v <= 6, "{:.1f}"),
+)
+
+
+def rows(summary: Summary) -> list[dict[str, Any]]:
+    """One row per target: quantity, target, this run's value (None: not measured), met (None)."""
+    out = []
+    for t in TARGETS:
+        v = t.value(summary)
+        out.append({"quantity": t.quantity, "chapter": t.chapter, "target": t.target,
+                    "value": None if v is None else float(v), "shown": "not measured" if v is None else t.fmt.format(v),
+                    "met": None if v is None else bool(t.met(float(v)))})
+    return out
+
+
+def section(summary: Summary, chapters: Mapping[str, str]) -> str:
+    """Markdown: the operating-point table, for the What reproduces page (``chapters``: notebook
+    stem -> document path for a {doc} link)."""
+    lines = ["## The operating point of this run", "",
+             "Whether the networks are good enough for the paper's mechanisms to show, against the targets the "
+             "default profile was calibrated for (chapter 0 has the calibration record and the best mIoU each "
+             "output grid allows). A verdict below that a claim does not hold means little where these are missed.",
+             "", "| quantity | target | this run | met | chapter |", "|---|---|---|---|---|"]
+    for r in rows(summary):
+        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
+        link = f"{{doc}}`{chapters[r['chapter']]}`" if r["chapter"] in chapters else ""
+        lines.append(f"| {r['quantity']} | {r['target']} | {r['shown']} | {met} | {link} |")
+    limit = _get(summary, "dataset", "grid_limits", "8", "val")
+    if limit is not None:
+        lines += ["", f"The best val mIoU a stride-8 map (DeepLab's grid) can reach on this data: {limit:.1f}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,47 @@
+"""The operating-point table reads the right numbers out of a run summary."""
+
+from orandnet_lib.book import claims, operating_point
+
+
+def _summary():
+    return {
+        "profile": "default",
+        "classifiers": {"cnn": {"val_map": 91.0}, "vit": {"val_map": 80.0}},
+        "cams": {"cnn": {"miou": 41.0}, "vit": {"miou": 29.0}},
+        "error_overlap": {"fp_shared_of": {"cnn": 0.4, "vit": 0.7}},
+        "refinement": {"cnn": {"cam": {"miou": 41.0}, "rw": {"miou": 47.5}}},
+        "pseudo_masks": {"cnn": {"miou": 50.0}},
+        "segmentation": {"gt": {"constant": {"miou": 70.0}, "curriculum": {"miou": 72.0}},
+                         "cnn": {"constant": {"miou": 30.0}, "curriculum": {"miou": 46.0}}},
+        "segmentation_headline": {"schedule": "curriculum"},
+        "stages": {"00_dataset": {"wall_time_s": 100.0, "peak_rss_mb": 1024.0},
+                   "05_segmentation_curriculum": {"wall_time_s": 850.0, "peak_rss_mb": 3072.0}},
+        "dataset": {"grid_limits": {"8": {"val": 84.5}}},
+    }
+
+
+def test_rows_take_each_quantity_from_the_summary():
+    got = {r["quantity"]: (r["value"], r["met"]) for r in operating_point.rows(_summary())}
+    assert got["fully supervised DeepLab, val mIoU"] == (70.0, False)  # the constant schedule is the bound
+    assert got["CNN classifier, val mAP (%)"] == (91.0, True)
+    assert got["ViT classifier, val mAP (%)"] == (80.0, False)
+    assert got["CNN CAM mIoU (train, best background score)"] == (41.0, True)
+    assert got["ViT CAM mIoU (train, best background score)"] == (29.0, False)
+    assert got["share of the CNN's false-positive pixels the ViT also makes"] == (0.4, True)
+    assert got["CNN pseudo-masks: random walk minus CAM, mIoU"] == (6.5, True)
+    assert got["DeepLab on CNN pseudo-masks / their mIoU"] == (46.0 / 50.0, True)  # headline schedule
+    assert got["all stages, wall time (s)"] == (950.0, False)
+    assert got["peak memory of a stage (GiB)"] == (3.0, True)
+
+
+def test_missing_quantities_are_not_measured():
+    rows = operating_point.rows({"profile": "smoke"})
+    assert all(r["value"] is None and r["met"] is None and r["shown"] == "not measured" for r in rows)
+
+
+def test_the_reproduces_page_carries_the_table():
+    page = claims.reproduces_page(_summary())
+    assert "## The operating point of this run" in page
+    assert "| fully supervised DeepLab, val mIoU | >= 75 | 70.0 | **no** | {doc}`../executed/05_segmentation_curriculum` |" in page
+    assert "| CNN pseudo-masks: random walk minus CAM, mIoU | >= +5 | +6.5 | yes |" in page
+    assert "stride-8 map (DeepLab's grid) can reach on this data: 84.5" in page
