@@ -109,3 +109,11 @@ def test_repository_buttons_follow_the_checkouts_public_remote(tmp_path):
     config = book_config(tmp_path, url)
     assert "  url: https://github.com/someone/orandnet-book\n" in config
     assert "use_repository_button: true" in config and "use_issues_button: true" in config
+    import yaml
+
+    parsed = yaml.safe_load(config)
+    assert parsed["repository"] == {"url": url, "path_to_book": ".", "branch": "book-executed"}
+    assert parsed["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert parsed["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    workflow = (REPO / ".github" / "workflows" / "book.yml").read_text()
+    assert "git push --force origin HEAD:book-executed" in workflow  # the branch the launch buttons open

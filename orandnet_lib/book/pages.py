@@ -235,12 +235,26 @@ def repository_url(root: Path) -> str | None:
     return url if url.startswith("https://") else None
 
 
+EXECUTED_BRANCH = "book-executed"  # the publishing workflow pushes the executed chapters there
+
+LAUNCH_BUTTONS = f"""
+# Launch buttons open a chapter's executed notebook, which the publishing workflow
+# (.github/workflows/book.yml) pushes to the branch {EXECUTED_BRANCH}; main holds no outputs.
+launch_buttons:
+  notebook_interface: jupyterlab
+  binderhub_url: https://mybinder.org
+  colab_url: https://colab.research.google.com
+"""
+
+
 def book_config(root: Path, url: str | None) -> str | None:
-    """``_config.yml`` with the repository and issues buttons switched on for ``url`` (None:
-    no public repository, so no buttons and no separate config)."""
+    """``_config.yml`` for readers online: the repository and issues buttons for ``url`` and
+    Binder/Colab launch buttons on the branch that holds the executed chapters (None: no
+    public repository, so no buttons and no separate config)."""
     if not url:
         return None
     text = (root / "_config.yml").read_text()
     text = text.replace("repository:\n", f"repository:\n  url: {url}\n", 1)
+    text = text.replace("  branch: main\n", f"  branch: {EXECUTED_BRANCH}\n", 1)
     text = text.replace("use_repository_button: false", "use_repository_button: true")
-    return text.replace("use_issues_button: false", "use_issues_button: true")
+    return text.replace("use_issues_button: false", "use_issues_button: true") + LAUNCH_BUTTONS
