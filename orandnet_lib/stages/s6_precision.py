@@ -251,7 +251,7 @@ def against_paper(gain: Mapping[str, float] | None, inp: Inputs) -> str:
     """The two gains side by side, each with what it was measured on (printed under the table)."""
     ours = describe_difference(gain) if gain else "not measured (stage 5 ran no paired headline)"
     return (f"ORANDNet's gain over the baseline ({inp.other} against {inp.baseline}): {paper.gain_with_context()}. "
-            "This run (the embedded benchmark, networks trained from scratch, for these pseudo-masks: one run of "
+            "This run (the embedded benchmark, small networks without ImageNet weights, for these pseudo-masks: one run of "
             f"stages 1-4, the seeds vary DeepLab only): {ours}.")
 
 
