@@ -82,7 +82,7 @@ TARGETS: tuple[Target, ...] = (
            lambda v: v >= 5, "{:+.1f}"),
     Target("DeepLab on CNN pseudo-masks / their mIoU", "05_segmentation_curriculum", ">= 0.9", pseudo_ratio,
            lambda v: v >= 0.9, "{:.2f}"),
-    Target("all stages, wall time (s)", "", "<= 900", total_seconds, lambda v: v <= 900, "{:.0f}"),
+    Target("all stages, wall time of their last execution (s)", "", "<= 900", total_seconds, lambda v: v <= 900, "{:.0f}"),
     Target("peak memory of a stage (GiB)", "", "<= 6", peak_gib, lambda v: v <= 6, "{:.1f}"),
 )
 
@@ -110,6 +110,8 @@ def section(summary: Summary, chapters: Mapping[str, str]) -> str:
         met = {None: "", True: "yes", False: "**no**"}[r["met"]]
         link = f"{{doc}}`{chapters[r['chapter']]}`" if r["chapter"] in chapters else ""
         lines.append(f"| {r['quantity']} | {r['target']} | {r['shown']} | {met} | {link} |")
+    lines += ["", "A stage's wall time is that of its last execution: one that reused cached checkpoints (or the "
+              "cached pretrained weights) ran shorter than it does on a fresh machine; `make bench` tables the stages."]
     limit = _get(summary, "dataset", "grid_limits", "8", "val")
     if limit is not None:
         lines += ["", f"The best val mIoU a stride-8 map (DeepLab's grid) can reach on this data: {limit:.1f}."]
