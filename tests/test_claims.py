@@ -47,7 +47,9 @@ def test_a_comparison_without_spread_has_no_p_value():
 
 def test_pages_link_every_claim_to_its_chapter():
     page = reproduces_page(SUMMARY)
-    assert page.count("{doc}`../executed/") == len(claims(SUMMARY))
+    claims_part, _, operating_point = page.partition("## The operating point of this run")
+    assert claims_part.count("{doc}`../executed/") == len(claims(SUMMARY))
+    assert operating_point  # the operating-point table follows the claims (tests/test_operating_point.py)
     assert "{doc}`../executed/05_segmentation_curriculum`" in page
     text = headline(SUMMARY)
     assert "orandnet - cnn: +1.5 mIoU points" in text and "**reproduces**" in text
