@@ -45,3 +45,19 @@ def test_the_reproduces_page_carries_the_table():
     assert "| fully supervised DeepLab, val mIoU | >= 75 | 70.0 | **no** | {doc}`../executed/05_segmentation_curriculum` |" in page
     assert "| CNN pseudo-masks: random walk minus CAM, mIoU | >= +5 | +6.5 | yes |" in page
     assert "stride-8 map (DeepLab's grid) can reach on this data: 84.5" in page
+
+
+def test_calibration_record_reads_every_pilot_as_measured():
+    import json
+    from importlib import resources
+
+    from orandnet_lib.stages import s0_dataset
+
+    raw = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
+    about, table = s0_dataset.calibration_record()
+    assert about == raw["about"] and len(table) == len(raw["pilots"])
+    assert list(table.columns) == ["Lever", "Setting", "Quantity", "Value", "Seconds"]
+    first = table.iloc[0]
+    assert (first["Lever"], first["Value"], first["Seconds"]) == ("before", "38", "")  # 38.0 shown as measured
+    assert set(raw["stages_before"]["wall_time_s"]) == {f"0{i}_{n}" for i, n in enumerate(
+        ["dataset", "classifiers_and_cams", "or_and_ensembles", "orandnet", "refinement", "segmentation_curriculum"])}

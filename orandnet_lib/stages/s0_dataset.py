@@ -204,8 +204,11 @@ def calibration_record() -> tuple[str, pd.DataFrame]:
     from importlib import resources
 
     record = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
-    table = pd.DataFrame(record["pilots"]).fillna("").rename(columns=str.capitalize)
-    return record["about"], table
+    def cell(v: Any) -> str:  # numbers as measured (38.0 not 38.000000), text as written, blanks empty
+        return "" if v is None else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    table = pd.DataFrame([{k: cell(v) for k, v in row.items()} for row in record["pilots"]])
+    return record["about"], table.rename(columns=str.capitalize)
 
 
 def summarise(stage: Any, data: Benchmark, stats: ClassStatistics, edges: tuple[float, float],
