@@ -219,6 +219,30 @@ def save_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     im.save(path, optimize=False)
 
 
+class SampleCache:
+    """A split's decoded samples, kept in memory while they fit in ``limit_mb`` (0: none kept).
+    JPEG/PNG decoding costs as much as a training step on the embedded benchmark; a VOC-sized
+    split outgrows the limit and is decoded on every read past it."""
+
+    def __init__(self, dataset: "VOCDataset", limit_mb: int = 1024):
+        self.dataset, self.limit = dataset, limit_mb * 2**20
+        self._kept: dict[int, Sample] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index in self._kept:
+            return self._kept[index]
+        sample = self.dataset[index]
+        size = sample.image.nbytes + sample.mask.nbytes + sample.labels.nbytes
+        if self._bytes + size <= self.limit:
+            self._kept[index] = sample
+            self._bytes += size
+        return sample
+
+
 class VOCWriter:
     """Writes a VOC-layout dataset into a temporary folder and moves it into place on
     :meth:`commit`, so a failed or interrupted write never leaves a half-written dataset."""

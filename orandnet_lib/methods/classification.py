@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .cams import to_tensor
 from ..core.metrics import average_precision, multilabel_f1
-from ..data.voc import VOCDataset
+from ..data.voc import SampleCache, VOCDataset
 
 
 class ClassificationSet(Dataset):
@@ -22,14 +22,14 @@ class ClassificationSet(Dataset):
     Augmentation (``augment=True``): a random rescale in ``scale_range``, a horizontal flip
     and a random crop (padded with the mean colour) to ``crop_size``; drawn from
     (seed, epoch, index) so that any worker, any resume, gets the same sample.
-    Decoded images are cached in memory when ``cache`` (the embedded benchmark fits easily).
+    Decoded samples are kept in memory when ``cache`` (:class:`~orandnet_lib.data.voc.SampleCache`).
     """
 
     def __init__(self, dataset: VOCDataset, crop_size: int, augment: bool = True,
                  scale_range: tuple[float, float] = (0.75, 1.25), seed: int = 0, cache: bool = True):
         self.dataset, self.crop_size, self.augment = dataset, crop_size, augment
         self.scale_range, self.seed, self.epoch = tuple(scale_range), seed, 0
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.samples = SampleCache(dataset) if cache else SampleCache(dataset, limit_mb=0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,17 +37,9 @@ class ClassificationSet(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        sample = self.dataset[index]
-        item = (sample.image, sample.labels)
-        if self._cache is not None:
-            self._cache[index] = item
-        return item
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = self._load(index)
+        sample = self.samples[index]
+        image, labels = sample.image, sample.labels
         x = to_tensor(image)  # (1, 3, H, W)
         size = self.crop_size
         if self.augment:

@@ -39,6 +39,7 @@ from ..core.train import TrainConfig, fit, learning_config
 from ..data import fashion_mnist, synth
 
 RECIPE_VERSION = 1  # bump when the task's generator changes in a way the recipe fields do not show
+HOLD_OUT_EVERY = 10  # every 10th Fashion-MNIST training item is the task's "val" item
 CACHE_ENV = "ORANDNET_CACHE"  # where pretrained weights are kept; default <project>/data/cache
 
 
@@ -116,14 +117,14 @@ def aux_sample(index: int, split: str, recipe: AuxRecipe, photos: Mapping[str, n
     patch, mask = synth._render_item(item, side, cfg, rng)
     occupied = np.zeros(canvas.shape[:2], dtype=bool)
     synth._paste(canvas, occupied, patch, mask, cfg, rng)
-    canvas = canvas + rng.normal(0, 4.0, size=canvas.shape)
+    canvas = canvas + rng.normal(0, cfg.noise_std, size=canvas.shape)  # the benchmark's sensor noise
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), label
 
 
 def item_pools(labels: np.ndarray, split: str) -> dict[int, np.ndarray]:
     """Per Fashion-MNIST class, the indices of the training-set items ``split`` may paste: every
     10th item is held out for "val", the others are "train"'s."""
-    held_out = np.arange(len(labels)) % 10 == 0
+    held_out = np.arange(len(labels)) % HOLD_OUT_EVERY == 0
     keep = held_out if split == "val" else ~held_out
     return {c: np.flatnonzero(keep & (labels == c)) for c in range(len(fashion_mnist.CLASS_NAMES))}
 

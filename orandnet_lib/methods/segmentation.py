@@ -28,7 +28,7 @@ from ..core.identity import ArtifactKey
 from ..core.metrics import ConfusionMatrix
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, fit
-from ..data.voc import IGNORE_INDEX, VOCDataset
+from ..data.voc import IGNORE_INDEX, SampleCache, VOCDataset
 from ..nets.deeplab import SEG_HEADS, DeepLab
 from .cams import to_tensor
 from .refine import crf_probabilities
@@ -122,8 +122,6 @@ class SegmentationSet(Dataset):
     (the image resized bilinearly, the mask downsampled by ``mask_mode``). Augmentation is
     drawn from (seed, epoch, index), so epochs are reproducible and resumable."""
 
-    CACHE_MB = 1024
-
     def __init__(self, dataset: VOCDataset, crop_size: int = 0, schedule: ScaleSchedule | None = None,
                  epochs: int = 1, scale_range: tuple[float, float] = (1.0, 1.0), flip: bool = True,
                  mask_mode: str = "majority", seed: int = 0):
@@ -131,10 +129,7 @@ class SegmentationSet(Dataset):
         self.schedule = schedule or ScaleSchedule()
         self.scale_range, self.flip, self.mask_mode, self.seed = tuple(scale_range), flip, mask_mode, seed
         self.epoch = 0
-        # decoded (image, mask) as uint8, kept while they fit in CACHE_MB: JPEG/PNG decoding otherwise
-        # costs as much as a training step on the embedded benchmark (a VOC-sized split outgrows it)
-        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cached_bytes = 0
+        self.samples = SampleCache(dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,16 +142,9 @@ class SegmentationSet(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if index in self._decoded:
-            image, mask = self._decoded[index]
-        else:
-            sample = self.dataset[index]
-            image, mask = sample.image, sample.mask
-            if self._cached_bytes + image.nbytes + mask.nbytes <= self.CACHE_MB * 2**20:
-                self._decoded[index] = (image, mask)
-                self._cached_bytes += image.nbytes + mask.nbytes
+        sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        x, y = to_tensor(image)[0], torch.from_numpy(mask.astype(np.int64))
+        x, y = to_tensor(sample.image)[0], torch.from_numpy(sample.mask.astype(np.int64))
         lo, hi = self.scale_range
         if (lo, hi) != (1.0, 1.0):
             r = float(rng.uniform(lo, hi))
