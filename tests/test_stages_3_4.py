@@ -181,7 +181,8 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     # Writing the CAM itself instead: another key, no relation network in it.
     p_cam = dataclasses.replace(p, pseudo_mask_refinement="cam")
     key = s4.artifact_keys(p_cam, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"]
-    assert "boundary_net" not in key.upstream and key.spec == {"refinement": "cam", "background": 0.25}
+    assert "boundary_net" not in key.upstream and key.spec == {"refinement": "cam", "background": 0.25,
+                                                            "threshold_rule": "fixed", "reference_background": 0.15}
 
 
 def test_orandnet_keys_cover_inputs_and_runs():
@@ -242,3 +243,52 @@ def test_per_variant_trains_one_relation_net_per_variant_and_saves_each_nets_map
         assert read_identity(out / "pseudo_masks" / v)["upstream"]["boundary_net"] == \
             inputs.keys[f"boundary_net:{v}"].digest
     assert set(results) == {"vit", "cnn"}
+
+
+def test_the_relative_rule_moves_irns_thresholds_to_the_cams_operating_point():
+    p = s4.Params(threshold_rule="relative")
+    # At IRN's own operating point the rule gives IRN's numbers.
+    at_ref = s4.thresholds(p, 0.15)
+    assert (at_ref.fg, at_ref.bg, at_ref.rw_background) == pytest.approx((0.30, 0.05, 0.25))
+    # Hand-computed at 0.48: fg 0.48 + 0.52 * 0.15 / 0.85, bg 0.05 * 0.48 / 0.15, walk 0.48 + 0.52 * 0.10 / 0.85.
+    th = s4.thresholds(p, 0.48)
+    assert th.fg == pytest.approx(0.571765, abs=1e-6) and th.bg == pytest.approx(0.16)
+    assert th.rw_background == pytest.approx(0.541176, abs=1e-6) and th.operating_point == 0.48
+    assert s4.moved(0.0, 0.15, 0.48) == 0.0 and s4.moved(1.0, 0.15, 0.48) == 1.0  # the ends stay put
+    # The fixed rule ignores the operating point.
+    fixed = s4.thresholds(s4.Params(), 0.48)
+    assert (fixed.fg, fixed.bg, fixed.rw_background) == (0.30, 0.05, 0.25)
+    with pytest.raises(ValueError, match="threshold_rule"):
+        s4.thresholds(s4.Params(threshold_rule="quantile"), 0.48)
+    with pytest.raises(ValueError, match="reference_background"):
+        s4.thresholds(s4.Params(threshold_rule="relative", reference_background=1.0), 0.48)
+
+
+def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, tmp_path):
+    data, upstream = {"train": "d"}, {"cams:cnn_train": "u"}
+    fixed = s4.artifact_keys(tiny_params(), data, upstream)
+    relative = s4.artifact_keys(tiny_params(threshold_rule="relative"), data, upstream)
+    other_ref = s4.artifact_keys(tiny_params(threshold_rule="relative", reference_background=0.2), data, upstream)
+    for name in ("boundary_net:cnn", "pseudo_masks:cnn"):
+        assert len({fixed[name].digest, relative[name].digest, other_ref[name].digest}) == 3, name
+    # On the tiny CAMs (0.6 inside the objects plus noise) the operating point is found by the
+    # sweep, and the written masks are cut at the moved walk background.
+    ds = VOCDataset(tiny_voc, "train")
+    run_dir = tmp_path / "runs"
+    write_run(run_dir, ds)
+    p = tiny_params(threshold_rule="relative", refinements=("cam", "rw"))
+    inputs = open_tiny(tiny_voc, run_dir, p)
+    th = inputs.thresholds["cnn"]
+    from orandnet_lib.methods.cams import sweep_store
+
+    assert th.operating_point == sweep_store(inputs.stores["cnn"], ds).best()["threshold"] / 100
+    assert th == s4.thresholds(p, th.operating_point)
+    out = run_dir / "04_refinement"
+    assert th.fg != pytest.approx(0.30)  # the tiny CAMs' point is not IRN's: the rule moved the thresholds
+    relations = s4.train_boundary_nets(p, inputs, out, progress=False)
+    expected = pseudo.BoundarySet(inputs.stores["cnn"], ds, relations["cnn"].net.stride, th.fg, th.bg, use_crf=False,
+                                  progress=False, workers=1).labels
+    assert all(np.array_equal(relations["cnn"].labels.labels[i], expected[i]) for i in ds.ids)
+    boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
+    r = s4.refine_variants(p, inputs, boundaries, out, progress=False)["cnn"]
+    assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.rw_background)

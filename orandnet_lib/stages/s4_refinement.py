@@ -7,7 +7,8 @@ labels, as ORANDNet's script/irn.sh trains IRN on ORANDNet's labels; a variant's
 that variant's net refine every variant); (3) every registered refinement (the CAM itself, a
 dense CRF, IRN's random walk along the boundary affinities, ...) applied to each CAM variant
 of stages 1-3 and scored by a sweep of the background score; (4) the pseudo-masks of the
-chosen refinement at IRN's fixed background score, written in VOC layout for the
+chosen refinement at IRN's background score (fixed, or moved to each CAM's operating point by
+``threshold_rule``), written in VOC layout for the
 segmentation stage, each set keyed by its CAM store, the relation network that refined it
 and its settings.
 """
@@ -44,6 +45,9 @@ NOT_IN_KEYS = {
                       "'crf', whose pseudo-mask key then holds it",
 }
 PER_VARIANT = "per_variant"  # boundary_source: each variant's own relation net (the paper's setting)
+# threshold_rule: IRN's thresholds as numbers ("fixed"), or re-expressed relative to each CAM's operating point
+FIXED, RELATIVE = "fixed", "relative"
+THRESHOLD_RULES = (FIXED, RELATIVE)
 # The first variant's net's boundary maps (float16, one array per train image id), for the teaching widget;
 # every net's maps are in boundaries_file(source).
 BOUNDARIES_FILE = "boundaries.npz"
@@ -66,6 +70,8 @@ class Params:
     boundary_source: str = PER_VARIANT  # per_variant, or the variant whose relation net refines every variant
     fg_threshold: float = 0.30  # IRN's confident foreground
     bg_threshold: float = 0.05  # IRN's confident background
+    threshold_rule: str = FIXED  # "relative": the three thresholds moved to each CAM's operating point (thresholds())
+    reference_background: float = 0.15  # IRN's cam_eval_thres: the operating point its thresholds were set around
     use_crf: bool = True  # CRF on the confident labels (IRN does)
     boundary_backbone: str = "resnet18"
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
@@ -86,6 +92,54 @@ class Params:
     pseudo_mask_refinement: str = "rw"  # the refinement whose masks are written
     workers: int = 0  # processes for the refinements (0: one per CPU)
     n_examples: int = 4
+
+
+def check_rule(p: Params) -> None:
+    """A clear error for a rule or reference the stage cannot use (the key walk of the tests
+    builds Params with perturbed values, so this is not done on construction)."""
+    if p.threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {p.threshold_rule!r}")
+    if not 0 < p.reference_background < 1:
+        raise ValueError(f"reference_background must lie in (0, 1), got {p.reference_background}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The three scores one CAM variant is cut at: its confident foreground and background
+    (the relation network's labels) and the background of its written pseudo-masks."""
+
+    fg: float
+    bg: float
+    rw_background: float
+    operating_point: float  # the CAM's best-mIoU background score on the train split
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fg_threshold": self.fg, "bg_threshold": self.bg, "rw_background": self.rw_background,
+                "operating_point": self.operating_point}
+
+
+def moved(score: float, reference: float, point: float) -> float:
+    """A score set around the operating point ``reference`` moved to the operating point
+    ``point``, keeping its relative place: below it as a fraction of [0, reference], above it
+    as a fraction of [reference, 1]. ``moved(s, r, r) == s``."""
+    if score >= reference:
+        return point + (1.0 - point) * (score - reference) / (1.0 - reference)
+    return score * point / reference
+
+
+def thresholds(p: Params, operating_point: float) -> Thresholds:
+    """IRN's thresholds (confident fg 0.30, bg 0.05, walk background 0.25) were set on VOC
+    around CAMs whose best background score is about 0.15 (``reference_background``). CAMs
+    that peak wider put their best background score elsewhere (0.48 for the embedded CNN's),
+    where fixed numbers call half the image confident foreground. ``threshold_rule =
+    "relative"`` moves each threshold to the CAM's own operating point (:func:`moved`);
+    on a CAM whose operating point is the reference it gives IRN's numbers."""
+    check_rule(p)
+    if p.threshold_rule == FIXED:
+        return Thresholds(p.fg_threshold, p.bg_threshold, p.rw_background, operating_point)
+    r = p.reference_background
+    return Thresholds(moved(p.fg_threshold, r, operating_point), moved(p.bg_threshold, r, operating_point),
+                      moved(p.rw_background, r, operating_point), operating_point)
 
 
 def backbone_kwargs(p: Params) -> dict[str, Any]:
@@ -116,6 +170,11 @@ def _attrs(name: str) -> dict[str, Any]:
     return {"settings": tuple(refinement_settings(Params())), "needs_boundary": True}
 
 
+def _rule_spec(p: Params) -> dict[str, Any]:
+    # The relative rule's thresholds follow from the CAM store and the split, both in the keys.
+    return {"threshold_rule": p.threshold_rule, "reference_background": p.reference_background}
+
+
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
     """Each relation network's checkpoint (``boundary_net:<source>``, keyed by its source's CAM
     store) and each variant's pseudo-mask set (``pseudo_masks:<variant>``, keyed by the digest
@@ -125,14 +184,14 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
             "pretrained": pretrain.identity(p.boundary_pretrained, "cnn", p.boundary_backbone,
                                             backbone_shape("cnn", p.boundary_backbone_kwargs)),
             "freeze_backbone": p.boundary_freeze_backbone, "fg_threshold": p.fg_threshold,
-            "bg_threshold": p.bg_threshold,
+            "bg_threshold": p.bg_threshold, **_rule_spec(p),
             "use_crf": p.use_crf, "radius": p.radius, "train": spec_dict(learning_config(config_from(p)))}
     keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
                                                upstream={"cams": upstream[f"cams:{src}_{p.train_split}"]}, seed=p.seed)
             for src in boundary_sources(p)}
     attrs = _attrs(p.pseudo_mask_refinement)
     settings = refinement_settings(p)
-    spec = {"refinement": p.pseudo_mask_refinement, "background": p.rw_background,
+    spec = {"refinement": p.pseudo_mask_refinement, "background": p.rw_background, **_rule_spec(p),
             **{k: settings[k] for k in attrs.get("settings", ())}}
     for v in p.variants:
         inputs = {"cams": upstream[f"cams:{v}_{p.train_split}"]}
@@ -150,6 +209,7 @@ class Inputs:
     train: VOCDataset
     stores: dict[str, CamStore]
     keys: dict[str, ArtifactKey]
+    thresholds: dict[str, Thresholds]  # per store (boundary sources and variants)
 
 
 def open_inputs(stage: Any, p: Params) -> Inputs:
@@ -157,7 +217,15 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
     train = VOCDataset(stage.data_root, p.train_split)
     stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([*boundary_sources(p), *p.variants])}
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
-    return Inputs(train, stores, artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream))
+    keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream)
+    return Inputs(train, stores, keys, {v: thresholds(p, operating_point(s, train)) for v, s in stores.items()})
+
+
+def operating_point(store: CamStore, dataset: VOCDataset) -> float:
+    """The CAM's best-mIoU background score on ``dataset``, chosen with its masks as IRN's CAM
+    evaluation chooses ``cam_eval_thres`` (one number per CAM; what the CRF's unary gets)."""
+    store.check_matches(dataset)
+    return sweep_store(store, dataset).best()["threshold"] / 100
 
 
 # ----------------------------------------------------------------------------- the relation network
@@ -182,8 +250,9 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
     net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p),
                       freeze_backbone=p.boundary_freeze_backbone)
     start = time.perf_counter()
-    labels = pseudo.BoundarySet(inputs.stores[source], inputs.train, net.stride, p.fg_threshold,
-                                p.bg_threshold, p.use_crf, p.seed, progress=progress, workers=p.workers)
+    th = inputs.thresholds[source]
+    labels = pseudo.BoundarySet(inputs.stores[source], inputs.train, net.stride, th.fg,
+                                th.bg, p.use_crf, p.seed, progress=progress, workers=p.workers)
     label_seconds = time.perf_counter() - start
     checkpoint = key.path(out_dir, "boundary")
     history = fit(net, labels, pseudo.boundary_loss(p.radius), config_from(p), checkpoint=checkpoint, identity=key,
@@ -234,16 +303,16 @@ def seed_quality(p: Params, inputs: Inputs) -> dict[str, dict[str, Any]]:
     """How IRN's thresholds fall on each boundary source's CAM (described with the ground
     truth, never tuned on it): per source, the CAM's sweep, its per-threshold shares and
     precisions, and the rows at the two thresholds."""
-    return {src: _seed_quality(p, inputs.stores[src], inputs.train) for src in boundary_sources(p)}
+    return {src: _seed_quality(inputs.thresholds[src], inputs.stores[src], inputs.train) for src in boundary_sources(p)}
 
 
-def _seed_quality(p: Params, store: CamStore, dataset: VOCDataset) -> dict[str, Any]:
+def _seed_quality(th: Thresholds, store: CamStore, dataset: VOCDataset) -> dict[str, Any]:
     import pandas as pd
 
     sweep = sweep_store(store, dataset)
     quality = pd.DataFrame(sweep.seed_quality()).set_index("threshold")
     at = {name: quality.iloc[int(np.abs(quality.index - t).argmin())]
-          for name, t in (("fg", p.fg_threshold), ("bg", p.bg_threshold))}
+          for name, t in (("fg", th.fg), ("bg", th.bg))}
     return {"sweep": sweep, "table": quality, "at": {k: {m: float(x) for m, x in row.items()} for k, row in at.items()}}
 
 
@@ -311,7 +380,8 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
     """Every variant through :func:`refine_variant`; pseudo-masks in ``out_dir/pseudo_masks/<variant>``."""
     return {v: refine_variant(inputs.stores[v], inputs.train, Path(out_dir) / "pseudo_masks" / v,
                               inputs.keys[f"pseudo_masks:{v}"], refinements=p.refinements,
-                              pseudo_mask_refinement=p.pseudo_mask_refinement, background=p.rw_background,
+                              pseudo_mask_refinement=p.pseudo_mask_refinement,
+                              background=inputs.thresholds[v].rw_background,
                               settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
                               workers=p.workers, progress=progress)
             for v in p.variants}
@@ -354,10 +424,10 @@ def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int
 
 # ----------------------------------------------------------------------------- figures
 
-def seed_quality_figure(p: Params, qualities: Mapping[str, Mapping[str, Any]]) -> Any:
+def seed_quality_figure(p: Params, inputs: Inputs, qualities: Mapping[str, Mapping[str, Any]]) -> Any:
     """Per boundary source, the shares and precisions of its CAM's confident foreground and
-    background against the threshold, with IRN's two thresholds and the CAM's best-mIoU score
-    marked."""
+    background against the threshold, with the two thresholds that ran (:func:`thresholds`) and
+    the CAM's best-mIoU score marked."""
     import matplotlib.pyplot as plt
 
     from ..book import plots
@@ -367,7 +437,8 @@ def seed_quality_figure(p: Params, qualities: Mapping[str, Mapping[str, Any]]) -
         table = quality["table"]
         for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
             ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
-        for t, name in ((p.fg_threshold, "foreground threshold"), (p.bg_threshold, "background threshold"),
+        th = inputs.thresholds[src]
+        for t, name in ((th.fg, "foreground threshold"), (th.bg, "background threshold"),
                         (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
             ax.axvline(t, color="grey", lw=0.8, ls=":")
             ax.text(t, 102, name, rotation=90, fontsize=9, va="bottom", ha="center")
@@ -396,7 +467,7 @@ def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNe
                      plots.colorize(upsampled_labels(relations[src], image_id, sample.mask.shape)),
                      plt.get_cmap("gray_r")(boundaries.maps[src][image_id])[..., :3],
                      plots.overlay(sample.image, cam_to_mask(cams, cam_ids, r.cam_background)),
-                     plots.overlay(sample.image, cam_to_mask(refined, ids, p.rw_background))])
+                     plots.overlay(sample.image, cam_to_mask(refined, ids, inputs.thresholds[v0].rw_background))])
     label = REFINEMENTS.label(p.pseudo_mask_refinement)
     return plots.image_grid(grid, titles=["image", "ground truth", f"confident labels ({src})",
                                           f"boundaries ({src} net)", f"{v0} CAM mask", f"{v0} {label}"], size=1.8,
@@ -443,8 +514,17 @@ def walk_text(p: Params) -> str:
             f"2^{p.exp_times} = {2 ** p.exp_times} (exp_times = {p.exp_times}; IRN squares a dense matrix "
             f"{p.exp_times} times, here the sparse matrix takes {2 ** p.exp_times} single steps, the same power); "
             f"the walked maps are upsampled and divided by their maximum over all classes and pixels of the image, "
-            f"and the written pseudo-masks put the background at the fixed score rw_background = "
-            f"{p.rw_background:g}.")
+            f"and the written pseudo-masks put the background at {rule_text(p, 'rw_background')}.")
+
+
+def rule_text(p: Params, name: str) -> str:
+    """Where the threshold ``name`` (fg_threshold, bg_threshold, rw_background) came from, in words."""
+    value = getattr(p, name)
+    if p.threshold_rule == FIXED:
+        return f"IRN's fixed score {name} = {value:g}"
+    return (f"IRN's {name} = {value:g} moved to each CAM's operating point (`threshold_rule = \"{RELATIVE}\"`: "
+            f"IRN set it around a best CAM background score of {p.reference_background:g}; the score keeps its "
+            f"relative place between that point and 0 or 1)")
 
 
 # ----------------------------------------------------------------------------- the record
@@ -462,43 +542,45 @@ def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, Relati
             "files": {src: path.name for src, path in boundaries.paths.items()}, "widget_file": BOUNDARIES_FILE}
     walk = {"exp_times": p.exp_times, "steps": 2 ** p.exp_times, "beta": p.beta, "radius": p.radius,
             "rw_background": p.rw_background}
+    cuts = {"rule": p.threshold_rule, "per_variant": {v: th.as_dict() for v, th in inputs.thresholds.items()}}
     return stage.record(
         metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings, "boundary_nets": nets,
-                 "random_walk": walk,
+                 "random_walk": walk, "thresholds": cuts,
                  "relation_history": {src: r.history for src, r in relations.items()},
                  "label_seconds": {src: r.label_seconds for src, r in relations.items()},
                  "confident_labels": {src: r.labels.label_statistics() for src, r in relations.items()},
                  "seed_quality": {src: q["at"] for src, q in qualities.items()},
                  "boundary_ms_per_image": boundaries.ms_per_image, "workers": p.workers or default_workers()},
         summary={"refinement": refinement, "pseudo_masks": written, "refinement_timings": timings,
-                 "boundary_nets": nets},
+                 "boundary_nets": nets, "thresholds": cuts},
         artifacts=inputs.keys)
 
 
-def _confident_line(p: Params, src: str, quality: Mapping[str, Any], relation: RelationNet) -> str:
+def _confident_line(p: Params, th: Thresholds, src: str, quality: Mapping[str, Any], relation: RelationNet) -> str:
     at, best = quality["at"], quality["sweep"].best()["threshold"] / 100
+    whose = "IRN's" if p.threshold_rule == FIXED else "the moved"
     stats = relation.labels.label_statistics()
 
     def pct(x: float) -> str:  # a precision of no pixels is undefined
         return "n/a" if np.isnan(x) else f"{100 * x:.1f} %"
 
-    return (f"- **Confident labels ({src}).** On the {src} CAM, IRN's foreground threshold {p.fg_threshold:.2f} marks "
+    return (f"- **Confident labels ({src}).** On the {src} CAM, {whose} foreground threshold {th.fg:.2f} marks "
             f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {pct(at['fg']['fg_precision'])} "
-            f"carry the right class; its background threshold {p.bg_threshold:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
+            f"carry the right class; {whose} background threshold {th.bg:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
             f"as background, {pct(at['bg']['bg_precision'])} rightly. The CAM's own best-mIoU background score is "
             f"{best:.2f}, "
-            + ("above IRN's foreground threshold: on these CAMs the 'confident' foreground is wider than the mask one "
+            + ("above the foreground threshold: on this CAM the 'confident' foreground is wider than the mask one "
                "would choose, so the relation network learns from labels that spill over object edges."
-               if best > p.fg_threshold else
-               "below IRN's foreground threshold, as on VOC: the confident foreground is a core inside the mask.")
+               if best > th.fg else
+               "below the foreground threshold, as on VOC: the confident foreground is a core inside the mask.")
             + f" After the CRF, {100 * stats['foreground']:.1f} % of cells are confident foreground.")
 
 
-def findings(p: Params, relations: Mapping[str, RelationNet], qualities: Mapping[str, Mapping[str, Any]],
+def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qualities: Mapping[str, Mapping[str, Any]],
              boundaries: Boundaries, results: Mapping[str, Refined], peak_rss_mb: float) -> str:
     """The chapter's "What this chapter found", from the computed numbers."""
     lines = [f"- **Relation networks.** {source_text(p)}", f"- **Random walk.** {walk_text(p)}"]
-    lines += [_confident_line(p, src, qualities[src], relations[src]) for src in relations]
+    lines += [_confident_line(p, inputs.thresholds[src], src, qualities[src], relations[src]) for src in relations]
     for v, r in results.items():
         c = r.scores.get("cam")
         moves = []
@@ -511,8 +593,8 @@ def findings(p: Params, relations: Mapping[str, RelationNet], qualities: Mapping
         label = REFINEMENTS.label(r.pseudo_masks["refinement"])
         lines.append(f"- **{v}** (boundaries of the {boundaries.source_of[v]} net): "
                      + ("; ".join(moves) + ". " if moves else "")
-                     + f"At IRN's fixed background score the written pseudo-masks ({label}) score "
-                       f"{r.pseudo_masks['miou']:.1f} % mIoU.")
+                     + f"At the written background score {inputs.thresholds[v].rw_background:.2f} the pseudo-masks "
+                       f"({label}) score {r.pseudo_masks['miou']:.1f} % mIoU.")
     n_workers = p.workers or default_workers()
     nets = ", ".join(f"{src} {ms:.1f} ms" for src, ms in boundaries.ms_per_image.items())
     lines.append(f"- Wall time per image with {n_workers} process(es) (boundary maps, once per net: {nets}): "
