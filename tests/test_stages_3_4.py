@@ -292,3 +292,10 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
     r = s4.refine_variants(p, inputs, boundaries, out, progress=False)["cnn"]
     assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.rw_background)
+
+
+def test_marks_that_would_print_over_each_other_share_one_label():
+    marks = [(0.18, "foreground threshold"), (0.0, "background threshold"), (0.01, "best-mIoU background score")]
+    assert s4.merged_marks(marks) == [(0.0, "background threshold = best-mIoU background score"),
+                                      (0.18, "foreground threshold")]
+    assert s4.merged_marks([(0.5, "a"), (0.2, "b")]) == [(0.2, "b"), (0.5, "a")]

@@ -438,14 +438,27 @@ def seed_quality_figure(p: Params, inputs: Inputs, qualities: Mapping[str, Mappi
         for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
             ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
         th = inputs.thresholds[src]
-        for t, name in ((th.fg, "foreground threshold"), (th.bg, "background threshold"),
-                        (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score")):
+        marks = ((th.fg, "foreground threshold"), (th.bg, "background threshold"),
+                 (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score"))
+        for t, name in merged_marks(marks):
             ax.axvline(t, color="grey", lw=0.8, ls=":")
             ax.text(t, 102, name, rotation=90, fontsize=9, va="bottom", ha="center")
         ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100))
         ax.legend(loc="center right")
     fig.tight_layout()
     return fig
+
+
+def merged_marks(marks: Sequence[tuple[float, str]], within: float = 0.03) -> list[tuple[float, str]]:
+    """Vertical marks with their labels, those closer than ``within`` joined into one label
+    (their labels would print over each other)."""
+    out: list[tuple[float, str]] = []
+    for t, name in sorted(marks):
+        if out and t - out[-1][0] < within:
+            out[-1] = (out[-1][0], f"{out[-1][1]} = {name}")
+        else:
+            out.append((t, name))
+    return out
 
 
 def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], boundaries: Boundaries,
@@ -568,7 +581,9 @@ def _confident_line(p: Params, th: Thresholds, src: str, quality: Mapping[str, A
             f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {pct(at['fg']['fg_precision'])} "
             f"carry the right class; {whose} background threshold {th.bg:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
             f"as background, {pct(at['bg']['bg_precision'])} rightly. The CAM's own best-mIoU background score is "
-            f"{best:.2f}, "
+            f"{best:.2f}"
+            + (" (the lowest score the sweep tries: every pixel this CAM scores above zero is best called foreground)"
+               if best <= 0 else "") + ", "
             + ("above the foreground threshold: on this CAM the 'confident' foreground is wider than the mask one "
                "would choose, so the relation network learns from labels that spill over object edges."
                if best > th.fg else
