@@ -177,7 +177,7 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
         np.testing.assert_array_equal(written.load_mask(image_id), cam_to_mask(refined, ids, p.rw_background))
     table = s4.score_table(results)
     assert list(table.index.get_level_values("refinement")) == ["CAM", "dense CRF", "random walk",
-                                                                "random walk, fixed background"]
+                                                                "random walk, written"]
     # Writing the CAM itself instead: another key, no relation network in it.
     p_cam = dataclasses.replace(p, pseudo_mask_refinement="cam")
     key = s4.artifact_keys(p_cam, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"]

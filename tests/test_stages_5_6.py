@@ -252,7 +252,7 @@ def test_stage6_tables_are_generic_over_registered_refinements():
     finally:
         REFINEMENTS.remove("toy_sharpen")
     assert list(pm["refinement"][:4]) == ["CAM", "dense CRF", "random walk", "toy sharpen"]
-    assert (pm["refinement"] == "random walk (fixed score): trained on").sum() == 2
+    assert (pm["refinement"] == "random walk (written score): trained on").sum() == 2
 
 
 def test_stage6_gain_uses_the_paired_standard_error():

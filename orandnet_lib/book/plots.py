@@ -110,7 +110,8 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cma
 
 
 def training_curves(histories: dict[str, list[dict[str, float]]], keys: Sequence[str] = ("loss", "val_map")) -> plt.Figure:
-    """One panel per logged key, one line per model, against the epoch."""
+    """One panel per logged key, one line per model, against the epoch; one legend below the
+    panels (inside a panel it would cover the curves)."""
     cols = min(2, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(COLUMN, 3.0 * rows), squeeze=False)
@@ -121,8 +122,11 @@ def training_curves(histories: dict[str, list[dict[str, float]]], keys: Sequence
             epochs = [h["epoch"] for h in history if key in h]
             ax.plot(epochs, [h[key] for h in history if key in h], marker="o", label=name)
         ax.set(xlabel="epoch", title=key.replace("_", " "))
-        ax.legend()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)),
+                   frameon=False)
     return fig
 
 

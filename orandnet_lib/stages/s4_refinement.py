@@ -389,12 +389,12 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
 
 def score_table(results: Mapping[str, Refined]) -> "Any":
     """A (variant, refinement) table of the scores, the written sets last as
-    "<label>, fixed background"."""
+    "<label>, written"."""
     import pandas as pd
 
     rows = [{"variant": v, "refinement": REFINEMENTS.label(k), **sc} for v, r in results.items()
             for k, sc in r.scores.items()]
-    rows += [{"variant": v, "refinement": f"{REFINEMENTS.label(r.pseudo_masks['refinement'])}, fixed background",
+    rows += [{"variant": v, "refinement": f"{REFINEMENTS.label(r.pseudo_masks['refinement'])}, written",
               **{m: r.pseudo_masks[m] for m in ("miou", "precision", "recall", "threshold")}}
              for v, r in results.items()]
     order = {v: i for i, v in enumerate(results)}

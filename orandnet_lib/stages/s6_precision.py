@@ -105,7 +105,7 @@ def load(stage: Any) -> Inputs:
 
 def written_label(entry: Mapping[str, Any]) -> str:
     """The row name of a written pseudo-mask set (what stage 5 trains on)."""
-    return f"{REFINEMENTS.label(entry.get('refinement', '?'))} (fixed score): trained on"
+    return f"{REFINEMENTS.label(entry.get('refinement', '?'))} (written score): trained on"
 
 
 def pseudo_mask_table(inp: Inputs) -> pd.DataFrame:
