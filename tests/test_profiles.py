@@ -34,6 +34,17 @@ def test_overrides_apply_to_seed_generator_and_stages():
     assert profiles.load_profile("smoke")["seed"] == 0  # the original is untouched
 
 
+def test_other_scenes_get_a_data_folder_of_their_own():
+    smoke = profiles.load_profile("smoke")
+    root = smoke["data"]["root"]
+    reseeded = profiles.apply_overrides(smoke, ["seed=1"])
+    fingerprint = profiles.embedded_config(reseeded).fingerprint()
+    assert reseeded["data"]["root"] == f"{root}-{fingerprint[:8]}"
+    assert profiles.apply_overrides(smoke, ["generator.n_train=10"])["data"]["root"] not in (root, reseeded["data"]["root"])
+    # a stage parameter, or a seed equal to the profile's, leaves the scenes and their folder alone
+    assert profiles.apply_overrides(smoke, ["00_dataset.n_examples=2", "seed=0"])["data"]["root"] == root
+
+
 @pytest.mark.parametrize("item, message", [
     ("seed", "not KEY=VALUE"),
     ("seed=abc", "seed must be an integer"),

@@ -120,6 +120,13 @@ def apply_overrides(profile: dict[str, Any], overrides: Iterable[str]) -> dict[s
                 f"override {item!r}: the key must be 'seed', 'generator.<knob>' or '<stage>.<parameter>' "
                 "(a stage is a notebook's file stem, e.g. 00_dataset)"
             )
+    if out["data"].get("source", "embedded") == "embedded":
+        config = embedded_config(out)
+        if config != embedded_config(profile):
+            # Other scenes get a folder of their own: generated into the profile's folder they
+            # would replace its data, and every run on it would regenerate and re-run.
+            root = out["data"].get("root", f"data/{out.get('name', 'embedded')}")
+            out["data"]["root"] = f"{root}-{config.fingerprint()[:8]}"
     return out
 
 
