@@ -432,7 +432,8 @@ def seed_quality_figure(p: Params, inputs: Inputs, qualities: Mapping[str, Mappi
 
     from ..book import plots
 
-    fig, axes = plt.subplots(len(qualities), 1, figsize=(plots.COLUMN, 3.8 * len(qualities)), squeeze=False)
+    fig, axes = plt.subplots(len(qualities), 1, figsize=(plots.COLUMN, 4.4 * len(qualities)), squeeze=False)
+    styles = {"foreground threshold": ":", "background threshold": "-.", "best-mIoU background score": "-"}
     for ax, (src, quality) in zip(axes[:, 0], qualities.items()):
         table = quality["table"]
         for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
@@ -440,11 +441,11 @@ def seed_quality_figure(p: Params, inputs: Inputs, qualities: Mapping[str, Mappi
         th = inputs.thresholds[src]
         marks = ((th.fg, "foreground threshold"), (th.bg, "background threshold"),
                  (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score"))
+        # The marks go into the legend (as text above the panel, long labels squeezed the axes).
         for t, name in merged_marks(marks):
-            ax.axvline(t, color="grey", lw=0.8, ls=":")
-            ax.text(t, 102, name, rotation=90, fontsize=9, va="bottom", ha="center")
-        ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100))
-        ax.legend(loc="center right")
+            ax.axvline(t, color="black", lw=1.2, ls=styles[name.split(" = ")[0]], label=f"{name}: {t:.2f}")
+        ax.set(xlabel=f"{src} CAM score", ylabel="% of pixels", ylim=(0, 100), title=f"{src} CAM")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
