@@ -74,6 +74,6 @@ def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
         assert read_identity(tmp_path / "pm")["digest"] == key.digest
         p = s4.Params(variants=("cnn",), refinements=("cam", "square"), pseudo_mask_refinement="square")
         assert s4.artifact_keys(p, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"].spec == \
-            {"refinement": "square", "background": 0.25}
+            {"refinement": "square", "background": 0.25, "threshold_rule": "fixed", "reference_background": 0.15}
     finally:
         REFINEMENTS.remove("square")
