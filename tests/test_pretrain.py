@@ -256,22 +256,3 @@ def test_chapter_one_shows_each_pretrained_backbone(cnn_file, vit_file, monkeypa
     assert "auxiliary task" in s1.pretraining_text(p, pretrained)
     assert s1.pretraining_text(s1.Params(cnn_pretrained="timm"), {}).count("ImageNet") == 1
 
-
-def test_sample_cache_keeps_samples_only_within_its_limit(tmp_path):
-    import numpy as np
-
-    from orandnet_lib.data.voc import SampleCache, VOCDataset, VOCWriter
-
-    with VOCWriter(tmp_path / "voc", ("background", "thing")) as w:
-        for i in range(3):
-            mask = np.zeros((32, 32), np.uint8)
-            mask[4:12, 4:12] = 1
-            w.add("train", f"im{i}", np.full((32, 32, 3), 10 * i, np.uint8), mask)
-    ds = VOCDataset(tmp_path / "voc", "train")
-    one = ds[0].image.nbytes + ds[0].mask.nbytes + ds[0].labels.nbytes
-    cache = SampleCache(ds, limit_mb=1)
-    cache.limit = 2 * one  # room for two samples
-    first = [cache[i] for i in range(3)]
-    assert cache[0] is first[0] and cache[1] is first[1]  # kept
-    assert cache[2] is not first[2] and np.array_equal(cache[2].image, first[2].image)  # over the limit: read again
-    assert SampleCache(ds, limit_mb=0)[0] is not SampleCache(ds, limit_mb=0)[0]

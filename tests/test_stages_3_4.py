@@ -292,6 +292,9 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
     r = s4.refine_variants(p, inputs, boundaries, out, progress=False)["cnn"]
     assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.rw_background)
+    # the CAM row is the stage's one sweep of the store, whose best score is the operating point
+    assert r.scores["cam"]["threshold"] == pytest.approx(100 * th.operating_point)
+    assert r.timings["cam_ms_per_image"] == pytest.approx(1000 * inputs.sweeps["cnn"].seconds / len(ds))
 
 
 def test_marks_that_would_print_over_each_other_share_one_label():

@@ -122,3 +122,24 @@ def test_truncated_image_is_reported(tiny_voc):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(DataError, match=r"val_1.jpg: cannot read image"):
         VOCDataset(tiny_voc, "val")[1]
+
+
+def test_sample_cache_keeps_samples_only_within_its_limit(tmp_path):
+    import numpy as np
+
+    from orandnet_lib.data.voc import SampleCache, VOCDataset, VOCWriter
+
+    with VOCWriter(tmp_path / "voc", ("background", "thing")) as w:
+        for i in range(3):
+            mask = np.zeros((32, 32), np.uint8)
+            mask[4:12, 4:12] = 1
+            w.add("train", f"im{i}", np.full((32, 32, 3), 10 * i, np.uint8), mask)
+    ds = VOCDataset(tmp_path / "voc", "train")
+    one = ds[0].image.nbytes + ds[0].mask.nbytes + ds[0].labels.nbytes
+    cache = SampleCache(ds, limit_mb=1)
+    cache.limit = 2 * one  # room for two samples
+    first = [cache[i] for i in range(3)]
+    assert cache[0] is first[0] and cache[1] is first[1]  # kept
+    assert cache[2] is not first[2] and np.array_equal(cache[2].image, first[2].image)  # over the limit: read again
+    none = SampleCache(ds, limit_mb=0)
+    assert none[0] is not none[0] and np.array_equal(none[0].mask, first[0].mask)  # nothing kept, same sample

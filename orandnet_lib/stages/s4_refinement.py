@@ -26,7 +26,7 @@ import torch
 
 from ..core import store as files
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
-from ..core.metrics import ConfusionMatrix, cam_to_mask
+from ..core.metrics import ConfusionMatrix, SweepResult, cam_to_mask
 from ..core.parallel import default_workers
 from ..core.train import config_from, fit, learning_config
 from ..data.voc import VOCDataset
@@ -202,14 +202,36 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
 
 
 @dataclass
+class CamSweep:
+    """One CAM store swept once over the split: the refinements' baseline, the seed-quality
+    table, and the operating point the thresholds and the CRF's unary use."""
+
+    sweep: SweepResult
+    seconds: float
+
+    @property
+    def operating_point(self) -> float:
+        """The CAM's best-mIoU background score, chosen with the masks as IRN's CAM evaluation
+        chooses ``cam_eval_thres``."""
+        return self.sweep.best()["threshold"] / 100
+
+
+def sweep_cams(store: CamStore, dataset: VOCDataset) -> CamSweep:
+    start = time.perf_counter()
+    sweep = sweep_store(store, dataset)
+    return CamSweep(sweep, time.perf_counter() - start)
+
+
+@dataclass
 class Inputs:
-    """The scored split, the CAM stores (boundary sources and variants) and the keys of what
-    the stage writes."""
+    """The scored split, the CAM stores (boundary sources and variants), each store's sweep and
+    thresholds, and the keys of what the stage writes."""
 
     train: VOCDataset
     stores: dict[str, CamStore]
     keys: dict[str, ArtifactKey]
-    thresholds: dict[str, Thresholds]  # per store (boundary sources and variants)
+    sweeps: dict[str, CamSweep]  # per store
+    thresholds: dict[str, Thresholds]  # per store
 
 
 def open_inputs(stage: Any, p: Params) -> Inputs:
@@ -218,14 +240,8 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
     stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([*boundary_sources(p), *p.variants])}
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
     keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream)
-    return Inputs(train, stores, keys, {v: thresholds(p, operating_point(s, train)) for v, s in stores.items()})
-
-
-def operating_point(store: CamStore, dataset: VOCDataset) -> float:
-    """The CAM's best-mIoU background score on ``dataset``, chosen with its masks as IRN's CAM
-    evaluation chooses ``cam_eval_thres`` (one number per CAM; what the CRF's unary gets)."""
-    store.check_matches(dataset)
-    return sweep_store(store, dataset).best()["threshold"] / 100
+    sweeps = {v: sweep_cams(s, train) for v, s in stores.items()}
+    return Inputs(train, stores, keys, sweeps, {v: thresholds(p, sw.operating_point) for v, sw in sweeps.items()})
 
 
 # ----------------------------------------------------------------------------- the relation network
@@ -303,13 +319,12 @@ def seed_quality(p: Params, inputs: Inputs) -> dict[str, dict[str, Any]]:
     """How IRN's thresholds fall on each boundary source's CAM (described with the ground
     truth, never tuned on it): per source, the CAM's sweep, its per-threshold shares and
     precisions, and the rows at the two thresholds."""
-    return {src: _seed_quality(inputs.thresholds[src], inputs.stores[src], inputs.train) for src in boundary_sources(p)}
+    return {src: _seed_quality(inputs.thresholds[src], inputs.sweeps[src].sweep) for src in boundary_sources(p)}
 
 
-def _seed_quality(th: Thresholds, store: CamStore, dataset: VOCDataset) -> dict[str, Any]:
+def _seed_quality(th: Thresholds, sweep: SweepResult) -> dict[str, Any]:
     import pandas as pd
 
-    sweep = sweep_store(store, dataset)
     quality = pd.DataFrame(sweep.seed_quality()).set_index("threshold")
     at = {name: quality.iloc[int(np.abs(quality.index - t).argmin())]
           for name, t in (("fg", th.fg), ("bg", th.bg))}
@@ -336,16 +351,16 @@ def _scores(values: Mapping[str, Any]) -> dict[str, float]:
 def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, key: ArtifactKey, *,
                    refinements: Sequence[str], pseudo_mask_refinement: str, background: float,
                    settings: Mapping[str, Any], boundaries: Mapping[str, np.ndarray] | None = None, keep: int = 0,
-                   workers: int = 0, progress: bool = True) -> Refined:
+                   workers: int = 0, progress: bool = True, cam_sweep: CamSweep | None = None) -> Refined:
     """One CAM variant: each refinement swept over the background score (a refinement that
     reads the background score gets the CAM's best-mIoU one, chosen with the ground truth as
     IRN's CAM evaluation chooses it), then the pseudo-masks of ``pseudo_mask_refinement`` at
-    the fixed ``background``, written to ``out_dir`` (VOC layout) with ``key`` as identity."""
+    ``background``, written to ``out_dir`` (VOC layout) with ``key`` as identity.
+    ``cam_sweep``: the store's sweep when the caller has it (else it is swept here)."""
     store.check_matches(dataset)
-    start = time.perf_counter()
-    reference = sweep_store(store, dataset)
-    reference_seconds = time.perf_counter() - start
-    cam_background = reference.best()["threshold"] / 100
+    cam_sweep = cam_sweep or sweep_cams(store, dataset)
+    reference, reference_seconds = cam_sweep.sweep, cam_sweep.seconds
+    cam_background = cam_sweep.operating_point
     scores, timings, kept = {}, {}, None
     for name in refinements:
         attrs = REFINEMENTS.entry(name).attrs
@@ -383,7 +398,7 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
                               pseudo_mask_refinement=p.pseudo_mask_refinement,
                               background=inputs.thresholds[v].rw_background,
                               settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
-                              workers=p.workers, progress=progress)
+                              workers=p.workers, progress=progress, cam_sweep=inputs.sweeps[v])
             for v in p.variants}
 
 
