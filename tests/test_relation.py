@@ -54,6 +54,22 @@ def test_boundary_net_shape_and_range():
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_boundary_net_input_scale_refines_its_grid():
+    torch.manual_seed(0)
+    kwargs = {"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)}
+    net = BoundaryNet("resnet18", backbone_kwargs=kwargs, input_scale=2).eval()
+    x = torch.randn(2, 3, 64, 48)
+    out = net(x)
+    assert out.shape == (2, 1, 32, 24) and net.stride == 2  # stride 4 on an image twice the size
+    # the same network without the scale, fed the enlarged image itself, gives the same map
+    plain = BoundaryNet("resnet18", backbone_kwargs=kwargs).eval()
+    plain.load_state_dict(net.state_dict())
+    enlarged = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(plain(enlarged), out, atol=1e-6)
+    with pytest.raises(ValueError, match="input_scale"):
+        BoundaryNet("resnet18", backbone_kwargs=kwargs, input_scale=3)
+
+
 def test_downsample_labels_takes_cell_centres():
     labels = np.arange(36).reshape(6, 6)
     assert downsample_labels(labels, 4).tolist() == [[14, 17], [32, 35]]

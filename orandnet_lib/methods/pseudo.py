@@ -85,7 +85,7 @@ def boundary_loss(radius: int):
 
 @torch.no_grad()
 def boundary_map(model: BoundaryNet, image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w) boundary map on the model's stride-4 grid."""
+    """(H, W, 3) uint8 -> (h, w) boundary map on the model's grid (stride ``model.stride`` on the image)."""
     model.eval()
     device = next(model.parameters()).device
     return model(to_tensor(image).to(device))[0, 0].float().cpu().numpy()
@@ -94,7 +94,7 @@ def boundary_map(model: BoundaryNet, image: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def boundary_maps(model: BoundaryNet, dataset: VOCDataset, batch_size: int = 64, progress: bool = True
                   ) -> dict[str, np.ndarray]:
-    """Every image's boundary map (stride-4 grid), computed once and shared by the variants;
+    """Every image's boundary map (on the model's grid), computed once and shared by the variants;
     images of one size go through the network together."""
     model.eval()
     device = next(model.parameters()).device

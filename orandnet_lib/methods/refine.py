@@ -261,7 +261,7 @@ class RefineInputs:
     cams: np.ndarray  # (K, H, W) float32 in [0, 1]
     class_ids: np.ndarray  # (K,)
     background: float  # background score (the CRF's unary uses it)
-    boundary: np.ndarray | None = None  # (h, w) relation-net boundary map on the stride-4 grid, or None
+    boundary: np.ndarray | None = None  # (h, w) relation-net boundary map on its grid, or None
     settings: Mapping[str, Any] = field(default_factory=dict)  # beta, exp_times, radius, crf_iterations, ...
 
 

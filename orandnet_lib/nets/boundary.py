@@ -1,7 +1,7 @@
 """IRN's inter-pixel relation network, the semantic part: a class-boundary map predicted
 from multi-level features, trained from the affinities between pairs of confident labels.
 
-Pairs (i, j) within a radius, on the stride-4 grid: positive when both are background or
+Pairs (i, j) within a radius, on the boundary grid: positive when both are background or
 both the same foreground class, negative when their classes differ, ignored when either is
 255. The predicted affinity is 1 - (the strongest boundary on the segment i -> j), so the
 network learns boundaries exactly where a wall separates differently labelled pixels.
@@ -25,11 +25,15 @@ from ..data.voc import IGNORE_INDEX
 class BoundaryNet(nn.Module):
     """Multi-level features of a timm backbone, each squeezed by a 1x1 convolution,
     upsampled to stride 4, concatenated and mapped to a (B, 1, H/4, W/4) boundary map in [0, 1].
+    ``input_scale`` (an integer): the image is enlarged by it first, so the map's grid has stride
+    ``4 / input_scale`` on the original image (IRN's stride-4 grid was set for ~500-pixel VOC
+    images; on small images its boundary cells eat a large share of every object).
     ``freeze_backbone`` (IRN's setting): the backbone's weights are not trained and it stays in
     eval mode (BatchNorm statistics frozen) also when the net trains; only the new layers learn."""
 
     def __init__(self, backbone: str = "resnet50", pretrained: str = "", width: int = 32,
-                 backbone_kwargs: dict[str, Any] | None = None, freeze_backbone: bool = False):
+                 backbone_kwargs: dict[str, Any] | None = None, freeze_backbone: bool = False,
+                 input_scale: int = 1):
         super().__init__()
         from .classifiers import _pretrained_kwargs, backbone_shape, init_backbone
 
@@ -42,7 +46,12 @@ class BoundaryNet(nn.Module):
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
             for c in self.features.feature_info.channels())
         self.head = nn.Conv2d(width * 4, 1, 1)
-        self.stride = self.features.feature_info.reduction()[0]
+        reduction = self.features.feature_info.reduction()[0]
+        if input_scale < 1 or reduction % input_scale:
+            raise ValueError(f"input_scale must be a positive divisor of the boundary grid's stride {reduction}, "
+                             f"got {input_scale}")
+        self.input_scale = int(input_scale)
+        self.stride = reduction // self.input_scale  # of the map's grid, on the original image
 
     def train(self, mode: bool = True) -> "BoundaryNet":
         super().train(mode)
@@ -51,6 +60,8 @@ class BoundaryNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
         feats = self.features(x)
         size = feats[0].shape[-2:]
         fused = [F.interpolate(s(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else s(f)

@@ -77,13 +77,14 @@ class Params:
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
     boundary_pretrained: str = ""
     boundary_freeze_backbone: bool = False  # IRN's: the pretrained backbone is not trained, BatchNorm frozen
+    image_scale: int = 1  # the relation net sees images enlarged by this; its grid (and the walk's) has stride 4 / scale
     epochs: int = 4
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 0.001
     weight_decay: float = 0.0001
     bf16: bool = False
-    radius: int = 5  # affinity radius on the stride-4 grid
+    radius: int = 5  # affinity radius, in cells of the boundary grid
     beta: float = 10.0  # affinity exponent
     exp_times: int = 8  # IRN's: the transition matrix raised to 2 ** exp_times (256 steps)
     rw_background: float = 0.25  # IRN's background score for the written pseudo-masks (fixed)
@@ -183,7 +184,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     spec = {"backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
             "pretrained": pretrain.identity(p.boundary_pretrained, "cnn", p.boundary_backbone,
                                             backbone_shape("cnn", p.boundary_backbone_kwargs)),
-            "freeze_backbone": p.boundary_freeze_backbone, "fg_threshold": p.fg_threshold,
+            "freeze_backbone": p.boundary_freeze_backbone, "image_scale": p.image_scale, "fg_threshold": p.fg_threshold,
             "bg_threshold": p.bg_threshold, **_rule_spec(p),
             "use_crf": p.use_crf, "radius": p.radius, "train": spec_dict(learning_config(config_from(p)))}
     keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
@@ -264,7 +265,7 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
     key = inputs.keys[f"boundary_net:{source}"]
     torch.manual_seed(p.seed)
     net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p),
-                      freeze_backbone=p.boundary_freeze_backbone)
+                      freeze_backbone=p.boundary_freeze_backbone, input_scale=p.image_scale)
     start = time.perf_counter()
     th = inputs.thresholds[source]
     labels = pseudo.BoundarySet(inputs.stores[source], inputs.train, net.stride, th.fg,
@@ -283,7 +284,7 @@ def train_boundary_nets(p: Params, inputs: Inputs, out_dir: Path, progress: bool
 
 @dataclass
 class Boundaries:
-    maps: dict[str, dict[str, np.ndarray]]  # source -> image id -> (h, w) float32 map on the stride-4 grid
+    maps: dict[str, dict[str, np.ndarray]]  # source -> image id -> (h, w) float32 map on the boundary grid
     source_of: dict[str, str]  # variant -> the source whose net refines it
     ms_per_image: dict[str, float]  # source -> ms per image
     paths: dict[str, Path]  # source -> boundaries-<source>.npz
@@ -432,7 +433,7 @@ def walk_steps(p: Params, store: CamStore, boundary: np.ndarray, image_id: str) 
 
 
 def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int]) -> np.ndarray:
-    """An image's confident labels (stride-4 cells) at pixel resolution."""
+    """An image's confident labels (boundary-grid cells) at pixel resolution."""
     s = relation.net.stride
     return np.kron(relation.labels.labels[image_id], np.ones((s, s), np.uint8))[: shape[0], : shape[1]]
 
@@ -537,7 +538,11 @@ def source_text(p: Params) -> str:
 
 def walk_text(p: Params) -> str:
     """The random walk's settings that ran, in words, for the chapter."""
-    return (f"IRN's random walk as it ran: the CAMs, average-pooled to the stride-4 boundary grid, are multiplied by "
+    grid = ("IRN's stride-4 boundary grid" if p.image_scale == 1 else
+            f"the boundary grid, of stride {4 // p.image_scale} pixels here (`image_scale = {p.image_scale}`: the relation "
+            f"net sees every image enlarged {p.image_scale} times; IRN's stride 4 was set for ~500-pixel VOC images, and "
+            f"on these small scenes a ring of boundary cells would cover much of each object)")
+    return (f"IRN's random walk as it ran: the CAMs, average-pooled to {grid}, are multiplied by "
             f"(1 - boundary); affinities between cells at most {p.radius} apart are 1 minus the strongest boundary "
             f"on the segment between them, raised to beta = {p.beta:g}; the transition matrix is raised to the power "
             f"2^{p.exp_times} = {2 ** p.exp_times} (exp_times = {p.exp_times}; IRN squares a dense matrix "
