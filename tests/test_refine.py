@@ -163,3 +163,44 @@ def test_numpy_pooling_and_resizing_match_torch(shape, size):
     np.testing.assert_allclose(resize_bilinear(small, shape[1:]),
                                F.interpolate(torch.from_numpy(small)[None], size=shape[1:], mode="bilinear",
                                              align_corners=False)[0].numpy(), atol=1e-12)
+
+
+def test_true_boundary_marks_mixed_cells_and_class_changes_between_cells():
+    from orandnet_lib.methods.refine import true_boundary
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:8, 2:8] = 1
+    # stride 2: the square fills cells (1..3, 1..3) exactly; a cell is marked where its label
+    # differs from the cell to its left, above or above-left (the bottom-right corner)
+    assert true_boundary(mask, 2).tolist() == [[0, 0, 0, 0, 0],
+                                               [0, 1, 1, 1, 1],
+                                               [0, 1, 0, 0, 1],
+                                               [0, 1, 0, 0, 1],
+                                               [0, 1, 1, 1, 1]]
+    # stride 4: cells (0..1, 0..1) each hold part of the square and background
+    assert true_boundary(mask, 4).tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+    # VOC's unlabelled ring counts as a label; a 5-pixel side leaves a partial last cell
+    ring = np.zeros((5, 5), np.uint8)
+    ring[4, 4] = 255
+    assert true_boundary(ring, 2).tolist() == [[0, 0, 0], [0, 0, 0], [0, 0, 1]]
+    assert true_boundary(np.full((6, 6), 3), 3).sum() == 0
+
+
+def test_a_walk_along_the_true_boundaries_pulls_a_spilled_cam_back_inside_the_object():
+    from orandnet_lib.methods.refine import RefineInputs, refine_random_walk, true_boundary
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1
+    cam = np.zeros((1, 32, 32), np.float32)
+    cam[0, 4:28, 4:28] = 0.6  # spills 4 pixels past every edge
+    cam[0, 12:20, 12:20] = 1.0  # peaks inside
+    walked = refine_random_walk(RefineInputs(None, cam, np.array([1]), 0.5, true_boundary(mask, 2),
+                                             {"exp_times": 6, "radius": 5, "beta": 10.0}))[0]
+
+    def iou(pred: np.ndarray) -> float:
+        return float((pred & (mask == 1)).sum() / (pred | (mask == 1)).sum())
+
+    # At the CAM's best cut the spill stays: 16^2 / 24^2 = 0.44. The walk averages the spill
+    # over the whole background region, so a cut below the object's score leaves it out.
+    cuts = np.linspace(0.05, 0.95, 19)
+    assert max(iou(cam[0] > t) for t in cuts) == pytest.approx(0.444, abs=1e-3)
+    assert max(iou(walked > t) for t in cuts) > 0.7
+    assert walked[mask == 0].max() < walked[12:20, 12:20].min()

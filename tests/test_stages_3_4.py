@@ -295,6 +295,12 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     # the CAM row is the stage's one sweep of the store, whose best score is the operating point
     assert r.scores["cam"]["threshold"] == pytest.approx(100 * th.operating_point)
     assert r.timings["cam_ms_per_image"] == pytest.approx(1000 * inputs.sweeps["cnn"].seconds / len(ds))
+    # The walk along the true boundaries, on the relation net's grid.
+    limit = s4.walk_limit(p, inputs, relations, progress=False)
+    assert limit["variant"] == "cnn" and limit["grid_stride"] == relations["cnn"].net.stride
+    table = s4.walk_limit_table(limit, {"cnn": r})
+    assert list(table.index) == ["CAM", "random walk, relation-net boundaries", "random walk, true boundaries"]
+    assert table.loc["random walk, true boundaries", "miou"] == limit["miou"]
 
 
 def test_marks_that_would_print_over_each_other_share_one_label():
@@ -302,3 +308,14 @@ def test_marks_that_would_print_over_each_other_share_one_label():
     assert s4.merged_marks(marks) == [(0.0, "background threshold = best-mIoU background score"),
                                       (0.18, "foreground threshold")]
     assert s4.merged_marks([(0.5, "a"), (0.2, "b")]) == [(0.2, "b"), (0.5, "a")]
+
+
+def test_the_walk_limit_line_says_whose_loss_it_is():
+    scores = {"cam": {"miou": 40.0}, "rw": {"miou": 37.0}}
+    gain = s4._limit_line({"variant": "cnn", "grid_stride": 2, "miou": 46.0}, scores)
+    assert "46.0 % mIoU, against 40.0 for the CAM and 37.0" in gain
+    assert "can gain 6.0 points" in gain and "leave 9.0 of them" in gain
+    loss = s4._limit_line({"variant": "cnn", "grid_stride": 4, "miou": 35.0}, scores)
+    assert "4-pixel grid" in loss and "not the relation network's" in loss
+    assert "relation network's boundaries" not in s4._limit_line({"variant": "v", "grid_stride": 4, "miou": 45.0},
+                                                                  {"cam": {"miou": 40.0}})

@@ -244,6 +244,26 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
 
+def true_boundary(mask: np.ndarray, stride: int) -> np.ndarray:
+    """The boundary map a perfect relation network would give on a grid of ``stride``-pixel
+    cells: 1 on a cell whose pixels hold more than one label (255, VOC's unlabelled ring,
+    counts as a label of its own) or whose label differs from the cell to its left, above, or
+    above-left (a class change on the line between two cells; the diagonal closes the corners
+    a walk step could cut), 0 elsewhere. (h, w) = ceil(H / stride), ceil(W / stride); float32."""
+    mask = np.asarray(mask)
+    h, w = -(-mask.shape[0] // stride), -(-mask.shape[1] // stride)
+    ys, xs = np.arange(h) * stride, np.arange(w) * stride
+    first = mask[np.ix_(ys, xs)]
+    mixed = np.zeros((h, w), dtype=bool)
+    for dy in range(stride):
+        for dx in range(stride):
+            mixed |= mask[np.ix_(np.minimum(ys + dy, mask.shape[0] - 1), np.minimum(xs + dx, mask.shape[1] - 1))] != first
+    mixed[:, 1:] |= first[:, 1:] != first[:, :-1]
+    mixed[1:, :] |= first[1:, :] != first[:-1, :]
+    mixed[1:, 1:] |= first[1:, 1:] != first[:-1, :-1]
+    return mixed.astype(np.float32)
+
+
 def walk_input(cams: np.ndarray, boundary: np.ndarray) -> np.ndarray:
     """What the walk starts from: the (K, H, W) CAMs average-pooled to the (h, w) boundary
     grid and multiplied by (1 - boundary), as IRN's ``propagate_to_edge`` does, so a score

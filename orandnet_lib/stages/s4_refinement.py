@@ -32,7 +32,7 @@ from ..core.train import config_from, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods import pretrain, pseudo
 from ..methods.cams import CamStore, sweep_store, sweep_stream
-from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, walk_input
+from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, true_boundary, walk_input
 from ..nets.boundary import BoundaryNet
 from ..nets.classifiers import backbone_shape
 
@@ -403,6 +403,35 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
             for v in p.variants}
 
 
+def walk_limit(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], progress: bool = True
+               ) -> dict[str, Any]:
+    """The first variant's random walk along the true class boundaries (:func:`true_boundary`
+    of each mask, on its relation net's grid) in place of the net's map, swept like the
+    refinements: what the walk itself can gain on this grid. A diagnostic that reads the masks;
+    nothing written comes from it."""
+    v = p.variants[0]
+    stride = int(relations[source_of(p, v)].net.stride)
+    ds = inputs.train
+    start = time.perf_counter()
+    maps = {i: true_boundary(ds.load_mask(i), stride) for i in ds.ids}
+    items = pseudo.refined_cams("rw", inputs.stores[v], ds, background=inputs.sweeps[v].operating_point,
+                                settings=refinement_settings(p), boundaries=maps, workers=p.workers, progress=progress)
+    best = _scores(sweep_stream(items, ds).best())
+    return {"variant": v, "grid_stride": stride, **best, "seconds": time.perf_counter() - start}
+
+
+def walk_limit_table(limit: Mapping[str, Any], results: Mapping[str, Refined]) -> "Any":
+    """The first variant's CAM, its walk along the relation net's boundaries and along the true
+    ones, side by side."""
+    import pandas as pd
+
+    scores = results[limit["variant"]].scores
+    rows = {"CAM": scores.get("cam"), "random walk, relation-net boundaries": scores.get("rw"),
+            "random walk, true boundaries": limit}
+    metrics = ("miou", "precision", "recall", "threshold")
+    return pd.DataFrame({k: {m: r[m] for m in metrics} for k, r in rows.items() if r is not None}).T
+
+
 def score_table(results: Mapping[str, Refined]) -> "Any":
     """A (variant, refinement) table of the scores, the written sets last as
     "<label>, written"."""
@@ -565,8 +594,8 @@ def rule_text(p: Params, name: str) -> str:
 
 def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, RelationNet],
            qualities: Mapping[str, Mapping[str, Any]], boundaries: Boundaries,
-           results: Mapping[str, Refined]) -> dict[str, Any]:
-    """The stage's metrics. ``boundary_nets`` says which net refined which variant
+           results: Mapping[str, Refined], limit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The stage's metrics (``limit``: :func:`walk_limit`'s, when it ran). ``boundary_nets`` says which net refined which variant
     (``refines``: variant -> source) and where each net's maps are (``files``: source -> file
     name in the stage folder; ``widget_file`` holds the first variant's net's maps)."""
     refinement = {v: r.scores for v, r in results.items()}
@@ -579,14 +608,14 @@ def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, Relati
     cuts = {"rule": p.threshold_rule, "per_variant": {v: th.as_dict() for v, th in inputs.thresholds.items()}}
     return stage.record(
         metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings, "boundary_nets": nets,
-                 "random_walk": walk, "thresholds": cuts,
+                 "random_walk": walk, "thresholds": cuts, "walk_true_boundaries": dict(limit or {}),
                  "relation_history": {src: r.history for src, r in relations.items()},
                  "label_seconds": {src: r.label_seconds for src, r in relations.items()},
                  "confident_labels": {src: r.labels.label_statistics() for src, r in relations.items()},
                  "seed_quality": {src: q["at"] for src, q in qualities.items()},
                  "boundary_ms_per_image": boundaries.ms_per_image, "workers": p.workers or default_workers()},
         summary={"refinement": refinement, "pseudo_masks": written, "refinement_timings": timings,
-                 "boundary_nets": nets, "thresholds": cuts},
+                 "boundary_nets": nets, "thresholds": cuts, "walk_true_boundaries": dict(limit or {})},
         artifacts=inputs.keys)
 
 
@@ -613,7 +642,8 @@ def _confident_line(p: Params, th: Thresholds, src: str, quality: Mapping[str, A
 
 
 def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qualities: Mapping[str, Mapping[str, Any]],
-             boundaries: Boundaries, results: Mapping[str, Refined], peak_rss_mb: float) -> str:
+             boundaries: Boundaries, results: Mapping[str, Refined], peak_rss_mb: float,
+             limit: Mapping[str, Any] | None = None) -> str:
     """The chapter's "What this chapter found", from the computed numbers."""
     lines = [f"- **Relation networks.** {source_text(p)}", f"- **Random walk.** {walk_text(p)}"]
     lines += [_confident_line(p, inputs.thresholds[src], src, qualities[src], relations[src]) for src in relations]
@@ -631,6 +661,8 @@ def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qu
                      + ("; ".join(moves) + ". " if moves else "")
                      + f"At the written background score {inputs.thresholds[v].rw_background:.2f} the pseudo-masks "
                        f"({label}) score {r.pseudo_masks['miou']:.1f} % mIoU.")
+    if limit:
+        lines.append(_limit_line(limit, results[limit["variant"]].scores))
     n_workers = p.workers or default_workers()
     nets = ", ".join(f"{src} {ms:.1f} ms" for src, ms in boundaries.ms_per_image.items())
     lines.append(f"- Wall time per image with {n_workers} process(es) (boundary maps, once per net: {nets}): "
@@ -638,3 +670,17 @@ def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qu
                                                   for k, ms in r.timings.items()) for v, r in results.items())
                  + f". Peak resident memory of the stage: {peak_rss_mb / 1024:.2f} GB.")
     return "\n".join(lines)
+
+
+def _limit_line(limit: Mapping[str, Any], scores: Mapping[str, Mapping[str, float]]) -> str:
+    cam, best = scores["cam"]["miou"], limit["miou"]
+    rw = scores["rw"]["miou"] if "rw" in scores else None
+    head = (f"- **The walk's own limit ({limit['variant']}).** Along the true class boundaries, on the same "
+            f"{limit['grid_stride']}-pixel grid, the walk scores {best:.1f} % mIoU, against {cam:.1f} for the CAM"
+            + (f" and {rw:.1f} for the walk along the relation network's boundaries: " if rw is not None else ": "))
+    if best <= cam:
+        return head + ("even perfect boundaries do not lift this CAM on this grid, so what the walk loses here is "
+                       "the walk's and the grid's, not the relation network's.")
+    return head + (f"the walk itself can gain {best - cam:.1f} points on this grid"
+                   + (f", and the relation network's boundaries leave {best - rw:.1f} of them." if rw is not None
+                      else "."))
