@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from orandnet_lib.methods.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
-from orandnet_lib.core.errors import DataError
+from orandnet_lib.core.errors import ConfigError, DataError
 from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM, create_classifier
 from orandnet_lib.data.voc import VOCDataset
 
@@ -191,3 +191,45 @@ def test_vit_cams_cover_images_whose_sides_are_not_multiples_of_the_patch():
     x = torch.randn(1, 3, 44, 36)  # 5.5 x 4.5 patches: resized to 6 x 4 patches (48 x 32)
     assert model.cam(x).shape == (1, 3, 6, 4)
     assert model(x).shape == (1, 3)
+
+
+def test_a_hybrid_vit_starts_from_the_resnet_stages_up_to_its_stem_stride(tmp_path):
+    torch.manual_seed(1)
+    reference = timm.create_model("resnet18", channels=(8, 16, 16, 32), num_classes=0)
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(reference.state_dict(), path)
+    stem = {"kind": "resnet", "backbone": "resnet18", "backbone_kwargs": {"channels": [8, 16, 16, 32]},
+            "pretrained": str(path)}
+    model = create_classifier("vit", 5, **SMALL_VIT, stem=stem).eval()  # stem_widths (8, 16): stride 4
+    x = torch.randn(2, 3, 32, 32)
+    assert model.stride == 4 and model.cam(x).shape == (2, 5, 8, 8) and model(x).shape == (2, 5)
+    # the embedding's backbone is the ResNet's stem, max-pool and layer1 (stride 4), with its weights
+    backbone = model.vit.patch_embed.backbone
+    with torch.no_grad():
+        reference.eval()
+        expected = reference.layer1(reference.maxpool(reference.act1(reference.bn1(reference.conv1(x)))))
+        torch.testing.assert_close(backbone(x), expected)
+    assert backbone.num_features == 8  # layer1's channels
+    with pytest.raises(ConfigError, match="unknown ViT stem kind 'densenet'"):
+        create_classifier("vit", 5, **SMALL_VIT, stem={**stem, "kind": "densenet"})
+    with pytest.raises(ValueError, match="takes its stride from stem_widths"):
+        create_classifier("vit", 5, **{**SMALL_VIT, "stem_widths": ()}, stem=stem)
+    with pytest.raises(ValueError, match="pretrained must be empty"):
+        create_classifier("vit", 5, **SMALL_VIT, pretrained="timm", stem=stem)
+
+
+def test_the_vit_key_holds_its_resnet_stem_and_that_stems_start(tiny_voc):
+    import dataclasses
+
+    from orandnet_lib.stages.s1_classifiers import Params, classifier_key, classifier_specs
+
+    def vit_digest(**changes):
+        spec = classifier_specs(dataclasses.replace(Params(), **changes))["vit"]
+        return classifier_key(spec, 0, "data", "val").digest
+
+    conv = vit_digest()
+    assert conv == vit_digest(cnn_pretrained="elsewhere.pth")  # a conv stem reads nothing of the CNN
+    hybrid = vit_digest(vit_stem="resnet")
+    assert hybrid != conv
+    assert hybrid != vit_digest(vit_stem="resnet", cnn_pretrained="elsewhere.pth")
+    assert hybrid != vit_digest(vit_stem="resnet", cnn_backbone_kwargs={"channels": [8, 16, 16, 32]})

@@ -127,6 +127,31 @@ class ConvStem(nn.Sequential):
         self.num_features = widths[-1]  # what timm's HybridEmbed reads
 
 
+class ResNetStem(nn.Sequential):
+    """The first stages of a timm ResNet, up to output ``stride``, as a hybrid ViT's patch
+    embedding (the ViT-R50 hybrid of Dosovitskiy et al.): the ViT's tokens then start from
+    pretrained convolutional features, here the same pretrained ResNet as the CNN's."""
+
+    def __init__(self, backbone: str, backbone_kwargs: Mapping[str, Any] | None = None, pretrained: str = "",
+                 stride: int = 8):
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(backbone_kwargs or {}).items()}
+        features = timm.create_model(backbone, features_only=True, **_pretrained_kwargs(pretrained, True), **kwargs)
+        init_backbone(features, pretrained, "cnn", backbone, backbone_shape("cnn", kwargs))
+        reductions = features.feature_info.reduction()
+        if stride not in reductions:
+            raise ValueError(f"a {backbone} stem has output strides {reductions}, not {stride}")
+        level = reductions.index(stride)
+        last = features.feature_info.module_name()[level]
+        modules: list[nn.Module] = []
+        for name, module in features.items():
+            modules.append(module)
+            if name == last:
+                break
+        super().__init__(*modules)
+        self.stride = stride
+        self.num_features = features.feature_info.channels()[level]  # what timm's HybridEmbed reads
+
+
 class ViTCAM(nn.Module):
     """A timm VisionTransformer whose patch tokens feed a bias-free linear CAM head.
 
@@ -134,13 +159,16 @@ class ViTCAM(nn.Module):
     each token is the exact CAM (as the CNN's). ``pool="token"``: logits come from the class
     token (as DeiT); CAMs then need a gradient method (``cam_method="gradcam"`` or
     ``"attribution"``, the official code's transformer attribution).
-    ``stem_widths`` non-empty: a convolutional stem of stride 2^(len+1) replaces the patch
+    ``stem_widths`` non-empty: a convolutional stem of stride 2^len replaces the patch
     embedding (then ``patch_size`` is the stride of the projection on the stem's output).
+    ``stem`` non-empty (``{"kind": "resnet", "backbone", "backbone_kwargs", "pretrained"}``):
+    instead, a :class:`ResNetStem` of the same stride (a hybrid ViT on a pretrained ResNet).
     """
 
     def __init__(self, num_classes: int, backbone: str = "vit_base_patch16_224", pretrained: str = "",
                  img_size: int = 224, patch_size: int | None = None, pool: str = "avg",
-                 stem_widths: tuple[int, ...] = (), backbone_kwargs: dict[str, Any] | None = None):
+                 stem_widths: tuple[int, ...] = (), backbone_kwargs: dict[str, Any] | None = None,
+                 stem: Mapping[str, Any] | None = None):
         super().__init__()
         if pool not in ("avg", "token"):
             raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}")
@@ -149,11 +177,21 @@ class ViTCAM(nn.Module):
         if patch_size is not None:
             kwargs["patch_size"] = patch_size
         self.stem_stride = 1
+        stem = dict(stem or {})
+        kind = stem.pop("kind", None)
+        if stem and kind != "resnet":
+            raise ConfigError(f"unknown ViT stem kind {kind!r}: the stems are 'conv' (no stem settings) and 'resnet'")
+        if stem and not stem_widths:
+            raise ValueError("a ResNet stem takes its stride from stem_widths (2^len); give stem_widths")
+        if stem and pretrained:
+            raise ValueError("a ViT on a pretrained ResNet stem trains its transformer from scratch: "
+                             f"pretrained must be empty, got {pretrained!r}")
         if stem_widths:
             embed_dim = kwargs.get("embed_dim") or timm.create_model(backbone, pretrained=False).embed_dim
-            stem = ConvStem(tuple(stem_widths))
             self.stem_stride = 2 ** len(stem_widths)
-            kwargs["embed_layer"] = partial(HybridEmbed, backbone=stem,
+            module: nn.Module = (ResNetStem(stride=self.stem_stride, **stem) if stem else
+                                 ConvStem(tuple(stem_widths)))
+            kwargs["embed_layer"] = partial(HybridEmbed, backbone=module,
                                             feature_size=img_size // self.stem_stride)
             kwargs["embed_dim"] = embed_dim
         self.vit = timm.create_model(backbone, **_pretrained_kwargs(pretrained, True), **kwargs)
@@ -273,7 +311,7 @@ CLASSIFIER_KINDS.add("cnn", CNNCAM, label="CNN (ResNet, IRN style)")
 
 
 @CLASSIFIER_KINDS.register("vit", label="ViT with a CAM head",
-                           spec_kwargs=("img_size", "patch_size", "stem_widths", "pool"))
+                           spec_kwargs=("img_size", "patch_size", "stem_widths", "pool", "stem"))
 def vit_classifier(num_classes: int, **kwargs: Any) -> nn.Module:
     if "stem_widths" in kwargs:
         kwargs["stem_widths"] = tuple(kwargs["stem_widths"])

@@ -69,6 +69,7 @@ class Params:
     vit_pretrained: str = ""
     vit_patch_size: int = 1
     vit_stem_widths: tuple[int, ...] = (16, 32, 64)
+    vit_stem: str = "conv"  # "conv": from scratch, of vit_stem_widths; "resnet": the CNN's pretrained ResNet, same stride
     vit_pool: str = "avg"
     vit_cam_method: str = "cam"  # "cam" | "gradcam" | "attribution" (the official code's transformer attribution)
     vit_epochs: int = 14
@@ -100,6 +101,7 @@ class ClassifierSpec:
     crop_size: int = 96
     patch_size: int | None = None  # ViT only
     stem_widths: tuple[int, ...] = ()  # ViT only: convolutional stem
+    stem: dict[str, Any] = field(default_factory=dict)  # ViT only: a ResNet stem (backbone, backbone_kwargs, pretrained)
     pool: str = "avg"  # ViT only
     cam_method: str = "cam"  # a registered CAM method: "cam" (CAM head) | "gradcam" | "attribution"
     epochs: int = 8
@@ -128,6 +130,16 @@ class ClassifierSpec:
         return backbone_shape(self.kind, self.backbone_kwargs, self.patch_size, self.stem_widths)
 
 
+def vit_stem(p: Params) -> dict[str, Any]:
+    """The ViT spec's ``stem``: empty for the from-scratch convolutional stem ("conv"); else the
+    stem kind with the CNN's backbone and starting point ("resnet": a hybrid ViT on the CNN's
+    pretrained ResNet; the ViT checks the kind when it is built)."""
+    if p.vit_stem == "conv":
+        return {}
+    return {"kind": p.vit_stem, "backbone": p.cnn_backbone, "backbone_kwargs": dict(p.cnn_backbone_kwargs),
+            "pretrained": p.cnn_pretrained}
+
+
 def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
     """The CNN's and the ViT's specs from the stage's parameters."""
     return {
@@ -138,7 +150,8 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
             warmup_steps=p.cnn_warmup_steps, bf16=p.cnn_bf16)),
         "vit": ClassifierSpec.from_dict(dict(
             kind="vit", backbone=p.vit_backbone, backbone_kwargs=p.vit_backbone_kwargs, pretrained=p.vit_pretrained,
-            crop_size=p.crop_size, patch_size=p.vit_patch_size, stem_widths=p.vit_stem_widths, pool=p.vit_pool,
+            crop_size=p.crop_size, patch_size=p.vit_patch_size, stem_widths=p.vit_stem_widths, stem=vit_stem(p),
+            pool=p.vit_pool,
             cam_method=p.vit_cam_method, epochs=p.vit_epochs, batch_size=p.vit_batch_size, optimizer=p.vit_optimizer,
             lr=p.vit_lr, weight_decay=p.vit_weight_decay, warmup_steps=p.vit_warmup_steps,
             head_lr_mult=p.vit_head_lr_mult)),
@@ -152,6 +165,12 @@ def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) ->
     train = spec_dict(learning_config(spec.train_config(seed)))
     architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
     architecture["pretrained"] = pretrain.identity(spec.pretrained, spec.kind, spec.backbone, spec.shape())
+    if not spec.stem:
+        del architecture["stem"]  # keys from before the field existed stay valid
+    else:
+        architecture["stem"] = {**spec.stem, "pretrained": pretrain.identity(
+            spec.stem.get("pretrained", ""), "cnn", spec.stem["backbone"],
+            backbone_shape("cnn", spec.stem.get("backbone_kwargs")))}
     return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
                        data=data, seed=seed)
 
@@ -254,7 +273,11 @@ def _start(setting: str) -> str:
 
 def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
     """Where each classifier starts and, when one starts from an auxiliary task, why and what that task is."""
-    lines = [f"- **{name}** starts from {_start(spec.pretrained)}." for name, spec in classifier_specs(p).items()]
+    lines = [f"- **{name}** starts from {_start(spec.pretrained)}"
+             + (f"; its stem (the patch embedding) is the CNN's {spec.stem['backbone']} up to stride "
+                f"{2 ** len(spec.stem_widths)}, starting from {_start(spec.stem.get('pretrained', ''))}, so the "
+                f"transformer reads pretrained convolutional features (a hybrid ViT, as ViT-R50)."
+                if spec.stem else ".") for name, spec in classifier_specs(p).items()]
     for recipe_name in dict.fromkeys(t.recipe for t in pretrained.values()):
         r = pretrain.AUX_RECIPES.get(recipe_name)
         lines.append(
@@ -279,7 +302,7 @@ def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
 def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
     """The classifier a spec names, through the ``CLASSIFIER_KINDS`` registry."""
     optional = {"img_size": spec.crop_size, "patch_size": spec.patch_size, "stem_widths": spec.stem_widths,
-                "pool": spec.pool}
+                "pool": spec.pool, "stem": dict(spec.stem)}
     wanted = CLASSIFIER_KINDS.entry(spec.kind).attrs.get("spec_kwargs", ())
     kwargs: dict[str, Any] = {"backbone": spec.backbone, "pretrained": spec.pretrained,
                               **{k: optional[k] for k in wanted}}
