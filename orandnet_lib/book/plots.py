@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -197,20 +197,26 @@ def score_bars(table: "pd.DataFrame", x: str = "training set", hue: str = "sched
                seeds: bool = True) -> plt.Figure:
     """mIoU, precision and recall (columns ``miou``, ``precision``, ``recall``) per ``x``, one
     bar per ``hue``, stacked for the column. ``seeds``: rows are seeds, so bars are the mean,
-    lines one standard deviation and dots the seeds."""
+    lines one standard deviation and dots the seeds. One legend below the panels (inside a
+    panel it covers the tallest bars)."""
     import seaborn as sns
 
     fig, axes = plt.subplots(3, 1, figsize=(COLUMN, 8.4), sharex=True)
+    handles: list[Any] = []
+    labels: list[str] = []
     for ax, key in zip(axes, ("miou", "precision", "recall")):
         sns.barplot(table, x=x, y=key, hue=hue, errorbar="sd" if seeds else None, ax=ax, alpha=0.8 if seeds else 1.0)
         if seeds:
             sns.stripplot(table, x=x, y=key, hue=hue, dodge=True, ax=ax, palette="dark:k", size=4, legend=False)
         ax.set(xlabel="", ylabel={"miou": "mIoU %", "precision": "precision %", "recall": "recall %"}[key])
         if key == "miou":
-            ax.legend(title=f"{hue} (bar: mean, line: sd, dots: seeds)" if seeds else hue, ncol=3 if seeds else 2)
-        elif ax.get_legend() is not None:
+            handles, labels = ax.get_legend_handles_labels()
+        if ax.get_legend() is not None:
             ax.get_legend().remove()
     fig.tight_layout()
+    if handles:
+        fig.legend(handles, labels, title=f"{hue} (bar: mean, line: sd, dots: seeds)" if seeds else hue,
+                   loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)), frameon=False)
     return fig
 
 

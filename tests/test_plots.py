@@ -1,0 +1,23 @@
+"""Figures whose layout is part of being readable."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from orandnet_lib.book import plots  # noqa: E402
+
+
+def test_score_bars_put_one_legend_below_the_panels_not_over_the_bars():
+    table = pd.DataFrame([{"variant": v, "refinement": r, "miou": 40.0 + i, "precision": 50.0, "recall": 60.0}
+                          for i, (v, r) in enumerate((v, r) for v in ("cnn", "and") for r in ("CAM", "CRF", "walk"))])
+    fig = plots.score_bars(table, x="variant", hue="refinement", seeds=False)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["CAM", "CRF", "walk"]
+    assert legend.get_title().get_text() == "refinement"
+    fig.canvas.draw()
+    bottom = min(ax.get_position().y0 for ax in fig.axes)
+    assert legend.get_window_extent().y1 <= bottom * fig.bbox.height  # below the lowest panel
+    plt.close(fig)
