@@ -61,7 +61,7 @@ class Target:
     chapter: str  # the notebook stem that measures it
     target: str  # as the reader reads it
     value: Callable[[Summary], float | None]
-    met: Callable[[float], bool]
+    met: Callable[[float], bool] | None  # None: a run's summary cannot judge it (shown, not judged)
     fmt: str = "{:.1f}"
 
 
@@ -82,7 +82,10 @@ TARGETS: tuple[Target, ...] = (
            lambda v: v >= 5, "{:+.1f}"),
     Target("DeepLab on CNN pseudo-masks / their mIoU", "05_segmentation_curriculum", ">= 0.9", pseudo_ratio,
            lambda v: v >= 0.9, "{:.2f}"),
-    Target("all stages, wall time of their last execution (s)", "", "<= 900", total_seconds, lambda v: v <= 900, "{:.0f}"),
+    # The budget is a fresh machine's first make book; a stage's last execution may have reused cached
+    # checkpoints, so a summary cannot judge it (make bench on a fresh clone does).
+    Target("all stages, wall time of their last execution (s)", "", "<= 900 on a fresh machine", total_seconds, None,
+           "{:.0f}"),
     Target("peak memory of a stage (GiB)", "", "<= 6", peak_gib, lambda v: v <= 6, "{:.1f}"),
 )
 
@@ -94,7 +97,7 @@ def rows(summary: Summary) -> list[dict[str, Any]]:
         v = t.value(summary)
         out.append({"quantity": t.quantity, "chapter": t.chapter, "target": t.target,
                     "value": None if v is None else float(v), "shown": "not measured" if v is None else t.fmt.format(v),
-                    "met": None if v is None else bool(t.met(float(v)))})
+                    "met": None if v is None or t.met is None else bool(t.met(float(v)))})
     return out
 
 
@@ -107,11 +110,13 @@ def section(summary: Summary, chapters: Mapping[str, str]) -> str:
              "output grid allows). A verdict below that a claim does not hold means little where these are missed.",
              "", "| quantity | target | this run | met | chapter |", "|---|---|---|---|---|"]
     for r in rows(summary):
-        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
+        met = {None: "not judged" if r["value"] is not None else "", True: "yes", False: "**no**"}[r["met"]]
         link = f"{{doc}}`{chapters[r['chapter']]}`" if r["chapter"] in chapters else ""
         lines.append(f"| {r['quantity']} | {r['target']} | {r['shown']} | {met} | {link} |")
     lines += ["", "A stage's wall time is that of its last execution: one that reused cached checkpoints (or the "
-              "cached pretrained weights) ran shorter than it does on a fresh machine; `make bench` tables the stages."]
+              "cached pretrained weights) ran shorter than it does on a fresh machine, so the sum is shown but not "
+              "judged against the budget, which counts a fresh machine's first `make book`; `make bench` on a fresh "
+              "clone tables the stages."]
     limit = _get(summary, "dataset", "grid_limits", "8", "val")
     if limit is not None:
         lines += ["", f"The best val mIoU a stride-8 map (DeepLab's grid) can reach on this data: {limit:.1f}."]
