@@ -319,3 +319,6 @@ def test_the_walk_limit_line_says_whose_loss_it_is():
     assert "4-pixel grid" in loss and "not the relation network's" in loss
     assert "relation network's boundaries" not in s4._limit_line({"variant": "v", "grid_stride": 4, "miou": 45.0},
                                                                   {"cam": {"miou": 40.0}})
+    beaten = s4._limit_line({"variant": "cnn", "grid_stride": 2, "miou": 43.0}, {"cam": {"miou": 40.0},
+                                                                                  "rw": {"miou": 44.5}})
+    assert "take all of them (its walk is 1.5 above" in beaten and "leave" not in beaten

@@ -29,7 +29,7 @@ class ClassificationSet(Dataset):
                  scale_range: tuple[float, float] = (0.75, 1.25), seed: int = 0, cache: bool = True):
         self.dataset, self.crop_size, self.augment = dataset, crop_size, augment
         self.scale_range, self.seed, self.epoch = tuple(scale_range), seed, 0
-        self.samples = SampleCache(dataset, limit_mb=1024 if cache else 0)
+        self.samples = SampleCache(dataset) if cache else SampleCache(dataset, limit_mb=0)  # the cache's own limit
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -681,6 +681,10 @@ def _limit_line(limit: Mapping[str, Any], scores: Mapping[str, Mapping[str, floa
     if best <= cam:
         return head + ("even perfect boundaries do not lift this CAM on this grid, so what the walk loses here is "
                        "the walk's and the grid's, not the relation network's.")
-    return head + (f"the walk itself can gain {best - cam:.1f} points on this grid"
-                   + (f", and the relation network's boundaries leave {best - rw:.1f} of them." if rw is not None
-                      else "."))
+    if rw is None:
+        return head + f"the walk itself can gain {best - cam:.1f} points on this grid."
+    if rw >= best:
+        return head + (f"the walk itself can gain {best - cam:.1f} points on this grid, and the relation network's "
+                       f"boundaries take all of them (its walk is {rw - best:.1f} above the true boundaries' one).")
+    return head + (f"the walk itself can gain {best - cam:.1f} points on this grid, and the relation network's "
+                   f"boundaries leave {best - rw:.1f} of them.")
