@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from orandnet_lib.core.stats import describe_difference, ols, paired_difference
+from orandnet_lib.core.stats import describe_difference, format_p, ols, paired_difference
 
 
 def test_paired_difference_by_hand():
@@ -48,6 +48,15 @@ def test_paired_difference_edge_cases():
         paired_difference({0: 1.0}, [1.0])
     text = describe_difference(paired_difference([10, 20, 30], [11, 22, 33]))
     assert "+2.0 ± 0.6" in text and "p = 0.07" in text and "do not separate" in text
+    # differences 5.5, 4.5, 5.0: t = 5 / (0.5 / sqrt 3) = sqrt 300, and with 2 degrees of freedom
+    # p = 1 - t / sqrt(t^2 + 2) = 0.0033: three decimals, where two would print "p = 0.00"
+    text = describe_difference(paired_difference([0.0, 0.0, 0.0], [5.5, 4.5, 5.0]))
+    assert "p = 0.003;" in text and "separate the two" in text
+
+
+def test_p_values_read_as_prose_at_every_size():
+    assert format_p(0.26) == "p = 0.26" and format_p(0.0048) == "p = 0.005"
+    assert format_p(0.0004) == "p < 0.001" and format_p(float("nan")) == "p undefined"
 
 
 def test_ols_recovers_an_exact_line_and_gives_textbook_standard_errors():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import paper
+from ..core.stats import format_p
 
 CHAPTERS = {
     "02": "../executed/02_or_and_ensembles", "03": "../executed/03_orandnet",
@@ -37,7 +38,7 @@ def _interval_verdict(d: Mapping[str, float], positive_is_claim: bool = True) ->
         return f"none ({n} seed: no spread)", "not resolved"
     low, high = float(d["low"]), float(d["high"])
     p = d.get("p")
-    shown_p = "p undefined: no spread" if p is None or math.isnan(float(p)) else f"p = {float(p):.2g}"
+    shown_p = "p undefined: no spread" if p is None or math.isnan(float(p)) else format_p(float(p))
     interval = f"[{low:+.1f}, {high:+.1f}] (n = {n} seeds, {shown_p})"
     if (low > 0) if positive_is_claim else (high < 0):
         return interval, "reproduces"

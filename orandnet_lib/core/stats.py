@@ -100,6 +100,16 @@ def paired_difference(a: Sequence[float] | Mapping[Any, float], b: Sequence[floa
     return {"n": n, "mean": mean, "se": se, "t": _t_statistic(mean, se), "df": df, "p": p, "low": low, "high": high}
 
 
+def format_p(p: float) -> str:
+    """A p-value as prose: two decimals, three below 0.01, and "p < 0.001" below that (two
+    decimals would print a small p as "p = 0.00")."""
+    if math.isnan(p):
+        return "p undefined"
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
 def describe_difference(diff: Mapping[str, float], unit: str = "points") -> str:
     """One line of prose for a :func:`paired_difference`: the mean with its standard error,
     the t-test and the interval, or why there is no uncertainty to give."""
@@ -112,5 +122,5 @@ def describe_difference(diff: Mapping[str, float], unit: str = "points") -> str:
     verdict = ("the seeds separate the two" if diff["p"] < 0.05 else
                "the seeds do not separate the two")
     return (f"{diff['mean']:+.1f} ± {diff['se']:.1f} {unit} (standard error over {diff['n']} paired seeds; "
-            f"t = {diff['t']:.2f}, {diff['df']} degree{'s' if diff['df'] != 1 else ''} of freedom, p = {diff['p']:.2f}; "
+            f"t = {diff['t']:.2f}, {diff['df']} degree{'s' if diff['df'] != 1 else ''} of freedom, {format_p(diff['p'])}; "
             f"95 % interval {diff['low']:+.1f} to {diff['high']:+.1f}): {verdict}")

@@ -534,11 +534,15 @@ def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], pairs: Sequenc
         lines.append(f"- **{r['training set']}, {r['other']} − {r['baseline']}** ({r['measure']}, paired by seed): "
                      f"{describe_difference(r)}.")
     if GROUND_TRUTH in summary:
-        g = summary[GROUND_TRUTH][hs if hs in summary[GROUND_TRUTH] else next(iter(summary[GROUND_TRUTH]))]
+        gt = summary[GROUND_TRUTH]
+        g_sched = hs if hs in gt else next(iter(gt))
+        g = gt[g_sched]
         others = [(t, summary[t][hs]["miou"]) for t in p.training_sets if t != GROUND_TRUTH and hs in summary.get(t, {})]
         if others:
             best_t, best_v = max(others, key=lambda x: x[1])
-            lines.append(f"- **Upper bound.** Trained on the ground truth, DeepLab scores {g['miou']:.1f} % mIoU; the best "
+            also = "; ".join(f"{name}: {e['miou']:.1f} %" for name, e in gt.items() if name != g_sched)
+            lines.append(f"- **Upper bound.** Trained on the ground truth with the {g_sched} schedule, DeepLab scores "
+                         f"{g['miou']:.1f} % mIoU{f' ({also})' if also else ''}; the best "
                          f"pseudo-mask set ({best_t}) reaches {best_v:.1f} %, "
                          f"{abs(g['miou'] - best_v):.1f} points {'below' if best_v <= g['miou'] else 'above'} it.")
     total = sum(r.train_seconds for r in runs)
