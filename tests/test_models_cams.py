@@ -212,6 +212,13 @@ def test_a_hybrid_vit_starts_from_the_resnet_stages_up_to_its_stem_stride(tmp_pa
     assert backbone.num_features == 8  # layer1's channels
     with pytest.raises(ConfigError, match="unknown ViT stem kind 'densenet'"):
         create_classifier("vit", 5, **SMALL_VIT, stem={**stem, "kind": "densenet"})
+    # a kind alone, or settings without one, never fall back to the conv stem in silence
+    with pytest.raises(ConfigError, match="unknown ViT stem kind 'densenet'"):
+        create_classifier("vit", 5, **SMALL_VIT, stem={"kind": "densenet"})
+    with pytest.raises(ConfigError, match="needs its backbone"):
+        create_classifier("vit", 5, **SMALL_VIT, stem={"kind": "resnet"})
+    with pytest.raises(ConfigError, match="without a kind"):
+        create_classifier("vit", 5, **SMALL_VIT, stem={k: v for k, v in stem.items() if k != "kind"})
     with pytest.raises(ValueError, match="takes its stride from stem_widths"):
         create_classifier("vit", 5, **{**SMALL_VIT, "stem_widths": ()}, stem=stem)
     with pytest.raises(ValueError, match="pretrained must be empty"):

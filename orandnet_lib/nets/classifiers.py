@@ -178,18 +178,23 @@ class ViTCAM(nn.Module):
             kwargs["patch_size"] = patch_size
         self.stem_stride = 1
         stem = dict(stem or {})
-        kind = stem.pop("kind", None)
-        if stem and kind != "resnet":
+        kind = stem.pop("kind", None)  # decided by the kind, not by what settings are left beside it
+        if kind is None and stem:
+            raise ConfigError(f"ViT stem settings {sorted(stem)} without a kind: give kind 'resnet'")
+        if kind not in (None, "resnet"):
             raise ConfigError(f"unknown ViT stem kind {kind!r}: the stems are 'conv' (no stem settings) and 'resnet'")
-        if stem and not stem_widths:
+        resnet_stem = kind == "resnet"
+        if resnet_stem and "backbone" not in stem:
+            raise ConfigError("a ResNet stem needs its backbone (and backbone_kwargs, pretrained): the CNN's")
+        if resnet_stem and not stem_widths:
             raise ValueError("a ResNet stem takes its stride from stem_widths (2^len); give stem_widths")
-        if stem and pretrained:
+        if resnet_stem and pretrained:
             raise ValueError("a ViT on a pretrained ResNet stem trains its transformer from scratch: "
                              f"pretrained must be empty, got {pretrained!r}")
         if stem_widths:
             embed_dim = kwargs.get("embed_dim") or timm.create_model(backbone, pretrained=False).embed_dim
             self.stem_stride = 2 ** len(stem_widths)
-            module: nn.Module = (ResNetStem(stride=self.stem_stride, **stem) if stem else
+            module: nn.Module = (ResNetStem(stride=self.stem_stride, **stem) if resnet_stem else
                                  ConvStem(tuple(stem_widths)))
             kwargs["embed_layer"] = partial(HybridEmbed, backbone=module,
                                             feature_size=img_size // self.stem_stride)
