@@ -3,14 +3,22 @@
 from orandnet_lib.book.claims import claims, headline, reproduces_page
 
 
-def scores(miou, precision, recall):
-    return {"miou": miou, "precision": precision, "recall": recall, "threshold": 30.0}
+def scores(miou, precision, recall, curve=((100, 0), (0, 100))):
+    """A summary entry; ``curve``: (recall, precision) points over increasing background scores."""
+    return {"miou": miou, "precision": precision, "recall": recall, "threshold": 30.0, "unpredicted": 0,
+            "empty_maps": 0.0, "curve": {"recall": [r for r, _ in curve], "precision": [q for _, q in curve]}}
 
 
 SUMMARY = {
     "profile": "smoke",
-    "cams": {"cnn": scores(30, 40, 50), "vit": scores(25, 35, 45), "and+offset": scores(28, 48, 38),
-             "or+offset": scores(27, 30, 60), "orandnet": scores(31, 44, 42)},
+    # The claims compare at equal recall (precision) along these curves, by hand:
+    # and+offset at cnn's recall 50: between (60, 44) and (40, 52) -> 48, +8.0 over cnn's 40; at vit's 45: 50 vs 35.
+    # or+offset at cnn's precision 40: between (70, 35) and (50, 45) -> recall 60, +10.0 over 50; at vit's 35: 70.
+    # orandnet at cnn's recall 50: 44, +4.0 over 40; best mIoU 31 - 30 = +1.0.
+    "cams": {"cnn": scores(30, 40, 50), "vit": scores(25, 35, 45),
+             "and+offset": scores(28, 48, 38, ((80, 30), (60, 44), (40, 52), (20, 60))),
+             "or+offset": scores(27, 30, 60, ((90, 20), (70, 35), (50, 45))),
+             "orandnet": scores(31, 44, 42, ((70, 35), (50, 44), (30, 50)))},
     "segmentation_headline": {"baseline": "cnn", "other": "orandnet", "schedule": "curriculum",
                               "difference": {"n": 3, "mean": 1.5, "se": 0.2, "t": 7.5, "df": 2, "p": 0.017,
                                              "low": 0.64, "high": 2.36}},
@@ -23,11 +31,20 @@ SUMMARY = {
 
 def test_each_claim_gets_its_effect_interval_and_verdict():
     rows = {c.claim.split(" (")[0]: c for c in claims(SUMMARY)}
-    assert rows["AND is more precise than either single CAM"].verdict == "holds in this run"
-    assert "+8.0 points" in rows["AND is more precise than either single CAM"].effect  # 48 - 40
-    assert rows["OR has a higher recall than either single CAM"].effect.endswith("(+10.0 points)")
-    orand = rows["ORANDNet is more precise than the best single CAM at no loss of mIoU"]
-    assert orand.effect == "precision +4.0, mIoU +1.0 points against cnn" and orand.verdict == "holds in this run"
+    and_row = rows["AND is more precise than either single CAM"]
+    assert and_row.verdict == "holds in this run"
+    assert and_row.effect.startswith("at cnn's recall 50.0 %: and+offset 48.0 % vs 40.0 % (+8.0 points); "
+                                     "at vit's recall 45.0 %: and+offset 50.0 % vs 35.0 % (+15.0 points)")
+    assert "0 classes never predicted" in and_row.effect
+    or_row = rows["OR has a higher recall than either single CAM"]
+    assert "or+offset recall 60.0 % vs 50.0 % (+10.0 points)" in or_row.effect and or_row.verdict == "holds in this run"
+    orand = rows["ORANDNet is more precise than the best single CAM"]
+    assert orand.effect.startswith("at cnn's recall 50.0 %: precision 44.0 % vs 40.0 % (+4.0 points); best mIoU +1.0")
+    assert orand.verdict == "holds in this run"
+    # a curve that never reaches the baseline's recall does not hold, and says why
+    short = {**SUMMARY, "cams": {**SUMMARY["cams"], "orandnet": scores(31, 60, 20, ((30, 50), (20, 60)))}}
+    row = next(c for c in claims(short) if c.claim.startswith("ORANDNet"))
+    assert "not reached" in row.effect and row.verdict == "does not hold in this run"
     seg = rows["Segmentation trained on ORANDNet's pseudo-masks beats the single-CNN baseline"]
     assert seg.verdict == "reproduces" and seg.interval.startswith("[+0.6, +2.4] (n = 3 seeds")
     curriculum = rows["The scale-scheduling curriculum helps"]

@@ -1,9 +1,10 @@
 """Issue 14, items 1, 6 and 7, on cases whose answers are known.
 
-1. ORANDNet infers as the official ``module/encdec_pred.py``: each class channel through the
-   network, ReLU, each class map divided by its own maximum, whatever the training loss.
-6. Stage 2's offset is chosen by a stated rule (``fixed`` / ``align``) from stage 1's
-   validation sweeps, recorded, and read back by later stages.
+1. ORANDNet is read out as its loss trained it (issue 23): the official softmax loss by the
+   official ``module/encdec_pred.py`` (ReLU, each class map over its own maximum), the binary
+   cross-entropy by the sigmoid (each class map over its own maximum).
+6. Stage 2's offset is chosen by a stated rule (``fixed`` / ``align``) that reads no mask (issue 23:
+   Otsu's threshold of each source's own train-split scores), recorded, and read back by later stages.
 7. A timm ORANDNet encoder starts from given weights ("timm" or a local file), like the classifiers.
 """
 
@@ -18,7 +19,8 @@ import torch
 
 from orandnet_lib.book.stage import Upstream
 from orandnet_lib.core.errors import ConfigError
-from orandnet_lib.nets.orandnet import ORANDNet, collate, make_inputs, normalise, orand_loss, predict
+from orandnet_lib.nets.orandnet import (LOSSES, READOUTS, ORANDNet, collate, make_inputs, normalise, orand_loss, predict,
+                                        readout_of)
 from orandnet_lib.stages import s2_ensembles as s2
 from orandnet_lib.stages import s3_orandnet as s3
 
@@ -44,44 +46,102 @@ def test_inference_is_relu_then_each_class_divided_by_its_own_maximum():
     assert torch.equal(normalise(out), expected)
 
 
-def test_inference_does_not_depend_on_the_loss_and_one_class_is_not_all_ones(tmp_path, tiny_voc):
-    """The softmax-trained variant: formerly softmax over the image's channels, so a one-class
-    image got 1 everywhere; now its map is the network's own relu(out) / max."""
+def test_each_loss_is_registered_with_its_own_read_out():
+    assert readout_of("softmax") == "relu_max" and readout_of("bce") == "sigmoid_max"
+    assert set(LOSSES) == {"softmax", "bce"} and set(READOUTS) == {"relu_max", "sigmoid_max"}
+    out = torch.tensor([[[0.0, 2.0], [-2.0, 0.0]]])
+    s = torch.sigmoid(out)
+    torch.testing.assert_close(predict(Stub(out), torch.rand(1, 2, 2), None, "sigmoid_max"), s / s.max())
+    # the sigmoid never leaves a map empty: where ReLU keeps only the positive logits
+    assert predict(Stub(-torch.ones(1, 2, 2)), torch.rand(1, 2, 2), None, "sigmoid_max").min() == 1.0
+    assert predict(Stub(-torch.ones(1, 2, 2)), torch.rand(1, 2, 2), None, "relu_max").max() == 0.0
+
+
+def test_a_perfect_bce_network_reproduces_the_and_sweep_and_relu_truncates_it_at_one_half(tiny_voc):
+    """Logits equal to logit(AND): under the sigmoid read-out the AND maps come back (here each
+    class map peaks at 1, so the division by the maximum changes nothing) and the sweep is AND's
+    own; under ReLU / max only the pixels where AND exceeds 0.5 are left."""
+    from orandnet_lib.core.metrics import ThresholdSweep
+    from orandnet_lib.data.voc import VOCDataset
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(0)
+    sweeps = {k: ThresholdSweep(ds.num_classes) for k in ("and", "sigmoid_max", "relu_max")}
+    for image_id in ds.ids:
+        ids = np.flatnonzero(ds.load(image_id).labels) + 1
+        and_maps = rng.random((len(ids), 20, 24)).astype(np.float32) * 0.9
+        and_maps[:, 0, 0] = 1.0  # each class map peaks at 1, as a max-normalised AND of two peaked maps can
+        logits = s3.perfect_logits(torch.from_numpy(and_maps))
+        gt = ds.load_mask(image_id)
+        sweeps["and"].update(and_maps, ids, gt)
+        for r in ("sigmoid_max", "relu_max"):
+            maps = predict(Stub(logits), torch.rand(len(ids), 20, 24), None, r).float().numpy()
+            sweeps[r].update(maps, ids, gt)
+            if r == "sigmoid_max":
+                np.testing.assert_allclose(maps, and_maps, atol=1e-5)
+            else:  # relu(logit(a)) > 0 exactly where a > 0.5
+                np.testing.assert_array_equal(maps > 0, and_maps > 0.5)
+    got = {k: sw.result() for k, sw in sweeps.items()}
+    np.testing.assert_array_equal(got["sigmoid_max"].matrices, got["and"].matrices)
+    # at background score 0 the ReLU read-out calls foreground exactly where AND exceeds 0.5
+    fg = lambda m: m.sum() - m[:, 0].sum()  # noqa: E731  (pixels not predicted background)
+    assert fg(got["relu_max"].matrices[0]) == fg(got["and"].matrices[50])
+
+
+def test_the_written_store_is_read_as_its_loss_asks(tmp_path, tiny_voc):
+    """One network written under each loss name: the softmax store is relu / max of the outputs,
+    the bce store sigmoid / max; both are recorded in the store's meta."""
     from orandnet_lib.data.voc import VOCDataset
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
     from orandnet_lib.nets.orandnet import write_store
 
     torch.manual_seed(0)
     net = ORANDNet("small", widths=(4, 8, 8))
-    two = collate([{"or": torch.rand(2, 16, 16), "and": torch.rand(2, 16, 16)}])
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(3):  # a few softmax-loss steps on a two-class image (one-class images give none)
-        opt.zero_grad()
-        orand_loss(net(two["x"]), two["target"], two["owner"], "softmax").backward()
-        opt.step()
-    one = torch.rand(1, 16, 16)
-    logits = net.eval()(make_inputs(one))[:, 0]
-    assert torch.equal(torch.softmax(logits, dim=0), torch.ones_like(logits))  # what the old inference gave
-    got = predict(net, one, None)
-    assert torch.equal(got, normalise(logits))
-    assert not torch.equal(got, torch.ones_like(got))
-    # Here every output is negative, so the map is 0: the softmax loss cannot see a shift common to
-    # all channels of a pixel, so the level ReLU reads is not what it trains.
-    shifted = two["x"], two["target"], two["owner"]
-    out = net(shifted[0])
-    assert orand_loss(out + 5.0, shifted[1], shifted[2], "softmax").item() == \
-        pytest.approx(orand_loss(out, shifted[1], shifted[2], "softmax").item(), abs=1e-6)
-    # the same model written with either loss name gives the same maps
     ds = VOCDataset(tiny_voc, "train")
     with CamStoreWriter(tmp_path / "or") as w:
         for image_id in ds.ids:
             ids = np.flatnonzero(ds.load(image_id).labels) + 1
             w.add(image_id, np.random.default_rng(0).random((len(ids), 12, 12)).astype(np.float32), ids)
-    stores = {k: CamStore(write_store(net, CamStore(tmp_path / "or"), ds, tmp_path / k, k, progress=False))
-              for k in ("softmax", "bce")}
+    or_store = CamStore(tmp_path / "or")
+    stores = {k: CamStore(write_store(net, or_store, ds, tmp_path / k, k, progress=False)) for k in ("softmax", "bce")}
     for image_id in ds.ids:
-        np.testing.assert_array_equal(stores["softmax"][image_id][0], stores["bce"][image_id][0])
-    assert stores["softmax"].meta["loss"] == "softmax"
+        out = net.eval()(make_inputs(torch.from_numpy(or_store[image_id][0])))[:, 0]
+        np.testing.assert_allclose(stores["softmax"][image_id][0], normalise(out).detach().numpy(), atol=1e-3)
+        s = torch.sigmoid(out).detach()
+        np.testing.assert_allclose(stores["bce"][image_id][0], (s / s.amax(dim=(-2, -1), keepdim=True)).numpy(),
+                                   atol=1e-3)
+    assert stores["softmax"].meta["readout"] == "relu_max" and stores["bce"].meta["readout"] == "sigmoid_max"
+    with pytest.raises(ConfigError, match="unknown ORANDNet read-out"):
+        write_store(net, or_store, ds, tmp_path / "x", "bce", progress=False, readout="softmax")
+
+
+def test_the_read_out_comparison_scores_the_perfect_network_as_and_over_its_maximum(tmp_path, tiny_voc):
+    from orandnet_lib.core.metrics import ThresholdSweep
+    from orandnet_lib.data.voc import VOCDataset
+    from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(1)
+    maps = {i: (rng.random((len(np.flatnonzero(ds.load(i).labels)), 20, 24)) * 0.8).astype(np.float32) for i in ds.ids}
+    for name, scale in (("or", 1.0), ("and", 1.0)):
+        with CamStoreWriter(tmp_path / name) as w:
+            for i in ds.ids:
+                w.add(i, maps[i] * scale, np.flatnonzero(ds.load(i).labels) + 1)
+    inputs = s3.Inputs(ds, {}, {}, CamStore(tmp_path / "or"), CamStore(tmp_path / "and"), None, {})  # type: ignore[arg-type]
+    scores = s3.readout_comparison(inputs, {}, progress=False)
+    assert set(scores) == {(s3.PERFECT, "relu_max"), (s3.PERFECT, "sigmoid_max")}
+    expected = ThresholdSweep(ds.num_classes)
+    mae, n = 0.0, 0
+    for i in ds.ids:
+        a = CamStore(tmp_path / "and")[i][0].astype(np.float32)
+        over = a / a.reshape(len(a), -1).max(axis=1)[:, None, None]
+        expected.update(over, np.flatnonzero(ds.load(i).labels) + 1, ds.load_mask(i))
+        mae, n = mae + float(np.abs(over - a).sum()), n + a.size
+    got = scores[s3.PERFECT, "sigmoid_max"]
+    np.testing.assert_array_equal(got.sweep.matrices, expected.result().matrices)
+    assert got.mae == pytest.approx(mae / n, rel=1e-4) and got.empty == 0.0
+    # uniform in [0, 0.8): each map has pixels above 0.5, so ReLU / max leaves none empty here
+    assert scores[s3.PERFECT, "relu_max"].empty == 0.0
 
 
 def test_softmax_loss_over_one_class_channel_has_exactly_zero_gradient():
@@ -96,55 +156,66 @@ def test_softmax_loss_over_one_class_channel_has_exactly_zero_gradient():
 
 # --- 6. the offset rule ------------------------------------------------------------------
 
-def stage1_record(cnn: float, vit: float) -> Upstream:
-    """A stage 1 record whose validation sweeps found these best-mIoU background scores (percent)."""
-    cams = {"cnn": {"threshold": 70.0, "val": {"threshold": cnn}}, "vit": {"threshold": 10.0, "val": {"threshold": vit}}}
-    return Upstream("01_classifiers_and_cams", None, {"params": {"val_split": "val"}, "summary": {"cams": cams}})
+def write_bimodal_store(path, low: float, high: float):
+    """A CAM store of one class whose scores sit at two values (3 of 4 pixels low): Otsu's
+    threshold of its top scores falls just above the low one."""
+    from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+
+    with CamStoreWriter(path) as w:
+        w.add("a", np.array([[[low, low], [low, high]]], np.float32), np.array([1]))
+    return CamStore(path)
 
 
-def test_align_moves_the_offset_sources_best_threshold_onto_the_others():
+def test_align_moves_the_offset_sources_operating_point_onto_the_others(tmp_path):
+    """Each source's point is Otsu's threshold of its own scores (no mask is read): 0.51 for
+    scores at 0.5 / 0.875, 0.26 for 0.25 / 0.875 (the first edge above the low bin; the values
+    are exact in the stores' float16)."""
+    stores = {"cnn": write_bimodal_store(tmp_path / "cnn", 0.5, 0.875),
+              "vit": write_bimodal_store(tmp_path / "vit", 0.25, 0.875)}
     p = s2.Params(offset_rule="align", offset=0.5)  # `offset` is not used under "align"
-    choice = s2.choose_offset(p, stage1_record(40.0, 25.0))
-    assert choice == s2.OffsetChoice("align", 0.15, {"cnn": 0.40, "vit": 0.25})
-    assert s2.variants(p, choice.offset)["and+offset"].offsets == (("vit", 0.15),)
-    # the other way round: a negative offset; equal thresholds: 0, and the +offset variants stay
-    assert s2.choose_offset(p, stage1_record(25.0, 40.0)).offset == -0.15
-    zero = s2.choose_offset(p, stage1_record(30.0, 30.0))
+    choice = s2.choose_offset(p, stores)
+    assert choice == s2.OffsetChoice("align", 0.25, {"cnn": 0.51, "vit": 0.26})
+    assert s2.variants(p, choice.offset)["and+offset"].offsets == (("vit", 0.25),)
+    swapped = s2.choose_offset(p, {"cnn": stores["vit"], "vit": stores["cnn"]})
+    assert swapped.offset == -0.25
+    zero = s2.choose_offset(p, {"cnn": stores["cnn"], "vit": stores["cnn"]})
     assert zero.offset == 0.0 and s2.variants(p, 0.0)["or+offset"].offsets == (("vit", 0.0),)
-    # fixed: the parameter, whatever stage 1 found
-    fixed = s2.choose_offset(s2.Params(), stage1_record(40.0, 25.0))
-    assert fixed == s2.OffsetChoice("fixed", 0.15, {})
+    # fixed: the parameter, whatever the stores hold
+    assert s2.choose_offset(s2.Params(), stores) == s2.OffsetChoice("fixed", 0.15, {})
     with pytest.raises(ConfigError, match="offset_rule must be one of"):
         s2.choose_offset(s2.Params(offset_rule="best-on-orandnet"))
     with pytest.raises(ConfigError, match="needs two sources"):
         s2.align_offset({"cnn": 0.4, "vit": 0.2, "cnn2": 0.3}, "vit")
+    with pytest.raises(ConfigError, match="needs the sources' CAM stores"):
+        s2.choose_offset(p)
 
 
 def test_later_stages_read_the_offset_that_ran():
     p = s2.Params(offset_rule="align")
-    choice = s2.choose_offset(p, stage1_record(40.0, 25.0))
+    choice = s2.OffsetChoice("align", 0.15, {"cnn": 0.41, "vit": 0.26})
     record = s2.ensemble_record(p, choice)
     assert record["offset"] == 0.15 and record["offset_rule"] == "align"
-    assert record["offset_thresholds"] == {"cnn": 0.40, "vit": 0.25}
+    assert record["offset_thresholds"] == {"cnn": 0.41, "vit": 0.26}
     upstream2 = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": record}})
     assert s2.variants_from(upstream2) == s2.variants(p, 0.15)
     assert s2.variants_from(upstream2)["or+offset"].offsets == (("vit", 0.15),)
 
 
-def test_align_keys_hold_the_applied_offset_and_the_val_stores_that_chose_it():
+def test_align_keys_hold_the_applied_offset_and_the_stores_that_chose_it():
     data = {"train": "d"}
-    upstream = {"cams:cnn_train": "c", "cams:vit_train": "v", "val_cams:cnn": "cv", "val_cams:vit": "vv"}
+    upstream = {"cams:cnn_train": "c", "cams:vit_train": "v"}
     fixed = s2.artifact_keys(s2.Params(), data, upstream)
-    # "fixed": the plain offset keys (unchanged by this rule's introduction), no val stores
+    # "fixed": the plain offset keys (unchanged by this rule's introduction)
     assert fixed["cams:and+offset_train"].spec == {"operator": "and", "offsets": {"vit": 0.15}, "sources": ["cnn", "vit"]}
     assert set(fixed["cams:and+offset_train"].upstream) == {"cams:cnn_train", "cams:vit_train"}
     p = s2.Params(offset_rule="align")
     key = s2.artifact_keys(p, data, upstream, 0.15)["cams:and+offset_train"]
-    assert key.spec == {"operator": "and", "offsets": {"vit": 0.15}, "sources": ["cnn", "vit"], "offset_rule": "align"}
-    assert key.upstream == upstream
+    assert key.spec == {"operator": "and", "offsets": {"vit": 0.15}, "sources": ["cnn", "vit"], "offset_rule": "align",
+                        "score_rule": "otsu"}
+    assert key.upstream == upstream  # the train stores, which the rule reads: no val store, no mask
     assert key.digest != fixed["cams:and+offset_train"].digest
     assert s2.artifact_keys(p, data, upstream, 0.2)["cams:and+offset_train"].digest != key.digest
-    moved = s2.artifact_keys(p, data, {**upstream, "val_cams:vit": "other"}, 0.15)["cams:and+offset_train"]
+    moved = s2.artifact_keys(p, data, {**upstream, "cams:vit_train": "other"}, 0.15)["cams:and+offset_train"]
     assert moved.digest != key.digest
     # under "align" the parameter `offset` is not what runs
     assert s2.artifact_keys(dataclasses.replace(p, offset=0.3), data, upstream, 0.15) == \
@@ -182,20 +253,30 @@ def test_stage3_keys_and_trains_with_the_pretrained_setting():
     assert base.spec["pretrained"] == "" and timm_key.spec["pretrained"] == "timm" and base.digest != timm_key.digest
 
 
-def test_stage3_findings_state_how_inference_is_done():
-    class Sweep:
-        def __init__(self, v: float):
-            self.v = v
+def test_stage3_findings_compare_precision_at_equal_recall():
+    """Two-class sweeps over background scores (0.2, 0.6), rows ground truth: the baseline
+    (cnn, the higher mIoU) keeps the 10 object pixels at 0.2 with 10 false positives (recall 100,
+    precision 75 over both classes) and at 0.6 keeps 5 of them; the ORANDNet stand-in has the same
+    recall at 0.2 with one false positive and none at 0.6, so at the baseline's recall (between its
+    two points) it is more precise."""
+    from orandnet_lib.core.metrics import SweepResult
 
-        def best(self) -> dict[str, float]:
-            return {"miou": self.v, "precision": self.v, "recall": self.v, "threshold": 50.0}
+    def sweep(fp_low: int, tp_high: int, fp_high: int) -> SweepResult:
+        low = np.array([[90 - fp_low, fp_low], [0, 10]])
+        high = np.array([[90 - fp_high, fp_high], [10 - tp_high, tp_high]])
+        return SweepResult(np.array([0.2, 0.6]), np.stack([low, high]), maps=4, empty_maps=1)
 
-    p = s3.Params(ablate_image=False)
-    sweeps = {n: Sweep(v) for n, v in (("cnn", 10), ("vit", 12), ("or+offset", 11), ("and+offset", 9),
-                                       ("orandnet", 13), ("orandnet (softmax)", 8))}
+    p = s3.Params(ablate_image=False, ablate_loss=False)
+    sweeps = {"cnn": sweep(10, 9, 1), "vit": sweep(20, 4, 2), "or+offset": sweep(30, 10, 5),
+              "and+offset": sweep(5, 3, 0), "orandnet": sweep(1, 8, 0)}
     text = s3.findings(p, sweeps, {}, ["cnn", "vit"], single_class=39.5)
-    assert "divides each class map by its own maximum" in text and "compares the losses alone" in text
-    assert "(39.5 % of the train images with a class)" in text
+    base = sweeps["cnn"].best()
+    assert base["threshold"] == 60.0
+    a = s3.equal_recall(sweeps["orandnet"], sweeps["cnn"])
+    assert a["recall"] == base["recall"] and a["precision"] > a["baseline_precision"]
+    assert f"At cnn's recall ({base['recall']:.1f} %" in text and "(higher;" in text
+    assert "25.0 % of its class maps empty" in text
+    assert "(39.5 % of the train images with a class)" in text and "sigmoid / max" in text
 
 
 def test_stage3_counts_the_class_maps_left_empty_by_the_relu(tmp_path):

@@ -137,3 +137,27 @@ def test_seed_quality_counts_confident_labels_by_hand():
     np.testing.assert_allclose(q["fg_precision"], [0.2, 0.5, 1.0, np.nan])
     np.testing.assert_allclose(q["bg_share"], [0.0, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(q["bg_precision"], [np.nan, 1.0, 1.0, 0.8])
+
+
+def test_precision_at_recall_and_the_area_under_the_curve_by_hand():
+    from orandnet_lib.core.metrics import SweepResult, equal_recall, pr_auc, precision_at_recall
+
+    # recall falls 90 -> 60 -> 30 as the background score rises; precision rises 40 -> 60 -> 90
+    assert precision_at_recall([90, 60, 30], [40, 60, 90], 75) == 50.0
+    assert precision_at_recall([90, 60, 30], [40, 60, 90], 60) == 60.0
+    assert np.isnan(precision_at_recall([90, 60, 30], [40, 60, 90], 95))  # beyond the curve: not extrapolated
+    # trapezoids over recall 30..90: (30 * (90 + 60) / 2 + 30 * (60 + 40) / 2) / 100 = 37.5
+    assert pr_auc([90, 60, 30], [40, 60, 90]) == 37.5
+    assert pr_auc([0, 100], [50, 50]) == 50.0
+    # a sweep counts its empty class maps and the classes it never predicts
+    sweep = ThresholdSweep(3, [0.2, 0.6])
+    gt = np.array([[1, 1, 2, 0]])
+    sweep.update(np.array([[[0.9, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]), [1, 2], gt)
+    result = sweep.result()
+    assert (result.maps, result.empty_maps, result.empty_share) == (2, 1, 50.0)
+    assert result.at(0)["unpredicted"] == 1  # class 2 is in the ground truth, never predicted
+    a = equal_recall(result, result)
+    assert a["precision"] == a["baseline_precision"] and a["difference"] == 0.0
+    described = result.describe()
+    assert described["curve"]["recall"] == list(np.round(100 * result.recall, 2)) and described["empty_maps"] == 50.0
+    assert isinstance(SweepResult(np.array([0.5]), result.matrices[:1]).empty_share, float)

@@ -89,6 +89,6 @@ def test_orandnet_store_round_trips_and_training_lowers_the_loss(tmp_path, tiny_
     assert out.ids == ds.ids and out.meta["loss"] == "bce"
     for image_id in ds.ids:
         cams, ids = out[image_id]
-        expected = predict(net, torch.from_numpy(paths["or"][image_id][0]), None).numpy()
+        expected = predict(net, torch.from_numpy(paths["or"][image_id][0]), None, "sigmoid_max").numpy()
         np.testing.assert_allclose(cams, expected, atol=1e-3)
         assert ids.tolist() == paths["or"][image_id][1].tolist()

@@ -70,6 +70,19 @@ def test_confident_labels_with_ignore():
     assert confident_labels(np.zeros((0, 1, 2)), [], 0.3, 0.05).tolist() == [[0, 0]]
 
 
+def test_confident_labels_call_nothing_background_when_a_labelled_class_has_no_confident_foreground():
+    # all maps empty: the image's labels say the objects are there, so nothing is confident background
+    assert confident_labels(np.zeros((2, 2, 3)), [1, 2], 0.3, 0.05).tolist() == [[255] * 3] * 2
+    # one class truncated below the foreground threshold (its map never exceeds 0.3): the other
+    # class's confident foreground stays, the rest is ignored
+    cams = np.array([[[0.9, 0.0, 0.0]], [[0.2, 0.1, 0.0]]])
+    assert confident_labels(cams, [3, 7], 0.3, 0.05).tolist() == [[3, 255, 255]]
+    # with a truncated core and bg = 0 (the relative rule at operating point 0), the zeros would all be
+    # background; the ignore band still separates the core from them where scores lie in (0, fg]
+    cams = np.array([[[0.9, 0.2, 0.1, 0.0]]])
+    assert confident_labels(cams, [4], 0.3, 0.0).tolist() == [[4, 255, 255, 0]]
+
+
 def test_crf_improves_a_noisy_mask_on_a_two_region_image():
     rng = np.random.default_rng(0)
     image = np.zeros((40, 40, 3), np.uint8)

@@ -68,12 +68,14 @@ def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
     try:
         key = ArtifactKey("pseudo_masks", {"refinement": "square"}, data="tiny")
         r = s4.refine_variant(store, ds, tmp_path / "pm", key, refinements=("cam", "square"),
-                              pseudo_mask_refinement="square", background=0.25, settings={}, workers=2,
+                              pseudo_mask_refinement="square", background=0.25, operating_point=0.5, settings={},
+                              workers=2,
                               progress=False)
         assert set(r.scores) == {"cam", "square"} and r.pseudo_masks["refinement"] == "square"
         assert read_identity(tmp_path / "pm")["digest"] == key.digest
         p = s4.Params(variants=("cnn",), refinements=("cam", "square"), pseudo_mask_refinement="square")
         assert s4.artifact_keys(p, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"].spec == \
-            {"refinement": "square", "background": 0.25, "threshold_rule": "fixed", "reference_background": 0.15}
+            {"refinement": "square", "background": 0.25, "threshold_rule": "fixed", "reference_background": 0.15,
+             "operating_point_rule": "otsu", "min_ignore_band": 0.1}
     finally:
         REFINEMENTS.remove("square")

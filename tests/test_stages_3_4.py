@@ -182,7 +182,8 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     p_cam = dataclasses.replace(p, pseudo_mask_refinement="cam")
     key = s4.artifact_keys(p_cam, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"]
     assert "boundary_net" not in key.upstream and key.spec == {"refinement": "cam", "background": 0.25,
-                                                            "threshold_rule": "fixed", "reference_background": 0.15}
+                                                            "threshold_rule": "fixed", "reference_background": 0.15,
+                                                            "operating_point_rule": "otsu", "min_ignore_band": 0.1}
 
 
 def test_orandnet_keys_cover_inputs_and_runs():
@@ -264,6 +265,22 @@ def test_the_relative_rule_moves_irns_thresholds_to_the_cams_operating_point():
         s4.thresholds(s4.Params(threshold_rule="relative", reference_background=1.0), 0.48)
 
 
+def test_the_thresholds_always_keep_an_ignore_band():
+    """A CAM whose operating point is 0 (ORANDNet's under a truncating read-out): the relative
+    rule puts bg at 0 and fg at 0.15 / 0.85; a wider band moves bg down to 0 and fg up."""
+    p = s4.Params(threshold_rule="relative")
+    th = s4.thresholds(p, 0.0)
+    assert th.bg == 0.0 and th.fg == pytest.approx(0.15 / 0.85) and th.fg - th.bg >= p.min_ignore_band
+    wide = s4.thresholds(s4.Params(threshold_rule="relative", min_ignore_band=0.3), 0.0)
+    assert (wide.bg, wide.fg) == (0.0, pytest.approx(0.3))
+    # fixed numbers closer than the band: bg moves down first
+    close = s4.thresholds(s4.Params(fg_threshold=0.30, bg_threshold=0.25, min_ignore_band=0.1), 0.5)
+    assert (close.fg, close.bg) == (0.30, pytest.approx(0.20))
+    assert s4.with_band(0.05, 0.0, 0.1) == (pytest.approx(0.1), 0.0)
+    with pytest.raises(ValueError, match="min_ignore_band"):
+        s4.thresholds(s4.Params(min_ignore_band=0.0), 0.5)
+
+
 def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, tmp_path):
     data, upstream = {"train": "d"}, {"cams:cnn_train": "u"}
     fixed = s4.artifact_keys(tiny_params(), data, upstream)
@@ -271,8 +288,8 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     other_ref = s4.artifact_keys(tiny_params(threshold_rule="relative", reference_background=0.2), data, upstream)
     for name in ("boundary_net:cnn", "pseudo_masks:cnn"):
         assert len({fixed[name].digest, relative[name].digest, other_ref[name].digest}) == 3, name
-    # On the tiny CAMs (0.6 inside the objects plus noise) the operating point is found by the
-    # sweep, and the written masks are cut at the moved walk background.
+    # On the tiny CAMs (0.6 inside the objects plus noise) the operating point is Otsu's threshold of
+    # the CAMs' own top scores (no mask read), and the written masks are cut at the moved walk background.
     ds = VOCDataset(tiny_voc, "train")
     run_dir = tmp_path / "runs"
     write_run(run_dir, ds)
@@ -281,8 +298,12 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     th = inputs.thresholds["cnn"]
     from orandnet_lib.methods.cams import sweep_store
 
-    assert th.operating_point == sweep_store(inputs.stores["cnn"], ds).best()["threshold"] / 100
+    from orandnet_lib.methods import score_rules
+
+    items = [(c, i) for _, c, i in inputs.stores["cnn"]]
+    assert th.operating_point == score_rules.otsu_threshold(score_rules.top_score_histogram(items))
     assert th == s4.thresholds(p, th.operating_point)
+    assert inputs.sweeps["cnn"].best_score == sweep_store(inputs.stores["cnn"], ds).best()["threshold"] / 100
     out = run_dir / "04_refinement"
     assert th.fg != pytest.approx(0.30)  # the tiny CAMs' point is not IRN's: the rule moved the thresholds
     relations = s4.train_boundary_nets(p, inputs, out, progress=False)
@@ -292,8 +313,9 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
     r = s4.refine_variants(p, inputs, boundaries, out, progress=False)["cnn"]
     assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.rw_background)
-    # the CAM row is the stage's one sweep of the store, whose best score is the operating point
-    assert r.scores["cam"]["threshold"] == pytest.approx(100 * th.operating_point)
+    # the CAM row is the stage's one sweep of the store (its best score an oracle, for description)
+    assert r.scores["cam"]["threshold"] == pytest.approx(100 * inputs.sweeps["cnn"].best_score)
+    assert r.cam_background == th.operating_point  # what the refinements that read a background score get
     assert r.timings["cam_ms_per_image"] == pytest.approx(1000 * inputs.sweeps["cnn"].seconds / len(ds))
     # The walk along the true boundaries, on the relation net's grid.
     limit = s4.walk_limit(p, inputs, relations, progress=False)

@@ -47,6 +47,19 @@ def test_loss_falls_and_history_is_logged():
     assert {"loss", "lr", "positives", "seconds"} <= set(history[0])
 
 
+def test_max_steps_trains_exactly_that_many_steps_across_epochs(tmp_path):
+    # 40 samples at batch 8: 5 steps an epoch; 12 steps end two steps into the third epoch
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, seed=5, max_steps=12)
+    history = fit(_model(), _data(), _loss, cfg, checkpoint=tmp_path / "c.pt", progress=False)
+    assert [h["step"] for h in history] == [5, 10, 12]
+    assert history[-1]["epoch"] == pytest.approx(12 / 5)
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 12
+    assert history[-1]["lr"] == pytest.approx(0.05 * poly_lr(11, 12, 0.9))
+    # max_steps unset is not in the learning config: the keys of every other training stay as they were
+    from orandnet_lib.core.train import learning_config
+    assert "max_steps" not in learning_config(CFG) and learning_config(cfg)["max_steps"] == 12
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = _model()
     h1 = fit(straight, _data(), _loss, CFG, checkpoint=tmp_path / "a.pt", progress=False)

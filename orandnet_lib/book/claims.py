@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import paper
+from ..core.metrics import equal_recall, precision_at_recall
 from ..core.stats import format_p
 
 CHAPTERS = {
@@ -47,6 +48,33 @@ def _interval_verdict(d: Mapping[str, float], positive_is_claim: bool = True) ->
     return interval, "not resolved: the interval includes 0"
 
 
+def _has_curves(cams: Mapping[str, Any], names: list[str]) -> bool:
+    """Whether the summary holds each variant's precision-recall curve (older runs do not)."""
+    return all("curve" in cams[n] for n in names)
+
+
+def _pct(x: float) -> str:
+    return "not reached" if math.isnan(x) else f"{x:.1f} %"
+
+
+def _diff(x: float) -> str:
+    return "the curve does not reach it" if math.isnan(x) else f"{x:+.1f} points"
+
+
+def _empties(entry: Mapping[str, Any]) -> str:
+    """What a variant's precision leaves out: its empty class maps and the classes it never predicts."""
+    empty = entry.get("empty_maps", math.nan)
+    shown = "-" if empty is None or math.isnan(float(empty)) else f"{float(empty):.1f} %"
+    return f"({shown} of its class maps empty, {int(entry.get('unpredicted', 0))} classes never predicted at its best score)"
+
+
+def recall_at_equal_precision(variant: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, float]:
+    """The variant's recall at the precision the baseline has at its own best-mIoU score."""
+    at = precision_at_recall(variant["curve"]["precision"], variant["curve"]["recall"], float(baseline["precision"]))
+    return {"precision": float(baseline["precision"]), "baseline_recall": float(baseline["recall"]), "recall": at,
+            "difference": at - float(baseline["recall"])}
+
+
 def single_run(holds: bool) -> str:
     return "holds in this run" if holds else "does not hold in this run"
 
@@ -59,25 +87,28 @@ def claims(summary: Mapping[str, Any]) -> list[Claim]:
     singles = [s for s in ("cnn", "vit") if s in cams]
     one_draw = "none (one run of stages 1-4)"
     and_name, or_name = _variant(cams, "and"), _variant(cams, "or")
-    if and_name and len(singles) == 2:
-        best = max(cams[s]["precision"] for s in singles)
-        diff = cams[and_name]["precision"] - best
-        out.append(Claim("AND is more precise than either single CAM",
-                         f"{and_name} precision {cams[and_name]['precision']:.1f} % vs the more precise single "
-                         f"{best:.1f} % ({diff:+.1f} points)", one_draw, single_run(diff > 0), "02"))
-    if or_name and len(singles) == 2:
-        best = max(cams[s]["recall"] for s in singles)
-        diff = cams[or_name]["recall"] - best
-        out.append(Claim("OR has a higher recall than either single CAM",
-                         f"{or_name} recall {cams[or_name]['recall']:.1f} % vs {best:.1f} % ({diff:+.1f} points)",
-                         one_draw, single_run(diff > 0), "02"))
-    if "orandnet" in cams and len(singles) == 2:
+    if and_name and len(singles) == 2 and _has_curves(cams, [and_name, *singles]):
+        at = {s: equal_recall(cams[and_name], cams[s]) for s in singles}
+        holds = all(a["difference"] > 0 for a in at.values())
+        out.append(Claim("AND is more precise than either single CAM (at equal recall)",
+                         "; ".join(f"at {s}'s recall {a['recall']:.1f} %: {and_name} {_pct(a['precision'])} vs "
+                                   f"{a['baseline_precision']:.1f} % ({_diff(a['difference'])})" for s, a in at.items())
+                         + f" {_empties(cams[and_name])}", one_draw, single_run(holds), "02"))
+    if or_name and len(singles) == 2 and _has_curves(cams, [or_name, *singles]):
+        at = {s: recall_at_equal_precision(cams[or_name], cams[s]) for s in singles}
+        holds = all(a["difference"] > 0 for a in at.values())
+        out.append(Claim("OR has a higher recall than either single CAM (at equal precision)",
+                         "; ".join(f"at {s}'s precision {a['precision']:.1f} %: {or_name} recall {_pct(a['recall'])} vs "
+                                   f"{a['baseline_recall']:.1f} % ({_diff(a['difference'])})" for s, a in at.items()),
+                         one_draw, single_run(holds), "02"))
+    if "orandnet" in cams and len(singles) == 2 and _has_curves(cams, ["orandnet", *singles]):
         top = max(singles, key=lambda s: cams[s]["miou"])
-        dp = cams["orandnet"]["precision"] - cams[top]["precision"]
+        a = equal_recall(cams["orandnet"], cams[top])
         dm = cams["orandnet"]["miou"] - cams[top]["miou"]
-        out.append(Claim("ORANDNet is more precise than the best single CAM at no loss of mIoU",
-                         f"precision {dp:+.1f}, mIoU {dm:+.1f} points against {top}", one_draw,
-                         single_run(dp > 0 and dm >= 0), "03"))
+        out.append(Claim("ORANDNet is more precise than the best single CAM (at equal recall) at no loss of mIoU",
+                         f"at {top}'s recall {a['recall']:.1f} %: precision {_pct(a['precision'])} vs "
+                         f"{a['baseline_precision']:.1f} % ({_diff(a['difference'])}); best mIoU {dm:+.1f} points "
+                         f"{_empties(cams['orandnet'])}", one_draw, single_run(a["difference"] > 0 and dm >= 0), "03"))
     headline = summary.get("segmentation_headline")
     if headline and "difference" in headline:
         d = headline["difference"]

@@ -112,10 +112,13 @@ def default_thresholds(step: float = 0.01) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Scores of CAM masks over a grid of background scores."""
+    """Scores of CAM masks over a grid of background scores, and how many class maps the
+    swept CAMs held and how many of those were empty (no positive value: never foreground)."""
 
     thresholds: np.ndarray  # (T,)
     matrices: np.ndarray  # (T, C, C) confusion matrices
+    maps: int = 0
+    empty_maps: int = 0
 
     def scores(self, index: int) -> Scores:
         return Scores.from_matrix(self.matrices[index])
@@ -145,8 +148,36 @@ class SweepResult:
         return int(above[0]) if above.size else len(self.thresholds) - 1
 
     def at(self, index: int) -> dict[str, float]:
-        """{'miou', 'precision', 'recall', 'threshold'} in percent at a grid index."""
-        return {**self.scores(index).summary(), "threshold": 100.0 * float(self.thresholds[index])}
+        """{'miou', 'precision', 'recall', 'threshold'} in percent at a grid index, with
+        ``unpredicted``: the classes present in the ground truth that no pixel is predicted as
+        (mean precision leaves them out, so a map cut down to its cores can read as precise)."""
+        m = self.matrices[index]
+        unpredicted = int(((m.sum(axis=1) > 0) & (m.sum(axis=0) == 0)).sum())
+        return {**self.scores(index).summary(), "threshold": 100.0 * float(self.thresholds[index]),
+                "unpredicted": unpredicted}
+
+    def precision_at_recall(self, recall: float) -> float:
+        """Mean precision (percent) where this curve's mean recall equals ``recall`` (percent),
+        linearly interpolated between grid points; NaN outside the recall the sweep reaches."""
+        return precision_at_recall(self.recall * 100, self.precision * 100, recall)
+
+    def pr_auc(self) -> float:
+        """Area under the precision-recall curve, in percent, over the recall range the sweep
+        covers (:func:`pr_auc`)."""
+        return pr_auc(self.recall * 100, self.precision * 100)
+
+    def describe(self) -> dict[str, object]:
+        """A summary entry: the best-mIoU scores, the crossover, the area under the
+        precision-recall curve, the share of empty class maps and the curve itself (percent,
+        two decimals), from which precision at any recall can be read (:func:`precision_at_recall`)."""
+        return {**self.best(), "crossover": self.crossover(), "pr_auc": self.pr_auc(), "empty_maps": self.empty_share,
+                "curve": {"recall": np.round(100 * self.recall, 2).tolist(),
+                          "precision": np.round(100 * self.precision, 2).tolist()}}
+
+    @property
+    def empty_share(self) -> float:
+        """Percent of the swept class maps that were empty (NaN when none were counted)."""
+        return 100.0 * self.empty_maps / self.maps if self.maps else float("nan")
 
     def best(self) -> dict[str, float]:
         return self.at(self.best_index)
@@ -177,6 +208,51 @@ class SweepResult:
                 "precision": 100 * self.precision, "recall": 100 * self.recall}
 
 
+def precision_at_recall(recalls: Sequence[float], precisions: Sequence[float], recall: float) -> float:
+    """Precision at a given recall along a curve traced over increasing background scores
+    (recall falls as the score rises): linear interpolation between the first pair of
+    neighbouring points whose recalls bracket ``recall``; NaN when no pair does."""
+    r, p = np.asarray(recalls, np.float64), np.asarray(precisions, np.float64)
+    for i in range(len(r) - 1):
+        lo, hi = sorted((r[i], r[i + 1]))
+        if np.isnan(lo) or np.isnan(hi) or not lo <= recall <= hi:
+            continue
+        if hi == lo:
+            return float(max(p[i], p[i + 1]))
+        w = (recall - r[i]) / (r[i + 1] - r[i])
+        return float(p[i] + w * (p[i + 1] - p[i]))
+    return float("nan")
+
+
+def pr_auc(recalls: Sequence[float], precisions: Sequence[float]) -> float:
+    """Area under a precision-recall curve (trapezoids over the points sorted by recall),
+    divided by 100 so that a curve of constant precision P over recall 0-100 gives P."""
+    r, p = np.asarray(recalls, np.float64), np.asarray(precisions, np.float64)
+    keep = ~(np.isnan(r) | np.isnan(p))
+    r, p = r[keep], p[keep]
+    if r.size < 2:
+        return float("nan")
+    order = np.argsort(r, kind="stable")
+    r, p = r[order], p[order]
+    return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2) / 100)
+
+
+def equal_recall(variant: "SweepResult | dict", baseline: "SweepResult | dict") -> dict[str, float]:
+    """The paper's "more precise" read as a precision/recall trade-off: the variant's precision
+    at the recall the baseline has at its own best-mIoU score, beside the baseline's precision
+    there (percent; ``difference`` NaN when the variant's curve does not reach that recall).
+    Takes sweeps or their :meth:`SweepResult.describe` entries."""
+    def curve(x: "SweepResult | dict") -> tuple[Sequence[float], Sequence[float]]:
+        if isinstance(x, SweepResult):
+            return list(100 * x.recall), list(100 * x.precision)
+        return x["curve"]["recall"], x["curve"]["precision"]
+
+    base = baseline.best() if isinstance(baseline, SweepResult) else baseline
+    at = precision_at_recall(*curve(variant), float(base["recall"]))
+    return {"recall": float(base["recall"]), "baseline_precision": float(base["precision"]), "precision": at,
+            "difference": at - float(base["precision"])}
+
+
 class ThresholdSweep:
     """Accumulates, in one pass over the data, the confusion matrix of the CAM mask at
     every background score of a grid.
@@ -194,6 +270,8 @@ class ThresholdSweep:
         # hist[g, p, b]: pixels of ground truth g whose arg-max class is p and whose largest
         # CAM exceeds exactly b of the thresholds.
         self.hist = np.zeros((num_classes, num_classes, self.thresholds.size + 1), dtype=np.int64)
+        self.maps = 0
+        self.empty_maps = 0
 
     def update(self, cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, gt: np.ndarray) -> None:
         """cams: (K, H, W); class_ids: (K,); gt: (H, W) with 255 = ignore."""
@@ -201,6 +279,9 @@ class ThresholdSweep:
         class_ids = np.asarray(class_ids, dtype=np.int64)
         if cams.shape[1:] != gt.shape or cams.shape[0] != class_ids.shape[0]:
             raise ValueError(f"cams {cams.shape}, class_ids {class_ids.shape} and ground truth {gt.shape} do not fit")
+        self.maps += cams.shape[0]
+        if cams.shape[0]:
+            self.empty_maps += int((cams.reshape(cams.shape[0], -1).max(axis=1) <= 0).sum())
         keep = gt.ravel() != IGNORE_INDEX
         g = gt.ravel()[keep].astype(np.int64)
         if cams.shape[0] == 0:
@@ -226,7 +307,7 @@ class ThresholdSweep:
         matrices = np.moveaxis(fg, 2, 0).copy()  # (T, C, C)
         matrices[:, :, 0] = 0  # arg-max class is never background; background column rebuilt below
         matrices[:, :, 0] = total[None, :] - matrices.sum(axis=2)
-        return SweepResult(self.thresholds.copy(), matrices)
+        return SweepResult(self.thresholds.copy(), matrices, self.maps, self.empty_maps)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ class TrainConfig:
     num_workers: int = 0
     drop_last: bool = True
     channels_last: bool = True  # faster convolutions on CPU and GPU alike
+    max_steps: int = 0  # > 0: train exactly this many steps (epochs then only set the data order's cycle)
 
 
 class InterruptTraining(Exception):
@@ -199,7 +200,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     per_epoch = _batches_per_epoch(n, cfg)
     if per_epoch == 0:
         raise ValueError(f"{desc}: {n} samples give no batch of {cfg.batch_size}; lower batch_size")
-    total_steps = per_epoch * cfg.epochs
+    total_steps = cfg.max_steps or per_epoch * cfg.epochs
     optimizer = make_optimizer(param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     # DDP averages gradients over the ranks; each rank's loss is a mean over its equal share
@@ -277,6 +278,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
                 raise InterruptTraining(f"stopped after {step} steps")
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step % per_epoch:
                 save()
+            if step >= total_steps:  # max_steps may end inside an epoch
+                break
         if step % per_epoch == 0:
             if distributed:  # the logged means are over every rank's share
                 keys = sorted(sums)
@@ -291,6 +294,11 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
             history.append(entry)
             sums, count = {}, 0
             save()
+    if step % per_epoch and count:  # max_steps ended inside an epoch: log and keep that part too
+        history.append({"epoch": step / per_epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                        **{k: v / count for k, v in sums.items()}})
+        sums, count = {}, 0
+        save()
     bar.close()
     model.eval()
     return history
@@ -298,9 +306,12 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
 
 def config_from(p: Any) -> TrainConfig:
     """The training config of a stage whose parameters name ``epochs``, ``batch_size``,
-    ``optimizer``, ``lr``, ``weight_decay``, ``bf16`` and ``seed`` (stages 3 and 4)."""
+    ``optimizer``, ``lr``, ``weight_decay``, ``bf16`` and ``seed`` (stages 3 and 4), and
+    optionally ``momentum`` and ``max_steps``."""
     return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
-                       weight_decay=p.weight_decay, seed=p.seed, bf16=p.bf16)
+                       weight_decay=p.weight_decay, seed=p.seed, bf16=p.bf16,
+                       momentum=getattr(p, "momentum", TrainConfig.momentum),
+                       max_steps=getattr(p, "max_steps", 0))
 
 
 def learning_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -310,6 +321,8 @@ def learning_config(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("num_workers", "device", "checkpoint_every_steps", "channels_last"):
         d.pop(k)
+    if not d["max_steps"]:  # the default: keys of configs that never set it stay as they were
+        d.pop("max_steps")
     return d
 
 

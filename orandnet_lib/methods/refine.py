@@ -82,7 +82,10 @@ def confident_labels(cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, fg
     """IRN's seeds for the relation network: foreground where the CAM beats ``fg_threshold``,
     background where every CAM stays below ``bg_threshold``, 255 (ignore) in between.
 
-    With ``image`` given, both maps are first refined by a dense CRF (IRN does this).
+    With ``image`` given, both maps are first refined by a dense CRF (IRN does this). An image
+    with a labelled class whose map nowhere beats ``fg_threshold`` (an empty or truncated map)
+    gets no confident background: its label says the object is there, and where it lies is not
+    known, so calling the rest background would teach boundaries that are not there.
     Returns (H, W) uint8 in {0, class ids, 255}.
     """
     class_ids = np.asarray(class_ids, dtype=np.int64)
@@ -98,8 +101,10 @@ def confident_labels(cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, fg
         return index
 
     fg = lookup[labels_at(fg_threshold)]
-    bg = lookup[labels_at(bg_threshold)]
     out = np.where(fg > 0, fg, IGNORE_INDEX).astype(np.uint8)
+    if len(class_ids) and np.asarray(cams, np.float32).reshape(len(class_ids), -1).max(axis=1).min() <= fg_threshold:
+        return out  # a labelled class without any confident foreground: no confident background either
+    bg = lookup[labels_at(bg_threshold)]
     out[bg == 0] = 0
     return out
 

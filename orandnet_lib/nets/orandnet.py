@@ -5,16 +5,17 @@ RGB image as three more channels), and predicts a one-channel map at the same re
 Trained to turn OR (what either classifier found) into AND (what both found), it learns to
 remove the activations the two classifiers do not share.
 
-Two losses, as discussed in the paper's public code:
+A loss is registered together with its read-out (``LOSSES``): what the loss trains the
+output to mean decides how a map is read from it.
 
-- ``softmax``: cross-entropy with a softmax over the class channels of an image, the AND
-  CAM as soft target (the official choice). With a single class the softmax is constant, so
-  single-class images give exactly zero gradient.
+- ``softmax`` (the official ``module/encdec_train.py``): cross-entropy with a softmax over the
+  class channels of an image, the AND CAM as soft target. Read out as the official
+  ``module/encdec_pred.py``: ReLU, each class map divided by its own maximum. With a single
+  class the softmax is constant, so single-class images give exactly zero gradient, and the
+  loss cannot see a shift common to all channels of a pixel.
 - ``bce``: per-pixel binary cross-entropy with the AND CAM as soft target; every image counts.
-
-Inference is the same for both losses, as in the official ``module/encdec_pred.py``: each class
-channel through the network, ReLU on the output, each class map divided by its own maximum. So
-a loss ablation compares losses, not inferences (a softmax over one channel would be all ones).
+  Its outputs are logits of the AND map, so it is read out by the sigmoid, each class map
+  divided by its own maximum (a ReLU would keep only where the predicted AND exceeds 0.5).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..methods.cams import CamStore, CamStoreWriter, to_tensor
+from ..core.errors import ConfigError
 from ..core.progress import bar as progress_bar
+from ..core.registry import Registry
 from ..data.voc import VOCDataset
 from .classifiers import _pretrained_kwargs
 
-LOSSES = ("softmax", "bce")
 
 
 class SmallEncoder(nn.Module):
@@ -115,17 +117,9 @@ def make_inputs(or_cams: torch.Tensor, image: torch.Tensor | None = None) -> tor
     return x
 
 
-def orand_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss over a batch of class channels.
-
-    logits, target: (M, 1, H, W); owner: (M,) index of the image each channel belongs to.
-    ``softmax``: per image, cross-entropy of the softmax over its channels against the
-    AND maps; ``bce``: per-pixel binary cross-entropy. Both are means over pixels and images.
-    """
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, target)
-    if kind != "softmax":
-        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+def softmax_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Per image, cross-entropy of the softmax over its class channels against the AND maps
+    (mean over pixels, then over images). logits, target: (M, 1, H, W); owner: (M,)."""
     losses = []
     for image in torch.unique(owner):
         rows = owner == image
@@ -134,21 +128,75 @@ def orand_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor, 
     return torch.stack(losses).mean()
 
 
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Per-pixel binary cross-entropy against the AND maps (mean over pixels and channels)."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def _over_max(maps: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) non-negative maps, each divided by its own maximum; a map with no positive
+    value stays 0 (the official code adds 1e-5 to the maximum instead)."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+def relu_max(out: torch.Tensor) -> torch.Tensor:
+    """The official read-out (``module/encdec_pred.py``): ReLU, each class map over its maximum."""
+    return _over_max(F.relu(out))
+
+
+def sigmoid_max(out: torch.Tensor) -> torch.Tensor:
+    """The binary cross-entropy's read-out: the sigmoid (the predicted AND), each class map over
+    its maximum, as every CAM of the book is max-normalised."""
+    return _over_max(torch.sigmoid(out))
+
+
+Readout = Callable[[torch.Tensor], torch.Tensor]  # (K, H, W) outputs of one image -> maps in [0, 1]
+READOUTS: Registry[Readout] = Registry("ORANDNet read-out")
+READOUTS.add("relu_max", relu_max, label="ReLU / max")
+READOUTS.add("sigmoid_max", sigmoid_max, label="sigmoid / max")
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, target, owner) -> loss
+# A loss and the read-out its outputs are meant for (``readout``: a name in READOUTS), registered together.
+LOSSES: Registry[Loss] = Registry("ORANDNet loss")
+LOSSES.add("softmax", softmax_loss, label="softmax (official)", readout="relu_max")
+LOSSES.add("bce", bce_loss, label="binary cross-entropy", readout="sigmoid_max")
+
+
+def readout_of(loss: str) -> str:
+    """The name of the read-out that belongs to ``loss``."""
+    return str(LOSSES.entry(loss).attrs["readout"])
+
+
+def orand_loss(logits: torch.Tensor, target: torch.Tensor, owner: torch.Tensor, kind: str) -> torch.Tensor:
+    """The registered loss ``kind`` over a batch of class channels.
+
+    logits, target: (M, 1, H, W); owner: (M,) index of the image each channel belongs to.
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {kind!r}")
+    return LOSSES.get(kind)(logits, target, owner)
+
+
 def normalise(out: torch.Tensor) -> torch.Tensor:
-    """(K, H, W) network outputs -> ReLU, each class map divided by its own maximum; a map
-    with no positive output stays 0 (the official code adds 1e-5 to the maximum instead)."""
-    out = F.relu(out)
-    peak = out.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(peak > 0, out / peak.clamp_min(torch.finfo(out.dtype).tiny), torch.zeros_like(out))
+    """The official read-out (:func:`relu_max`)."""
+    return relu_max(out)
 
 
 @torch.no_grad()
-def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-    """The ORANDNet map of one image, (K, H, W) in [0, 1], whatever the training loss: each
-    class channel through the network, then :func:`normalise` (as the official
-    ``module/encdec_pred.py``)."""
+def outputs(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    """The network's raw outputs (K, H, W) for one image's OR maps (each class channel alone)."""
     model.eval()
-    return normalise(model(make_inputs(or_cams, image if model.use_image else None))[:, 0])
+    out = model(make_inputs(or_cams, image if model.use_image else None))[:, 0]
+    return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+
+@torch.no_grad()
+def predict(model: ORANDNet, or_cams: torch.Tensor, image: torch.Tensor | None, readout: str = "relu_max"
+            ) -> torch.Tensor:
+    """The ORANDNet map of one image, (K, H, W) in [0, 1]: each class channel through the
+    network, then the named read-out (:data:`READOUTS`; :func:`readout_of` gives a loss's)."""
+    return READOUTS.get(readout)(outputs(model, or_cams, image))
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -204,20 +252,24 @@ def loss_fn(kind: str) -> Callable[[nn.Module, dict[str, torch.Tensor]], tuple[t
 
 
 def write_store(model: ORANDNet, or_store: CamStore, dataset: VOCDataset, path: str | Path, kind: str,
-                meta: dict[str, Any] | None = None, progress: bool = True) -> Path:
-    """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's);
-    ``kind``, the training loss, is recorded in the meta (inference does not depend on it);
-    ``meta`` adds to the store's meta (its ``identity``: the artifact key, see
-    :func:`orandnet_lib.stages.s3_orandnet.train_variant`)."""
+                meta: dict[str, Any] | None = None, progress: bool = True, readout: str = "") -> Path:
+    """ORANDNet maps of every image of ``dataset`` into a CAM store (the format of stage 1's),
+    read out as the training loss ``kind`` asks (:func:`readout_of`) unless ``readout`` names
+    another; the loss and the read-out are recorded in the meta. ``meta`` adds to the store's
+    meta (its ``identity``: the artifact key, see :func:`orandnet_lib.stages.s3_orandnet.train_variant`)."""
+    readout = readout or readout_of(kind)
+    if readout not in READOUTS:
+        raise ConfigError(f"unknown ORANDNet read-out {readout!r}; known: {', '.join(READOUTS)}")
     device = next(model.parameters()).device
     inherited = {k: or_store.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in or_store.meta}
-    with CamStoreWriter(path, {"source": "orandnet", "loss": kind, **inherited, **(meta or {})}) as writer:
+    with CamStoreWriter(path, {"source": "orandnet", "loss": kind, "readout": readout, **inherited,
+                               **(meta or {})}) as writer:
         for image_id in progress_bar(dataset.ids, desc="ORANDNet maps", disable=not progress):
             or_cams, class_ids = or_store[image_id]
             if len(class_ids) == 0:
                 writer.add(image_id, or_cams, class_ids)
                 continue
             image = to_tensor(dataset.load_image(image_id))[0].to(device) if model.use_image else None
-            out = predict(model, torch.from_numpy(or_cams).to(device), image)
+            out = predict(model, torch.from_numpy(or_cams).to(device), image, readout)
             writer.add(image_id, out.cpu().numpy(), class_ids)
     return Path(path)

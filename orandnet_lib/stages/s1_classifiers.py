@@ -515,9 +515,7 @@ def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mappi
     """The summary sections: ``classifiers``, ``cams``, ``error_overlap``, given the
     representation limits ``cams_limit`` (:func:`limits_summary`) and, given the pretrained
     backbones, ``pretraining`` (per classifier: recipe, val accuracy, seconds, cached file)."""
-    cams = {name: {"miou": sw.best()["miou"], "precision": sw.best()["precision"], "recall": sw.best()["recall"],
-                   "threshold": sw.best()["threshold"], "crossover": sw.crossover(),
-                   "val": sweeps[p.val_split][name].best()}
+    cams = {name: {**sw.describe(), "val": sweeps[p.val_split][name].best()}
             for name, sw in sweeps[p.train_split].items()}
     classifiers = {name: {"val_map": t.val_scores["map"], "val_f1": t.val_scores["f1"],
                           "train_seconds": t.train_seconds, "spec": t.spec.to_dict()}

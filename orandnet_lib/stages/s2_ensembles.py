@@ -7,9 +7,10 @@ ORANDNet learns between (OR as input, AND as target) as CAM stores of their own.
 
 The offset is chosen by a stated rule that never looks at ORANDNet's result (``offset_rule``):
 ``fixed`` adds ``offset`` (the official +0.15, tuned for its LRP maps); ``align`` adds the
-offset that aligns the two sources' best-mIoU background scores on stage 1's validation split
-(the other source's best score minus the offset source's), so one background score suits both
-maps of an OR / AND. It records which ensemble it built (``metrics["ensemble"]``: sources,
+offset that aligns the two sources' operating points on the train split, each Otsu's
+threshold of that source's own top scores (``methods.score_rules``; no mask is read), the
+other source's minus the offset source's, so one background score suits both maps of an
+OR / AND. It records which ensemble it built (``metrics["ensemble"]``: sources,
 offset source, the offset applied, its rule and the thresholds it came from, operators); later
 stages rebuild the same variants from that record with :func:`variants_from`, so the offset
 is set in one place.
@@ -28,8 +29,9 @@ import pandas as pd
 from ..book import plots
 from ..core.errors import ConfigError
 from ..core.identity import ArtifactKey, dataset_fingerprint
-from ..core.metrics import SweepResult, cam_to_mask
+from ..core.metrics import SweepResult, cam_to_mask, equal_recall
 from ..data.voc import VOCDataset
+from ..methods import score_rules
 from ..methods.cams import CamStore
 from ..methods.ensemble import Variant, standard_operators, standard_variants, sweep_variants, write_fused_store
 
@@ -38,7 +40,7 @@ UPSTREAM = "01_classifiers_and_cams"
 NOT_IN_KEYS = {
     "seed": "no randomness: the ensembles are fixed functions of stage 1's CAMs (whose keys hold the seed)",
     "offset": "keyed as the offset applied (the offset variants' spec 'offsets'): this value under offset_rule "
-              "'fixed'; unused under 'align', whose offset follows stage 1's val sweeps (keyed by their stores)",
+              "'fixed'; unused under 'align', whose offset follows the source stores (in the keys)",
     "n_examples": "presentation: training images shown with their masks",
 }
 
@@ -49,7 +51,7 @@ class Params:
     train_split: str = "train"
     sources: tuple[str, ...] = ("cnn", "vit")  # CAM stores of stage 1
     offset_source: str = "vit"  # the source that gets the offset (the official code: the ViT)
-    offset_rule: str = "fixed"  # "fixed": add `offset` | "align": align the sources' best val background scores
+    offset_rule: str = "fixed"  # "fixed": add `offset` | "align": align the sources' mask-free operating points
     offset: float = 0.15  # the offset under offset_rule = "fixed" (the official code's)
     store_variants: tuple[str, ...] = ("or+offset", "and+offset")  # written as CAM stores for ORANDNet
     n_examples: int = 5
@@ -61,7 +63,7 @@ OFFSET_RULES = ("fixed", "align")
 @dataclass(frozen=True)
 class OffsetChoice:
     """The offset applied to ``offset_source``, the rule that chose it and, under ``align``,
-    each source's best-mIoU background score on stage 1's validation split (fractions)."""
+    each source's mask-free operating point on the train split (fractions)."""
 
     rule: str
     offset: float
@@ -69,8 +71,8 @@ class OffsetChoice:
 
 
 def align_offset(thresholds: Mapping[str, float], offset_source: str) -> float:
-    """The offset that moves ``offset_source``'s best background score onto the other
-    source's: the other's minus its own (rounded to 1e-6, the sweeps' grid is 1e-2)."""
+    """The offset that moves ``offset_source``'s operating point onto the other source's: the
+    other's minus its own (rounded to 1e-6, the score grid is 1e-2)."""
     others = [name for name in thresholds if name != offset_source]
     if offset_source not in thresholds or len(others) != 1:
         raise ConfigError(f"offset_rule 'align' needs two sources, one of them the offset source "
@@ -78,19 +80,20 @@ def align_offset(thresholds: Mapping[str, float], offset_source: str) -> float:
     return round(thresholds[others[0]] - thresholds[offset_source], 6)
 
 
-def val_thresholds(upstream1: Any, sources: Sequence[str]) -> dict[str, float]:
-    """Each source's best-mIoU background score on stage 1's validation split, from stage 1's
-    record (``summary["cams"][source]["val"]["threshold"]``, percent) as a fraction."""
-    cams = upstream1.summary["cams"]
-    return {name: cams[name]["val"]["threshold"] / 100 for name in sources}
+def source_points(stores: Mapping[str, CamStore], rule: str = "otsu") -> dict[str, float]:
+    """Each source's operating point on its train-split store, by a mask-free score rule."""
+    return {name: score_rules.operating_point(((c, i) for _, c, i in store), rule) for name, store in stores.items()}
 
 
-def choose_offset(p: Params, upstream1: Any = None) -> OffsetChoice:
-    """The offset by ``p.offset_rule``; ``upstream1``: stage 1's record (needed by ``align``)."""
+def choose_offset(p: Params, stores: Mapping[str, CamStore] | None = None) -> OffsetChoice:
+    """The offset by ``p.offset_rule``; ``stores``: the sources' train-split CAM stores
+    (:func:`source_stores`, needed by ``align``)."""
     if p.offset_rule == "fixed":
         return OffsetChoice("fixed", p.offset, {})
     if p.offset_rule == "align":
-        thresholds = val_thresholds(upstream1, p.sources)
+        if stores is None:
+            raise ConfigError("offset_rule 'align' needs the sources' CAM stores")
+        thresholds = source_points({n: stores[n] for n in p.sources})
         return OffsetChoice("align", align_offset(thresholds, p.offset_source), thresholds)
     raise ConfigError(f"offset_rule must be one of {OFFSET_RULES}, got {p.offset_rule!r}")
 
@@ -146,15 +149,14 @@ def store_key(name: str, variant: Variant | None, split: str, data: Mapping[str,
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str],
                   offset: float | None = None) -> dict[str, ArtifactKey]:
     """``cams:<variant>_<train_split>`` for each of ``store_variants``. ``upstream["cams:<source>_<split>"]``:
-    the digest of stage 1's store of that source; under ``offset_rule`` "align" also
-    ``upstream["val_cams:<source>"]``, the digest of its store of stage 1's validation split
-    (whose sweep chose the offset). ``offset``: the offset applied (:func:`choose_offset`);
-    under "fixed" it is ``p.offset``; under "align" the key without it holds the rule and its inputs."""
+    the digest of stage 1's store of that source (under ``offset_rule`` "align" also what chose
+    the offset). ``offset``: the offset applied (:func:`choose_offset`); under "fixed" it is
+    ``p.offset``; under "align" the key without it holds the rule and its inputs."""
     rule: dict[str, Any] | None = None
     rule_inputs: dict[str, str] = {}
     if p.offset_rule != "fixed":  # the fixed rule's keys are those of a plain offset
-        rule = {"offset_rule": p.offset_rule}
-        rule_inputs = {f"val_cams:{s}": upstream[f"val_cams:{s}"] for s in p.sources}
+        rule = {"offset_rule": p.offset_rule, "score_rule": "otsu"}
+        rule_inputs = {f"cams:{s}_{p.train_split}": upstream[f"cams:{s}_{p.train_split}"] for s in p.sources}
     applied = p.offset if p.offset_rule == "fixed" else offset
     known = variants(p, p.offset if applied is None else applied)
     if applied is None:  # "align" before its thresholds are read: the offset stands as the rule
@@ -169,16 +171,6 @@ def source_stores(stage: Any, p: Params) -> dict[str, CamStore]:
     """Stage 1's CAM stores of the sources on the train split."""
     stage1 = stage.upstream(UPSTREAM).dir
     return {name: CamStore(stage1 / "cams" / f"{name}_{p.train_split}") for name in p.sources}
-
-
-def val_store_digests(stage: Any, p: Params) -> dict[str, str]:
-    """``val_cams:<source>``: the digests of stage 1's CAM stores of its validation split, whose
-    sweeps the ``align`` rule reads ({} under ``fixed``)."""
-    if p.offset_rule == "fixed":
-        return {}
-    stage1 = stage.upstream(UPSTREAM)
-    val_split = stage1.params.get("val_split", "val")
-    return {f"val_cams:{name}": CamStore(stage1.dir / "cams" / f"{name}_{val_split}").digest for name in p.sources}
 
 
 def sweep(stores: Mapping[str, CamStore], train: VOCDataset, chosen: Mapping[str, Variant]) -> dict[str, SweepResult]:
@@ -241,7 +233,6 @@ def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: V
     if unknown:
         raise ConfigError(f"store_variants {unknown} are not ensemble variants; known: {', '.join(chosen)}")
     upstream = {f"cams:{name}_{p.train_split}": s.digest for name, s in stores.items()}
-    upstream.update(val_store_digests(stage, p))
     keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream, choice.offset)
     for name in p.store_variants:
         v = chosen[name]
@@ -253,7 +244,7 @@ def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: V
 
 def summarise(sweeps: Mapping[str, SweepResult]) -> dict[str, Any]:
     """The ``cams`` summary section: each variant's best-mIoU scores and its crossover."""
-    return {"cams": {name: {**s.best(), "crossover": s.crossover()} for name, s in sweeps.items()}}
+    return {"cams": {name: s.describe() for name, s in sweeps.items()}}
 
 
 def record(stage: Any, p: Params, summary: Mapping[str, Any], keys: Mapping[str, ArtifactKey],
@@ -273,10 +264,11 @@ def offset_text(p: Params, choice: OffsetChoice) -> str:
                 "`+offset` ensembles, the official code's value (tuned there for its LRP maps).")
     other = next(n for n in choice.thresholds if n != p.offset_source)
     return (f"**Offset** (rule `align`): {choice.offset:+.2f} added to the {p.offset_source} map before the `+offset` "
-            f"ensembles: the offset that moves its best-mIoU background score on stage 1's validation split "
+            f"ensembles: the offset that moves its operating point on the {p.train_split} split "
             f"({choice.thresholds[p.offset_source]:.2f}) onto {other}'s ({choice.thresholds[other]:.2f}), so one "
-            "background score suits both maps. It is fixed before any ORANDNet result exists and reads no train-split "
-            "score (the official code adds +0.15, tuned for its LRP maps).")
+            "background score suits both maps. Each point is Otsu's threshold of the source's own top scores: no "
+            "mask is read, and it is fixed before any ORANDNet result exists (the official code adds +0.15, tuned "
+            "for its LRP maps).")
 
 
 def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice) -> str:
@@ -288,16 +280,20 @@ def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice)
     weak = min(singles, key=lambda n: singles[n]["miou"])
     and_name = "and+offset" if "and+offset" in best else "and"
     or_name = "or+offset" if "or+offset" in best else "or"
-    and_more_precise = all(best[and_name]["precision"] > singles[n]["precision"] for n in p.sources)
+    at = {n: equal_recall(sweeps[and_name], sweeps[n]) for n in p.sources}
+    and_more_precise = all(a["difference"] > 0 for a in at.values())
     highest_recall = max(best, key=lambda n: best[n]["recall"])
     top = max(best, key=lambda n: best[n]["miou"])
     return "\n".join([
         f"- {offset_text(p, choice)}",
-        f"- **Is AND more precise than either single CAM?** {_verdict(and_more_precise)}: at its best-mIoU background "
-        f"score, {and_name} has precision {best[and_name]['precision']:.1f} % against "
-        + ", ".join(f"{n} {singles[n]['precision']:.1f} %" for n in p.sources)
-        + f"; its mIoU is {best[and_name]['miou']:.1f} % against the best single CAM ({top_single}) at "
-        f"{singles[top_single]['miou']:.1f} %.",
+        f"- **Is AND more precise than either single CAM, at equal recall?** {_verdict(and_more_precise)}: "
+        + "; ".join(f"at {n}'s recall ({a['recall']:.1f} %, its best-mIoU score) {and_name} has precision "
+                    + ("(its curve does not reach that recall)" if np.isnan(a["precision"]) else
+                       f"{a['precision']:.1f} % against {n}'s {a['baseline_precision']:.1f} %")
+                    for n, a in at.items())
+        + f" ({sweeps[and_name].empty_share:.1f} % of its class maps empty, "
+        f"{best[and_name]['unpredicted']} classes never predicted at its best score). Its best mIoU is "
+        f"{best[and_name]['miou']:.1f} % against the best single CAM ({top_single}) at {singles[top_single]['miou']:.1f} %.",
         f"- **Does OR have the highest recall?** {_verdict(highest_recall.startswith('or'))}: the highest recall at the "
         f"best-mIoU score is {highest_recall}'s ({best[highest_recall]['recall']:.1f} %); {or_name} reaches "
         f"{best[or_name]['recall']:.1f} %.",

@@ -3,9 +3,12 @@
 found); at inference it sees only OR, so its output is a learned, smoothed AND. The stage
 trains it with the chosen loss, and as ablations with the other loss (the official softmax
 over class channels gives single-class images no gradient) and with the RGB image as extra
-input. Every model infers as the official ``module/encdec_pred.py`` does, whatever its loss
-(ReLU, each class map divided by its maximum), so the loss ablation compares losses only. It compares every model with the single CAMs, OR and AND on one sweep, and combines
-a third classifier (stage 1's CNN retrained with another seed) in N-way OR / AND.
+input. Each model is read out as its loss trained it (``nets.orandnet.LOSSES``: softmax with
+the official ReLU / max, binary cross-entropy with sigmoid / max); the chapter also shows every
+model under every read-out and the AND target itself through each read-out (a perfect
+network), so a reader sees what a read-out alone allows. It compares every model with the
+single CAMs, OR and AND on one sweep, and combines a third classifier (stage 1's CNN
+retrained with another seed) in N-way OR / AND.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
+from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, config_from, fit, learning_config
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore, sweep_store
 from ..methods.ensemble import Variant, sweep_variants
-from ..nets.orandnet import ORANDNet, OrAndSet, collate, loss_fn, write_store
+from ..methods.cams import to_tensor
+from ..nets.orandnet import LOSSES, READOUTS, ORANDNet, OrAndSet, collate, loss_fn, outputs, readout_of, write_store
 from . import s1_classifiers, s2_ensembles
 
 STAGE = "03_orandnet"
@@ -44,11 +51,13 @@ class Params:
     encoder: str = "small"  # "small" (strides 2-8) | a timm backbone such as "vgg16" (FCN-8s)
     pretrained: str = ""  # a timm encoder's start: "" from scratch | "timm" (ImageNet, hub) | a weights file
     widths: tuple[int, ...] = (16, 32, 64)
-    loss: str = "bce"  # the main model's loss: "bce" | "softmax" (official)
+    loss: str = "bce"  # the main model's loss: "bce" (read out by sigmoid / max) | "softmax" (official: ReLU / max)
     epochs: int = 4
+    max_steps: int = 0  # > 0: exactly this many steps (the official: 5000 iterations of one image)
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float = 0.001
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0001
     bf16: bool = False
     ablate_loss: bool = True  # also train with the other loss
@@ -149,8 +158,10 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
 @dataclass
 class Trained:
     history: list[dict[str, float]]
-    store: CamStore
+    store: CamStore  # its maps under its own loss's read-out
     checkpoint: Path
+    model: ORANDNet | None = None
+    loss: str = "bce"
 
 
 def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: TrainConfig,
@@ -159,7 +170,7 @@ def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: V
                   progress: bool = True) -> Trained:
     """Train one ORANDNet model with the one training loop (its checkpoint named and checked
     by ``key``, resumed when it exists) and write its maps of ``dataset`` as a CAM store
-    ``out_dir/cams/<name>_<split>`` that carries ``key`` as its identity."""
+    ``out_dir/cams/<name>_<split>`` (read out as ``loss`` asks) that carries ``key`` as its identity."""
     torch.manual_seed(cfg.seed)
     model = ORANDNet(encoder, use_image=use_image, widths=widths, pretrained=pretrained)
     data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
@@ -169,7 +180,7 @@ def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: V
     tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,
                        meta={"run": name, "identity": key.to_dict()}, progress=progress)
-    return Trained(history, CamStore(path), checkpoint)
+    return Trained(history, CamStore(path), checkpoint, model, loss)
 
 
 def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, Trained]:
@@ -186,6 +197,90 @@ def compare(p: Params, inputs: Inputs, trained: Mapping[str, Trained]) -> dict[s
     sweeps = sweep_variants(inputs.sources, inputs.train, {k: inputs.variants[k] for k in dict.fromkeys(chosen)})
     sweeps.update({name: sweep_store(t.store, inputs.train) for name, t in trained.items()})
     return sweeps
+
+
+PERFECT = "perfect network"  # the AND target as binary cross-entropy logits, logit(AND)
+
+
+@dataclass
+class ReadoutScore:
+    """One model's maps under one read-out: their sweep against the masks, the share of class
+    maps left empty (no positive value, so never foreground) and the per-pixel mean absolute
+    error against the AND target."""
+
+    sweep: SweepResult
+    empty: float  # percent of class maps
+    mae: float  # mean |map - AND| over every pixel of every class map
+
+
+def perfect_logits(and_maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """logit(AND): what a network that minimises the binary cross-entropy against AND outputs
+    (the softmax loss has no unique optimum: any per-pixel shift of the logits is as good).
+    In float64, so that the sigmoid gives AND back to float32 precision."""
+    a = and_maps.double().clamp(eps, 1 - eps)
+    return torch.log(a) - torch.log1p(-a)
+
+
+def readout_comparison(inputs: Inputs, trained: Mapping[str, Trained], progress: bool = True
+                       ) -> dict[tuple[str, str], ReadoutScore]:
+    """Every trained model under every registered read-out, and the perfect network
+    (:func:`perfect_logits`) under each, on the train split: ``{(model, read-out): score}``.
+    The network runs once per image; the masks score, nothing is chosen on them."""
+    models = {n: t.model for n, t in trained.items() if t.model is not None}
+    names = [*models, PERFECT]
+    ds = inputs.train
+    sweeps = {(n, r): ThresholdSweep(ds.num_classes) for n in names for r in READOUTS}
+    empty = {k: 0 for k in sweeps}
+    err = {k: 0.0 for k in sweeps}
+    maps_seen, pixels = 0, 0
+    for image_id in progress_bar(ds.ids, desc="read-outs", disable=not progress):
+        or_cams, class_ids = inputs.or_store[image_id]
+        if len(class_ids) == 0:
+            continue
+        gt = ds.load_mask(image_id)
+        target = torch.from_numpy(np.asarray(inputs.and_store[image_id][0], np.float32))
+        raw = {n: outputs(m, torch.from_numpy(np.asarray(or_cams, np.float32)),
+                          to_tensor(ds.load_image(image_id))[0] if m.use_image else None).cpu()
+               for n, m in models.items()}
+        raw[PERFECT] = perfect_logits(target)
+        maps_seen += len(class_ids)
+        pixels += target.numel()
+        for n, out in raw.items():
+            for r in READOUTS:
+                maps = READOUTS.get(r)(out)
+                sweeps[n, r].update(maps.float().numpy(), class_ids, gt)
+                empty[n, r] += int((maps.amax(dim=(-2, -1)) <= 0).sum())
+                err[n, r] += float((maps.float() - target).abs().sum())
+    return {k: ReadoutScore(sw.result(), 100.0 * empty[k] / max(maps_seen, 1), err[k] / max(pixels, 1))
+            for k, sw in sweeps.items()}
+
+
+def readout_table(p: Params, trained: Mapping[str, Trained], scores: Mapping[tuple[str, str], ReadoutScore]) -> Any:
+    """One row per (model, read-out) at the best-mIoU background score (an oracle: the masks
+    choose the score), with the empty maps and the error against AND; ``own`` marks the
+    read-out of the model's loss. The perfect network is AND's own logits."""
+    import pandas as pd
+
+    rows = []
+    for (name, r), sc in scores.items():
+        loss = trained[name].loss if name in trained else "bce"
+        best = sc.sweep.best()
+        rows.append({"model": name, "loss": LOSSES.label(loss), "read-out": READOUTS.label(r),
+                     "own read-out": "yes" if r == readout_of(loss) else "no",
+                     "mIoU": best["miou"], "precision": best["precision"], "recall": best["recall"],
+                     "best score": best["threshold"] / 100, "empty maps %": sc.empty, "MAE vs AND": sc.mae})
+    return pd.DataFrame(rows).set_index(["model", "read-out"])
+
+
+def own_readout_sweeps(trained: Mapping[str, Trained], scores: Mapping[tuple[str, str], ReadoutScore],
+                       and_sweep: SweepResult, and_name: str) -> dict[str, SweepResult]:
+    """Each model under its own read-out, the perfect network under sigmoid / max and the AND
+    target itself, for the side-by-side sweep figure."""
+    out = {f"{n} ({READOUTS.label(readout_of(t.loss))})": scores[n, readout_of(t.loss)].sweep
+           for n, t in trained.items() if (n, readout_of(t.loss)) in scores}
+    out[f"{PERFECT} ({READOUTS.label('sigmoid_max')})"] = scores[PERFECT, "sigmoid_max"].sweep
+    out[f"{and_name} (target)"] = and_sweep
+    return out
 
 
 def comparison_table(sweeps: Mapping[str, Any]) -> Any:
@@ -227,18 +322,28 @@ def third_classifier(stage: Any, p: Params, inputs: Inputs, progress: bool = Tru
 def cams_summary(sweeps: Mapping[str, Any], n_way: Mapping[str, Any]) -> dict[str, Any]:
     """The record's ``cams``: each ORANDNet model and each N-way variant (``nway:<name>``) at
     its best-mIoU score, with its precision = recall crossover."""
-    out = {name: {**s.best(), "crossover": s.crossover()} for name, s in sweeps.items() if name.startswith("orandnet")}
-    out.update({f"nway:{name}": {**s.best(), "crossover": s.crossover()} for name, s in n_way.items()})
+    out = {name: s.describe() for name, s in sweeps.items() if name.startswith("orandnet")}
+    out.update({f"nway:{name}": s.describe() for name, s in n_way.items()})
     return out
 
 
+def readouts_summary(scores: Mapping[tuple[str, str], ReadoutScore]) -> dict[str, dict[str, Any]]:
+    """The record's ``readouts``: ``"<model> | <read-out>"`` -> best-mIoU scores, empty maps and MAE."""
+    return {f"{n} | {r}": {**sc.sweep.best(), "empty_maps": sc.empty, "mae": sc.mae} for (n, r), sc in scores.items()}
+
+
 def record(stage: Any, inputs: Inputs, trained: Mapping[str, Trained], sweeps: Mapping[str, Any],
-           n_way: Mapping[str, Any]) -> dict[str, Any]:
-    """The stage's record: ``cams`` (also in the summary), the training histories and the keys
-    of every checkpoint and store written."""
+           n_way: Mapping[str, Any], readouts: Mapping[tuple[str, str], ReadoutScore] | None = None
+           ) -> dict[str, Any]:
+    """The stage's record: ``cams`` (also in the summary), each model's loss and read-out,
+    ``readouts`` (:func:`readouts_summary`), the training histories and the keys of every
+    checkpoint and store written."""
     cams = cams_summary(sweeps, n_way)
-    return stage.record(metrics={"cams": cams, "history": {name: t.history for name, t in trained.items()}},
-                        summary={"cams": cams}, artifacts=inputs.keys)
+    models = {name: {"loss": t.loss, "readout": readout_of(t.loss)} for name, t in trained.items()}
+    extra = {"readouts": readouts_summary(readouts)} if readouts else {}
+    return stage.record(metrics={"cams": cams, "models": models, **extra,
+                                 "history": {name: t.history for name, t in trained.items()}},
+                        summary={"cams": cams, "models": models, **extra}, artifacts=inputs.keys)
 
 
 def single_class_share(inputs: Inputs) -> float:
@@ -250,8 +355,8 @@ def single_class_share(inputs: Inputs) -> float:
 
 
 def empty_map_share(trained: Mapping[str, Trained]) -> dict[str, float]:
-    """Per model, the share (percent) of class maps with no positive output: after the ReLU
-    they are 0 everywhere, so that class is never foreground."""
+    """Per model, the share (percent) of class maps with no positive value under its read-out:
+    0 everywhere, so that class is never foreground."""
     out = {}
     for name, t in trained.items():
         peaks = [float(m.max()) for i in t.store.ids for m in t.store[i][0]]
@@ -260,33 +365,53 @@ def empty_map_share(trained: Mapping[str, Trained]) -> dict[str, float]:
 
 
 def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sources: Sequence[str],
-             single_class: float | None = None, empty: Mapping[str, float] | None = None) -> str:
+             single_class: float | None = None, empty: Mapping[str, float] | None = None,
+             readouts: Mapping[tuple[str, str], ReadoutScore] | None = None) -> str:
     """The chapter's "What this chapter found", from the computed sweeps; ``single_class``:
-    :func:`single_class_share` of the training split; ``empty``: :func:`empty_map_share`."""
+    :func:`single_class_share` of the training split; ``empty``: :func:`empty_map_share`;
+    ``readouts``: :func:`readout_comparison`."""
     b = {n: s.best() for n, s in sweeps.items()}
     a, c = list(sources)[:2]
     top_single = max((a, c), key=lambda n: b[n]["miou"])
     m = b[MAIN]
-    more_precise = m["precision"] > b[top_single]["precision"]
+    at = equal_recall(sweeps[MAIN], sweeps[top_single])
+    more_precise = at["difference"] > 0
     kept_miou = m["miou"] >= b[top_single]["miou"]
+    reached = (f"{at['precision']:.1f} % against {at['baseline_precision']:.1f} %" if not np.isnan(at["precision"])
+               else "not measurable: its curve does not reach that recall")
     lines = [
         f"- **Does ORANDNet ({p.loss} loss) raise precision over the best single CAM ({top_single}) without losing "
-        f"mIoU?** Precision {m['precision']:.1f} % against {b[top_single]['precision']:.1f} % "
-        f"({'higher' if more_precise else 'not higher'}); mIoU {m['miou']:.1f} % against {b[top_single]['miou']:.1f} % "
-        f"({'kept' if kept_miou else 'lost'}). Against its own target, AND: precision "
-        f"{b[p.and_variant]['precision']:.1f} %, mIoU {b[p.and_variant]['miou']:.1f} %.",
+        f"mIoU?** At {top_single}'s recall ({at['recall']:.1f} %, its best-mIoU score) ORANDNet's precision is "
+        f"{reached} ({'higher' if more_precise else 'not higher'}; {sweeps[MAIN].empty_share:.1f} % of its class maps "
+        f"empty, {m['unpredicted']} classes never predicted at its best score); best mIoU {m['miou']:.1f} % against "
+        f"{b[top_single]['miou']:.1f} % ({'kept' if kept_miou else 'lost'}). Against its own target, AND: precision "
+        f"{b[p.and_variant]['precision']:.1f} %, mIoU {b[p.and_variant]['miou']:.1f} % at its best score.",
     ]
     share = "" if single_class is None else f" ({single_class:.1f} % of the {p.train_split} images with a class)"
+    own = READOUTS.label(readout_of(p.loss))
     lines.append(
-        "- **Inference**: every model, whatever its loss, maps each class channel through the network, applies "
-        "ReLU and divides each class map by its own maximum, as the official `module/encdec_pred.py`; the loss "
-        "ablation therefore compares the losses alone. Under the softmax loss, single-class images"
+        f"- **Read-out**: each model is read as its loss trained it; the main model ({LOSSES.label(p.loss)}) by "
+        f"{own}, each class map divided by its own maximum. Under the softmax loss, single-class images"
         f"{share} give exactly zero gradient, so that model learns from the multi-class images only; and since a "
         "softmax cannot see a shift common to all channels of a pixel, it does not train the level of the outputs "
-        "that the ReLU reads.")
+        "that its ReLU read-out reads.")
+    if readouts:
+        other = [r for r in READOUTS if r != readout_of(p.loss)]
+        mine = readouts.get((MAIN, readout_of(p.loss)))
+        if mine is not None:
+            alt = "; ".join(f"read by {READOUTS.label(r)} instead it scores {readouts[MAIN, r].sweep.best()['miou']:.1f} % "
+                            f"with {readouts[MAIN, r].empty:.1f} % of its class maps empty" for r in other
+                            if (MAIN, r) in readouts)
+            perfect = "; ".join(f"{READOUTS.label(r)} {readouts[PERFECT, r].sweep.best()['miou']:.1f} %"
+                                for r in READOUTS if (PERFECT, r) in readouts)
+            lines.append(
+                f"- **What the read-out allows**: the main model scores {mine.sweep.best()['miou']:.1f} % mIoU under "
+                f"its own read-out ({mine.empty:.1f} % of class maps empty, mean absolute error against AND "
+                f"{mine.mae:.3f}){'; ' + alt if alt else ''}. A perfect network, AND's own logits, scores {perfect} "
+                "(best background score of each, chosen on the masks: an oracle row).")
     if empty and any(v > 0 for v in empty.values()):
-        lines.append("- **Class maps with no positive output** (0 everywhere after the ReLU, so never foreground): "
-                     + ", ".join(f"{n} {v:.1f} %" for n, v in empty.items())
+        lines.append("- **Class maps with no positive value under their read-out** (0 everywhere, so never "
+                     "foreground): " + ", ".join(f"{n} {v:.1f} %" for n, v in empty.items())
                      + ". A model whose maps are mostly empty is scored on the few classes it keeps; its precision "
                      "then says little.")
     for name in runs(p):

@@ -10,7 +10,10 @@ of stages 1-3 and scored by a sweep of the background score; (4) the pseudo-mask
 chosen refinement at IRN's background score (fixed, or moved to each CAM's operating point by
 ``threshold_rule``), written in VOC layout for the
 segmentation stage, each set keyed by its CAM store, the relation network that refined it
-and its settings.
+and its settings. Every score that shapes an artifact comes from a rule that reads no mask:
+each CAM's operating point is Otsu's threshold of its own top scores
+(``methods.score_rules``); the best-mIoU scores, which read the train masks, are shown beside
+it as oracle rows and choose nothing. The confident labels always keep an ignore band.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..core.metrics import ConfusionMatrix, SweepResult, cam_to_mask
 from ..core.parallel import default_workers
 from ..core.train import config_from, fit, learning_config
 from ..data.voc import VOCDataset
-from ..methods import pretrain, pseudo
+from ..methods import pretrain, pseudo, score_rules
 from ..methods.cams import CamStore, sweep_store, sweep_stream
 from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, true_boundary, walk_input
 from ..nets.boundary import BoundaryNet
@@ -72,6 +75,8 @@ class Params:
     bg_threshold: float = 0.05  # IRN's confident background
     threshold_rule: str = FIXED  # "relative": the three thresholds moved to each CAM's operating point (thresholds())
     reference_background: float = 0.15  # IRN's cam_eval_thres: the operating point its thresholds were set around
+    operating_point_rule: str = "otsu"  # each CAM's operating point, from its own scores (methods.score_rules)
+    min_ignore_band: float = 0.1  # confident fg and bg thresholds stay at least this far apart
     use_crf: bool = True  # CRF on the confident labels (IRN does)
     boundary_backbone: str = "resnet18"
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
@@ -102,6 +107,8 @@ def check_rule(p: Params) -> None:
         raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {p.threshold_rule!r}")
     if not 0 < p.reference_background < 1:
         raise ValueError(f"reference_background must lie in (0, 1), got {p.reference_background}")
+    if not 0 < p.min_ignore_band < 1:
+        raise ValueError(f"min_ignore_band must lie in (0, 1), got {p.min_ignore_band}")
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class Thresholds:
     fg: float
     bg: float
     rw_background: float
-    operating_point: float  # the CAM's best-mIoU background score on the train split
+    operating_point: float  # the CAM's background score by the mask-free operating_point_rule
 
     def as_dict(self) -> dict[str, float]:
         return {"fg_threshold": self.fg, "bg_threshold": self.bg, "rw_background": self.rw_background,
@@ -134,13 +141,25 @@ def thresholds(p: Params, operating_point: float) -> Thresholds:
     that peak wider put their best background score elsewhere (0.48 for the embedded CNN's),
     where fixed numbers call half the image confident foreground. ``threshold_rule =
     "relative"`` moves each threshold to the CAM's own operating point (:func:`moved`);
-    on a CAM whose operating point is the reference it gives IRN's numbers."""
+    on a CAM whose operating point is the reference it gives IRN's numbers. Either way the
+    confident thresholds keep an ignore band of at least ``min_ignore_band`` (:func:`with_band`)."""
     check_rule(p)
     if p.threshold_rule == FIXED:
-        return Thresholds(p.fg_threshold, p.bg_threshold, p.rw_background, operating_point)
+        fg, bg = with_band(p.fg_threshold, p.bg_threshold, p.min_ignore_band)
+        return Thresholds(fg, bg, p.rw_background, operating_point)
     r = p.reference_background
-    return Thresholds(moved(p.fg_threshold, r, operating_point), moved(p.bg_threshold, r, operating_point),
-                      moved(p.rw_background, r, operating_point), operating_point)
+    fg, bg = with_band(moved(p.fg_threshold, r, operating_point), moved(p.bg_threshold, r, operating_point),
+                       p.min_ignore_band)
+    return Thresholds(fg, bg, moved(p.rw_background, r, operating_point), operating_point)
+
+
+def with_band(fg: float, bg: float, band: float) -> tuple[float, float]:
+    """(fg, bg) at least ``band`` apart inside [0, 1]: the background threshold moves down
+    first (never below 0), then the foreground one up."""
+    if fg - bg >= band:
+        return fg, bg
+    bg = max(0.0, fg - band)
+    return max(fg, bg + band), bg
 
 
 def backbone_kwargs(p: Params) -> dict[str, Any]:
@@ -172,8 +191,10 @@ def _attrs(name: str) -> dict[str, Any]:
 
 
 def _rule_spec(p: Params) -> dict[str, Any]:
-    # The relative rule's thresholds follow from the CAM store and the split, both in the keys.
-    return {"threshold_rule": p.threshold_rule, "reference_background": p.reference_background}
+    # The thresholds follow from the rules and the CAM store (in the keys); the store's operating
+    # point also sets the CRF's background score.
+    return {"threshold_rule": p.threshold_rule, "reference_background": p.reference_background,
+            "operating_point_rule": p.operating_point_rule, "min_ignore_band": p.min_ignore_band}
 
 
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
@@ -211,9 +232,9 @@ class CamSweep:
     seconds: float
 
     @property
-    def operating_point(self) -> float:
-        """The CAM's best-mIoU background score, chosen with the masks as IRN's CAM evaluation
-        chooses ``cam_eval_thres``."""
+    def best_score(self) -> float:
+        """The CAM's best-mIoU background score, found with the train masks (as IRN's CAM
+        evaluation finds ``cam_eval_thres``): an oracle, shown for description, choosing nothing."""
         return self.sweep.best()["threshold"] / 100
 
 
@@ -242,7 +263,12 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
     keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream)
     sweeps = {v: sweep_cams(s, train) for v, s in stores.items()}
-    return Inputs(train, stores, keys, sweeps, {v: thresholds(p, sw.operating_point) for v, sw in sweeps.items()})
+    return Inputs(train, stores, keys, sweeps, {v: thresholds(p, operating_point(p, s)) for v, s in stores.items()})
+
+
+def operating_point(p: Params, store: CamStore) -> float:
+    """A CAM store's operating point by ``p.operating_point_rule``, from its scores alone."""
+    return score_rules.operating_point(((cams, ids) for _, cams, ids in store), p.operating_point_rule)
 
 
 # ----------------------------------------------------------------------------- the relation network
@@ -342,7 +368,7 @@ class Refined:
     pseudo_masks: dict[str, Any]  # the written set: {miou, precision, recall, threshold, refinement}
     timings: dict[str, float]  # <refinement>_ms_per_image (refinement and sweep)
     examples: list[tuple[str, np.ndarray, np.ndarray]]  # the first written set's refined scores
-    cam_background: float  # the CAM's best-mIoU background score (what the CRF's unary gets)
+    cam_background: float  # the CAM's mask-free operating point (what the CRF's unary gets)
 
 
 def _scores(values: Mapping[str, Any]) -> dict[str, float]:
@@ -351,17 +377,18 @@ def _scores(values: Mapping[str, Any]) -> dict[str, float]:
 
 def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, key: ArtifactKey, *,
                    refinements: Sequence[str], pseudo_mask_refinement: str, background: float,
-                   settings: Mapping[str, Any], boundaries: Mapping[str, np.ndarray] | None = None, keep: int = 0,
+                   operating_point: float, settings: Mapping[str, Any],
+                   boundaries: Mapping[str, np.ndarray] | None = None, keep: int = 0,
                    workers: int = 0, progress: bool = True, cam_sweep: CamSweep | None = None) -> Refined:
     """One CAM variant: each refinement swept over the background score (a refinement that
-    reads the background score gets the CAM's best-mIoU one, chosen with the ground truth as
-    IRN's CAM evaluation chooses it), then the pseudo-masks of ``pseudo_mask_refinement`` at
-    ``background``, written to ``out_dir`` (VOC layout) with ``key`` as identity.
-    ``cam_sweep``: the store's sweep when the caller has it (else it is swept here)."""
+    reads the background score gets the CAM's ``operating_point``, set without masks), then the
+    pseudo-masks of ``pseudo_mask_refinement`` at ``background``, written to ``out_dir`` (VOC
+    layout) with ``key`` as identity. ``cam_sweep``: the store's sweep when the caller has it
+    (else it is swept here)."""
     store.check_matches(dataset)
     cam_sweep = cam_sweep or sweep_cams(store, dataset)
     reference, reference_seconds = cam_sweep.sweep, cam_sweep.seconds
-    cam_background = cam_sweep.operating_point
+    cam_background = operating_point
     scores, timings, kept = {}, {}, None
     for name in refinements:
         attrs = REFINEMENTS.entry(name).attrs
@@ -398,7 +425,7 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
                               inputs.keys[f"pseudo_masks:{v}"], refinements=p.refinements,
                               pseudo_mask_refinement=p.pseudo_mask_refinement,
                               background=inputs.thresholds[v].rw_background,
-                              settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
+                              operating_point=inputs.thresholds[v].operating_point, settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
                               workers=p.workers, progress=progress, cam_sweep=inputs.sweeps[v])
             for v in p.variants}
 
@@ -414,7 +441,7 @@ def walk_limit(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], 
     ds = inputs.train
     start = time.perf_counter()
     maps = {i: true_boundary(ds.load_mask(i), stride) for i in ds.ids}
-    items = pseudo.refined_cams("rw", inputs.stores[v], ds, background=inputs.sweeps[v].operating_point,
+    items = pseudo.refined_cams("rw", inputs.stores[v], ds, background=inputs.thresholds[v].operating_point,
                                 settings=refinement_settings(p), boundaries=maps, workers=p.workers, progress=progress)
     best = _scores(sweep_stream(items, ds).best())
     return {"variant": v, "grid_stride": stride, **best, "seconds": time.perf_counter() - start}
@@ -471,21 +498,23 @@ def upsampled_labels(relation: RelationNet, image_id: str, shape: tuple[int, int
 
 def seed_quality_figure(p: Params, inputs: Inputs, qualities: Mapping[str, Mapping[str, Any]]) -> Any:
     """Per boundary source, the shares and precisions of its CAM's confident foreground and
-    background against the threshold, with the two thresholds that ran (:func:`thresholds`) and
-    the CAM's best-mIoU score marked."""
+    background against the threshold, with the two thresholds that ran (:func:`thresholds`), the
+    mask-free operating point they came from and the CAM's best-mIoU score (an oracle) marked."""
     import matplotlib.pyplot as plt
 
     from ..book import plots
 
     fig, axes = plt.subplots(len(qualities), 1, figsize=(plots.COLUMN, 4.4 * len(qualities)), squeeze=False)
-    styles = {"foreground threshold": ":", "background threshold": "-.", "best-mIoU background score": "-"}
+    styles = {"foreground threshold": ":", "background threshold": "-.", "operating point": "--",
+              "best-mIoU score (oracle)": "-"}
     for ax, (src, quality) in zip(axes[:, 0], qualities.items()):
         table = quality["table"]
         for col, style in (("fg_share", "-"), ("fg_precision", "-"), ("bg_share", "--"), ("bg_precision", "--")):
             ax.plot(table.index, 100 * table[col], style, label=col.replace("_", " "))
         th = inputs.thresholds[src]
         marks = ((th.fg, "foreground threshold"), (th.bg, "background threshold"),
-                 (quality["sweep"].best()["threshold"] / 100, "best-mIoU background score"))
+                 (th.operating_point, "operating point"),
+                 (quality["sweep"].best()["threshold"] / 100, "best-mIoU score (oracle)"))
         # The marks go into the legend (as text above the panel, long labels squeezed the axes).
         for t, name in merged_marks(marks):
             ax.axvline(t, color="black", lw=1.2, ls=styles[name.split(" = ")[0]], label=f"{name}: {t:.2f}")
@@ -587,7 +616,8 @@ def rule_text(p: Params, name: str) -> str:
         return f"IRN's fixed score {name} = {value:g}"
     return (f"IRN's {name} = {value:g} moved to each CAM's operating point (`threshold_rule = \"{RELATIVE}\"`: "
             f"IRN set it around a best CAM background score of {p.reference_background:g}; the score keeps its "
-            f"relative place between that point and 0 or 1)")
+            f"relative place between that point and 0 or 1; each CAM's point is "
+            f"{score_rules.SCORE_RULES.label(p.operating_point_rule)}, read from the CAM alone)")
 
 
 # ----------------------------------------------------------------------------- the record
@@ -605,7 +635,10 @@ def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, Relati
             "files": {src: path.name for src, path in boundaries.paths.items()}, "widget_file": BOUNDARIES_FILE}
     walk = {"exp_times": p.exp_times, "steps": 2 ** p.exp_times, "beta": p.beta, "radius": p.radius,
             "rw_background": p.rw_background}
-    cuts = {"rule": p.threshold_rule, "per_variant": {v: th.as_dict() for v, th in inputs.thresholds.items()}}
+    cuts = {"rule": p.threshold_rule, "operating_point_rule": p.operating_point_rule,
+            "min_ignore_band": p.min_ignore_band,
+            "per_variant": {v: {**th.as_dict(), "best_score_oracle": inputs.sweeps[v].best_score}
+                            for v, th in inputs.thresholds.items()}}
     return stage.record(
         metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings, "boundary_nets": nets,
                  "random_walk": walk, "thresholds": cuts, "walk_true_boundaries": dict(limit or {}),
@@ -627,11 +660,13 @@ def _confident_line(p: Params, th: Thresholds, src: str, quality: Mapping[str, A
     def pct(x: float) -> str:  # a precision of no pixels is undefined
         return "n/a" if np.isnan(x) else f"{100 * x:.1f} %"
 
+    point = th.operating_point
     return (f"- **Confident labels ({src}).** On the {src} CAM, {whose} foreground threshold {th.fg:.2f} marks "
             f"{100 * at['fg']['fg_share']:.1f} % of all pixels as foreground, of which {pct(at['fg']['fg_precision'])} "
             f"carry the right class; {whose} background threshold {th.bg:.2f} marks {100 * at['bg']['bg_share']:.1f} % "
-            f"as background, {pct(at['bg']['bg_precision'])} rightly. The CAM's own best-mIoU background score is "
-            f"{best:.2f}"
+            f"as background, {pct(at['bg']['bg_precision'])} rightly. The CAM's operating point, "
+            f"{score_rules.SCORE_RULES.label(p.operating_point_rule)} (no mask read), is {point:.2f}; its best-mIoU "
+            f"background score, found with the train masks (an oracle that chooses nothing), is {best:.2f}"
             + (" (the lowest score the sweep tries: every pixel this CAM scores above zero is best called foreground)"
                if best <= 0 else "") + ", "
             + ("above the foreground threshold: on this CAM the 'confident' foreground is wider than the mask one "
