@@ -119,5 +119,6 @@ def test_stage0_statistics_on_a_folder_not_generated_here(tiny_voc):
     assert abs(sum(d["size_share"].values()) - 1) < 1e-9
     assert d["size_edges"] == list(edges)
     text = s0.findings(summary, stats, context)
-    assert text.startswith("- 8 labelled objects over 5 images") and "Context bias" not in text
+    assert text.startswith("- 8 labelled objects over the 5 images with masks (train, val)") and "Context bias" not in text
+    assert d["masks"] == {"train": True, "val": True} and d["labels_source"] == "labels.csv"  # VOCWriter writes it
     assert "not generated here" in s0.calibration_notes(data)

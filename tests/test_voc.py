@@ -143,3 +143,88 @@ def test_sample_cache_keeps_samples_only_within_its_limit(tmp_path):
     assert cache[2] is not first[2] and np.array_equal(cache[2].image, first[2].image)  # over the limit: read again
     none = SampleCache(ds, limit_mb=0)
     assert none[0] is not none[0] and np.array_equal(none[0].mask, first[0].mask)  # nothing kept, same sample
+
+
+# --- image-level labels without masks (issue 23) -------------------------------------------------
+
+def write_weak_voc(root, with_xml=True, with_csv=False):
+    """A VOC folder whose train split has no masks (labels from XML annotations or labels.csv)
+    and whose val split has masks."""
+    from orandnet_lib.data.voc import ANNOTATIONS, write_labels_csv
+
+    rng = np.random.default_rng(0)
+    names = ("background", "disc", "bar")
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", ANNOTATIONS):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("".join(f"{n}\n" for n in names))
+    labels = {"train_0": ["disc"], "train_1": ["disc", "bar"], "val_0": ["bar"]}
+    for image_id, classes in labels.items():
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        objects = "".join(f"<object><name>{c}</name><difficult>0</difficult></object>" for c in classes)
+        (root / ANNOTATIONS / f"{image_id}.xml").write_text(f"<annotation><filename>{image_id}.jpg</filename>"
+                                                             f"{objects}</annotation>")
+    mask = np.zeros((12, 16), np.uint8)
+    mask[2:5, 3:9] = 2
+    save_mask_png(root / "SegmentationClass" / "val_0.png", mask)
+    (root / "ImageSets/Segmentation/train.txt").write_text("train_0\ntrain_1\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("val_0\n")
+    if not with_xml:
+        import shutil
+
+        shutil.rmtree(root / ANNOTATIONS)
+    if with_csv:
+        write_labels_csv(root / "labels.csv", [(i, c) for i, c in labels.items()])
+    return root
+
+
+def test_a_weakly_labelled_train_split_reads_its_labels_from_xml_and_has_no_masks(tmp_path):
+    root = write_weak_voc(tmp_path / "voc")
+    train = VOCDataset(root, "train")
+    assert train.labels_source == "Annotations" and not train.has_masks
+    assert train.load_labels("train_1").tolist() == [1.0, 1.0] and train.load("train_0").labels.tolist() == [1.0, 0.0]
+    assert train.load("train_0").mask is None
+    with pytest.raises(DataError, match="split 'train' has no masks"):
+        train.load_mask("train_0")
+    val = VOCDataset(root, "val")
+    assert val.has_masks and val.load("val_0").labels.tolist() == [0.0, 1.0]
+
+
+def test_labels_csv_wins_over_xml_and_bad_labels_name_the_file_and_line(tmp_path):
+    root = write_weak_voc(tmp_path / "voc", with_csv=True)
+    assert VOCDataset(root, "train").labels_source == "labels.csv"
+    (root / "labels.csv").write_text("image_id,classes\ntrain_0,disc\ntrain_1,disc horse\n")
+    with pytest.raises(DataError, match=r"labels.csv, line 3: 'horse' is not a foreground class"):
+        VOCDataset(root, "train")
+    (root / "labels.csv").write_text("image_id,classes\ntrain_0,disc\n")
+    with pytest.raises(DataError, match=r"no labels for 1 image\(s\) of split 'train', first 'train_1'"):
+        VOCDataset(root, "train")
+    (root / "labels.csv").write_text("id;classes\n")
+    with pytest.raises(DataError, match="header 'image_id,classes'"):
+        VOCDataset(root, "train")
+    (root / "labels.csv").unlink()
+    (root / "Annotations" / "train_0.xml").write_text("<annotation><object><name>")
+    with pytest.raises(DataError, match="train_0.xml: cannot read the annotation"):
+        VOCDataset(root, "train")
+
+
+def test_a_split_without_masks_or_labels_is_refused(tmp_path):
+    root = write_weak_voc(tmp_path / "voc", with_xml=False)
+    with pytest.raises(DataError, match="has neither masks nor image-level labels"):
+        VOCDataset(root, "train")
+    # a split with some masks and not others is ambiguous
+    save_mask_png(root / "SegmentationClass" / "train_0.png", np.zeros((12, 16), np.uint8))
+    with pytest.raises(DataError, match="1 of the split's 2 images have masks: all or none"):
+        VOCDataset(root, "train")
+
+
+def test_the_writer_records_image_level_labels_beside_the_masks(tmp_path):
+    from orandnet_lib.data.voc import VOCWriter
+
+    with VOCWriter(tmp_path / "w", ("background", "disc", "bar")) as w:
+        mask = np.zeros((4, 4), np.uint8)
+        mask[0, 0] = 2
+        w.add("train", "a", np.zeros((4, 4, 3), np.uint8), mask)
+        w.add("train", "b", np.zeros((4, 4, 3), np.uint8), None, labels=["disc"])
+    assert (tmp_path / "w" / "labels.csv").read_text().splitlines() == ["image_id,classes", "a,bar", "b,disc"]
+    with pytest.raises(DataError, match="1 of the split's 2 images have masks"):
+        VOCDataset(tmp_path / "w", "train")

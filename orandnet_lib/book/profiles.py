@@ -177,6 +177,7 @@ def data_fingerprint(path: Path) -> str:
     for sub in ("ImageSets/Segmentation", "ImageSets/SegmentationAug"):
         for f in sorted((path / sub).glob("*.txt")):
             parts[f"{sub}/{f.name}"] = store.hash_file(f)
-    if (path / "labels.txt").exists():
-        parts["labels.txt"] = store.hash_file(path / "labels.txt")
+    for name in ("labels.txt", "labels.csv"):  # class names; image-level labels
+        if (path / name).exists():
+            parts[name] = store.hash_file(path / name)
     return f"voc:{store.hash_obj(parts)}"

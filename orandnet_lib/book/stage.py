@@ -159,3 +159,10 @@ def open_stage(name: str, profile: str = "smoke", data_root: str | os.PathLike[s
     data = Path(data_root) if data_root else profiles.prepare_data(prof)
     runs = Path(run_dir) if run_dir else profiles.project_root() / "runs" / prof["name"]
     return Stage(name=name, profile=prof["name"], run_dir=runs, data_root=data, seed=seed)
+
+
+def without_masks(split: str, what: str = "these tables and figures") -> str:
+    """The line a chapter shows where a split without masks (weakly labelled) leaves something
+    out: masks are for scoring only, and nothing here can be scored without them."""
+    return (f"*The `{split}` split has no masks (image-level labels only, as a weakly supervised method is "
+            f"given): {what} need them and are left out. Everything the pipeline writes was still made.*")

@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 from . import fashion_mnist
 from ..core import store
 from ..core.progress import bar as progress_bar
-from .voc import VOCWriter
+from .voc import LABELS_CSV, VOCWriter
 
 GENERATOR_VERSION = 1
 CONFIG_FILE = "dataset.json"
@@ -254,7 +254,7 @@ def make_scene(index: int, split: str, cfg: SceneConfig, src: _Sources) -> tuple
 def is_cached(root: str | Path, cfg: SceneConfig) -> bool:
     """True when ``root`` holds a complete dataset generated from exactly this config."""
     path = Path(root) / CONFIG_FILE
-    if not path.exists():
+    if not path.exists() or not (Path(root) / LABELS_CSV).exists():  # folders from before labels.csv: regenerate
         return False
     try:
         return store.read_json(path).get("fingerprint") == cfg.fingerprint()

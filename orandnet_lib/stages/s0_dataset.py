@@ -4,6 +4,8 @@ and measures what makes weakly supervised segmentation hard on it: several class
 a wide range of object sizes, and the context bias (a class that tends to appear on the same
 background, as boats on water in VOC). Its size bins (terciles of the first split's object
 areas) are recorded for the segmentation chapter. The stage writes no artifact but its record.
+A split without masks (weakly labelled: image-level labels only) is counted by its labels;
+the pixel statistics come from the splits that have masks.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class Benchmark:
     def first(self) -> VOCDataset:
         return next(iter(self.datasets.values()))
 
+    @property
+    def scored(self) -> dict[str, VOCDataset]:
+        """The splits with masks (the pixel statistics are theirs)."""
+        return {split: ds for split, ds in self.datasets.items() if ds.has_masks}
+
 
 def open_benchmark(stage: Any, p: Params) -> Benchmark:
     return Benchmark({split: VOCDataset(stage.data_root, split) for split in p.splits},
@@ -69,21 +76,28 @@ def overview(stage: Any, data: Benchmark) -> tuple[str, pd.DataFrame | None]:
     shape = first.load_image(first.ids[0]).shape
     source = ("the embedded benchmark, generated from the config below" if data.generator
               else "an existing VOC-layout folder")
+    unmasked = [split for split, ds in data.datasets.items() if not ds.has_masks]
+    weak = (f" The {', '.join(unmasked)} split{'s have' if len(unmasked) > 1 else ' has'} no masks (image-level labels "
+            "only, as a weakly supervised method is given); its pixel statistics are left out." if unmasked else "")
     text = (f"This run (profile `{stage.profile}`) reads **{source}** at `{profiles.display_path(stage.data_root)}`: {sizes} images, "
             f"{first.num_classes} classes with background ({', '.join(first.class_names[1:])}). "
-            f"The first image is {shape[1]} x {shape[0]} pixels.")
+            f"The first image is {shape[1]} x {shape[0]} pixels. Image-level labels come from "
+            f"{'the masks' if first.labels_source == 'masks' else '`' + first.labels_source + '`'}.{weak}")
     config = pd.Series(data.generator["config"], name="value").to_frame() if data.generator else None
     return text, config
 
 
 def sample_figure(data: Benchmark, n_examples: int) -> plt.Figure:
-    """Evenly spaced scenes of the first split: the image, then its mask over it."""
+    """Evenly spaced scenes of the first split: the image, then its mask over it (when the split
+    has masks), titled with the image-level labels."""
     first = data.first
     examples = [first[i] for i in np.linspace(0, len(first) - 1, min(n_examples, len(first))).astype(int)]
+    rows = [[s.image for s in examples]]
+    if first.has_masks:
+        rows.append([plots.overlay(s.image, s.mask) for s in examples])
     fig = plots.image_grid(
-        [[s.image for s in examples], [plots.overlay(s.image, s.mask) for s in examples]],
-        titles=[", ".join(first.class_names[k + 1] for k in np.flatnonzero(s.labels)) for s in examples],
-        row_labels=["image", "ground truth"], class_names=first.class_names,
+        rows, titles=[", ".join(first.class_names[k + 1] for k in np.flatnonzero(s.labels)) for s in examples],
+        row_labels=["image", "ground truth"][: len(rows)], class_names=first.class_names,
     )
     return fig
 
@@ -96,7 +110,7 @@ class ClassStatistics:
 
 
 def class_statistics(data: Benchmark) -> ClassStatistics:
-    tables = {split: datastats.dataset_tables(ds) for split, ds in data.datasets.items()}
+    tables = {split: datastats.dataset_tables(ds) for split, ds in data.scored.items()}
     classes = pd.concat({split: t[0].set_index("class") for split, t in tables.items()}, names=["split"])
     objects = pd.concat({split: t[1] for split, t in tables.items()}, names=["split"]).reset_index(level=0)
     per_image = pd.concat({split: datastats.classes_per_image(ds) for split, ds in data.datasets.items()},
@@ -119,6 +133,14 @@ def class_figure(stats: ClassStatistics) -> plt.Figure:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def size_split(data: Benchmark, preferred: str) -> str:
+    """The split whose object areas set the size bins: ``preferred`` when it has masks, else the
+    first split that does."""
+    if preferred in data.scored:
+        return preferred
+    return next(iter(data.scored))
 
 
 def size_bins(stats: ClassStatistics, split: str) -> tuple[tuple[float, float], pd.Series]:
@@ -190,8 +212,9 @@ def representation_limits(data: Benchmark, strides: tuple[int, ...] = GRID_STRID
     A network whose score is far below its grid's limit is limited by its training, not its grid."""
     from ..methods.cams import grid_limits, grid_shape
 
-    h, w = data.first.load_mask(data.first.ids[0]).shape
-    per_split = {split: grid_limits(ds, [(st, 1.0) for st in strides]) for split, ds in data.datasets.items()}
+    first = next(iter(data.scored.values()))
+    h, w = first.load_mask(first.ids[0]).shape
+    per_split = {split: grid_limits(ds, [(st, 1.0) for st in strides]) for split, ds in data.scored.items()}
     return pd.DataFrame([{"output stride": st, f"grid at {h}x{w} px": "x".join(map(str, grid_shape(h, w, st, 1.0))),
                           **{f"{split} limit mIoU (%)": lim[(st, 1.0)] for split, lim in per_split.items()}}
                          for st in strides]).set_index("output stride")
@@ -218,6 +241,8 @@ def summarise(stage: Any, data: Benchmark, stats: ClassStatistics, edges: tuple[
         "root": profiles.display_path(stage.data_root),
         "classes": list(data.first.class_names),
         "images": {split: len(ds) for split, ds in data.datasets.items()},
+        "masks": {split: ds.has_masks for split, ds in data.datasets.items()},
+        "labels_source": data.first.labels_source,
         "objects": int(len(stats.objects)),
         "size_share": {k: float(v) for k, v in size_share.items()},
         "size_edges": list(edges),
@@ -258,8 +283,10 @@ def findings(summary: Mapping[str, Any], stats: ClassStatistics, ctx: Context) -
     """The chapter's closing bullets (markdown), from the numbers it computed."""
     d = summary["dataset"]
     objects = stats.objects
+    scored = [split for split, has in d.get("masks", {}).items() if has] or list(d["images"])
     lines = [
-        f"- {d['objects']} labelled objects over {sum(d['images'].values())} images, "
+        f"- {d['objects']} labelled objects over the {sum(d['images'][s] for s in scored)} images with masks "
+        f"({', '.join(scored)}), "
         f"{d['mean_classes_per_image']:.2f} distinct classes per image on average.",
         f"- Object areas range from {objects['area_fraction'].min():.2%} to {objects['area_fraction'].max():.1%} of "
         f"the image; a third of the {ctx.split} objects are below {d['size_edges'][0]:.2%} (small) and a third above "

@@ -202,9 +202,13 @@ class Splits:
     def fingerprints(self) -> dict[str, str]:
         return {ds.split: dataset_fingerprint(ds) for ds in (self.train, self.val, self.fit)}
 
-    def scored(self) -> dict[str, VOCDataset]:
-        """The splits CAMs are computed and scored on, train first."""
+    def cammed(self) -> dict[str, VOCDataset]:
+        """The splits CAMs are computed on, train first."""
         return {self.train.split: self.train, self.val.split: self.val}
+
+    def scored(self) -> dict[str, VOCDataset]:
+        """The splits with masks, on which CAMs are scored (a weakly labelled train split has none)."""
+        return {split: ds for split, ds in self.cammed().items() if ds.has_masks}
 
 
 def load_splits(stage: Any, p: Params) -> Splits:
@@ -404,8 +408,8 @@ def compute_cams(stage: Any, p: Params, trained: Mapping[str, TrainedClassifier]
     keys = keys_for(p, splits)
     out = {}
     for name, t in trained.items():
-        paths = cam_stores(t, splits.scored(), stage.dir / "cams", p.cam_scales, p.cam_flip, p.cam_batch_size,
-                           keys={split: keys[f"cams:{name}_{split}"] for split in splits.scored()})
+        paths = cam_stores(t, splits.cammed(), stage.dir / "cams", p.cam_scales, p.cam_flip, p.cam_batch_size,
+                           keys={split: keys[f"cams:{name}_{split}"] for split in splits.cammed()})
         out[name] = {split: CamStore(path) for split, path in paths.items()}
     return out
 
@@ -444,7 +448,8 @@ def representation_limits(p: Params, trained: Mapping[str, TrainedClassifier], s
     outputs = [(name, int(t.model.stride), float(s)) for name, t in trained.items() for s in sorted(p.cam_scales)]
     outputs.append(("deeplab", deeplab_stride(), 1.0))  # stage 5's segmentation network
     per_split = {split: grid_limits(ds, [(st, sc) for _, st, sc in outputs]) for split, ds in splits.scored().items()}
-    h, w = splits.train.load_mask(splits.train.ids[0]).shape
+    first = next(iter(splits.scored().values()))
+    h, w = first.load_mask(first.ids[0]).shape
     rows = [{"output": name, "stride": st, "scale": sc, f"grid at {h}x{w} px": "x".join(map(str, grid_shape(h, w, st, sc))),
              **{f"{split} limit mIoU (%)": limits[(st, sc)] for split, limits in per_split.items()}}
             for name, st, sc in outputs]
@@ -472,27 +477,33 @@ def best_thresholds(p: Params, sweeps: Mapping[str, Mapping[str, SweepResult]]) 
 def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, Mapping[str, CamStore]],
                    sweeps: Mapping[str, Mapping[str, SweepResult]]) -> plt.Figure:
     """Training images: ground truth, then per classifier its CAM (max over the image's
-    classes) and its mask at its best background score."""
-    best_t = best_thresholds(p, sweeps)
+    classes) and its mask at its best background score (a split without masks: the CAMs alone)."""
+    scored = p.train_split in sweeps
+    best_t = best_thresholds(p, sweeps) if scored else {}
     picks = np.linspace(0, len(train) - 1, min(p.n_examples, len(train))).astype(int)
     rows = []
     for i in picks:
         sample = train[i]
-        row = [sample.image, plots.overlay(sample.image, sample.mask)]
+        row = [sample.image] + ([plots.overlay(sample.image, sample.mask)] if scored else [])
         for name in stores:
             cams, ids = stores[name][p.train_split][sample.id]
-            heat = cams.max(axis=0) if len(cams) else np.zeros(sample.mask.shape)
-            row += [plots.heatmap_overlay(sample.image, heat),
-                    plots.overlay(sample.image, cam_to_mask(cams, ids, best_t[name]))]
+            heat = cams.max(axis=0) if len(cams) else np.zeros(sample.image.shape[:2])
+            row.append(plots.heatmap_overlay(sample.image, heat))
+            if scored:
+                row.append(plots.overlay(sample.image, cam_to_mask(cams, ids, best_t[name])))
         rows.append(row)
-    titles = ["image", "ground truth"] + [f"{n} {kind}" for n in stores for kind in ("CAM", "mask")]
+    kinds = ("CAM", "mask") if scored else ("CAM",)
+    titles = ["image"] + (["ground truth"] if scored else []) + [f"{n} {kind}" for n in stores for kind in kinds]
     return plots.image_grid(rows, titles=titles, size=1.7, class_names=train.class_names)
 
 
 def shared_errors(p: Params, stores: Mapping[str, Mapping[str, CamStore]], train: VOCDataset,
-                  sweeps: Mapping[str, Mapping[str, SweepResult]]) -> pd.DataFrame:
+                  sweeps: Mapping[str, Mapping[str, SweepResult]]) -> pd.DataFrame | None:
     """Per class (rows: every class name), the false positives / negatives of the two
-    classifiers at their best background scores, and the share both make (shared / union)."""
+    classifiers at their best background scores, and the share both make (shared / union);
+    None for a train split without masks."""
+    if p.train_split not in sweeps:
+        return None
     best_t = best_thresholds(p, sweeps)
     a, b = list(stores)
     overlap = error_overlap(stores[a][p.train_split], stores[b][p.train_split], train, best_t[a], best_t[b])
@@ -510,22 +521,26 @@ def shared_errors_figure(ov: pd.DataFrame, names: list[str]) -> plt.Figure:
 
 
 def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mapping[str, Mapping[str, SweepResult]],
-              ov: pd.DataFrame, limits: pd.DataFrame | None = None,
+              ov: pd.DataFrame | None, limits: pd.DataFrame | None = None,
               pretrained: Mapping[str, Pretrained] | None = None) -> dict[str, Any]:
     """The summary sections: ``classifiers``, ``cams``, ``error_overlap``, given the
     representation limits ``cams_limit`` (:func:`limits_summary`) and, given the pretrained
     backbones, ``pretraining`` (per classifier: recipe, val accuracy, seconds, cached file)."""
-    cams = {name: {**sw.describe(), "val": sweeps[p.val_split][name].best()}
-            for name, sw in sweeps[p.train_split].items()}
+    # a train split without masks: the CAMs are scored on val only
+    cams = {name: {**(sweeps[p.train_split][name].describe() if p.train_split in sweeps else {}),
+                   **({"val": sweeps[p.val_split][name].best()} if p.val_split in sweeps else {})}
+            for name in trained}
     classifiers = {name: {"val_map": t.val_scores["map"], "val_f1": t.val_scores["f1"],
                           "train_seconds": t.train_seconds, "spec": t.spec.to_dict()}
                    for name, t in trained.items()}
-    fg = ov.iloc[1:]
-    shared = {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"])),
-              # of each source's foreground false-positive pixels, the share the other source makes too
-              "fp_shared_of": {name: float(fg["fp_shared"].sum() / max(1, fg[col].sum()))
-                               for name, col in zip(trained, ("fp_a", "fp_b"))}}
-    out = {"classifiers": classifiers, "cams": cams, "error_overlap": shared}
+    out: dict[str, Any] = {"classifiers": classifiers, "cams": cams}
+    if ov is not None:
+        fg = ov.iloc[1:]
+        out["error_overlap"] = {
+            "fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"])),
+            # of each source's foreground false-positive pixels, the share the other source makes too
+            "fp_shared_of": {name: float(fg["fp_shared"].sum() / max(1, fg[col].sum()))
+                             for name, col in zip(trained, ("fp_a", "fp_b"))}}
     if limits is not None:
         out["cams_limit"] = limits_summary(limits)
     if pretrained:
@@ -549,11 +564,18 @@ def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
     def ceiling(name: str) -> str:
         """The representation limit at a network's finest grid, in words."""
         f = limit[name]["finest"]
-        return f"{f[p.train_split]:.1f} % (stride {limit[name]['stride']}, scale {f['scale']:g})"
+        split = p.train_split if p.train_split in f else p.val_split
+        return f"{f[split]:.1f} % on {split} (stride {limit[name]['stride']}, scale {f['scale']:g})"
 
     lines = []
     for name, c in summary["cams"].items():
         t = summary["classifiers"][name]
+        if "miou" not in c:  # a train split without masks
+            val = f" On {p.val_split} its CAM reaches {c['val']['miou']:.1f} % mIoU." if "val" in c else ""
+            lines.append(f"- **{name}**: validation mAP {t['val_map']:.1f} % (chance about {chance:.1f} %), trained in "
+                         f"{t['train_seconds']:.0f} s. The {p.train_split} split has no masks, so its CAMs are not "
+                         f"scored there.{val}")
+            continue
         mode = ("over-spread: it covers more of the objects than it gets right (recall above precision)"
                 if c["recall"] > c["precision"] else
                 "scattered or under-covering: what it marks is mostly right but it misses object pixels "
@@ -572,7 +594,9 @@ def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
             f"split): no map on a grid scores more than that grid allows; stage 5's DeepLab at most "
             f"{ceiling('deeplab')}. The CAMs' limits are those of their finest scale, the grid a multi-scale "
             f"sum resolves.")
-    shared = summary["error_overlap"]
+    shared = summary.get("error_overlap")
+    if shared is None:
+        return "\n".join(lines)
     lines.append(
         f"- The two classifiers share on average {shared['fp_jaccard_mean']:.0%} of their false-positive pixels "
         f"and {shared['fn_jaccard_mean']:.0%} of their false negatives (per class, shared / union)."

@@ -174,8 +174,9 @@ def source_stores(stage: Any, p: Params) -> dict[str, CamStore]:
 
 
 def sweep(stores: Mapping[str, CamStore], train: VOCDataset, chosen: Mapping[str, Variant]) -> dict[str, SweepResult]:
-    """Background-score sweeps of every variant, in one pass over the split."""
-    return sweep_variants(stores, train, chosen)
+    """Background-score sweeps of every variant, in one pass over the split; {} for a split
+    without masks (nothing to score against)."""
+    return sweep_variants(stores, train, chosen) if train.has_masks else {}
 
 
 def variant_table(sweeps: Mapping[str, SweepResult]) -> pd.DataFrame:
@@ -210,19 +211,26 @@ def per_class_precision(sweeps: Mapping[str, SweepResult], class_names: Any) -> 
 def example_figure(p: Params, train: VOCDataset, stores: Mapping[str, CamStore], chosen: Mapping[str, Variant],
                    sweeps: Mapping[str, SweepResult]) -> plt.Figure:
     """Masks of the single CAMs and of the first two of OR / AND (with the offset when there is
-    one), each at its own best-mIoU background score."""
+    one), each at its own best-mIoU background score; without sweeps (a split without masks)
+    the maps themselves (the largest score over the image's classes)."""
     shown = list(p.sources) + [v for v in ("or+offset", "and+offset", "or", "and") if v in chosen][:2]
-    best_t = {name: sweeps[name].best()["threshold"] / 100 for name in shown}
+    best_t = {name: sweeps[name].best()["threshold"] / 100 for name in shown} if sweeps else {}
     picks = np.linspace(0, len(train) - 1, min(p.n_examples, len(train))).astype(int)
     grid = []
     for i in picks:
         sample = train[i]
         maps = {name: stores[name][sample.id][0] for name in p.sources}
         class_ids = stores[p.sources[0]][sample.id][1]
-        row = [sample.image, plots.overlay(sample.image, sample.mask)]
-        row += [plots.overlay(sample.image, cam_to_mask(chosen[n].compute(maps), class_ids, best_t[n])) for n in shown]
+        fused = {n: chosen[n].compute(maps) for n in shown}
+        if sweeps:
+            row = [sample.image, plots.overlay(sample.image, sample.mask)]
+            row += [plots.overlay(sample.image, cam_to_mask(fused[n], class_ids, best_t[n])) for n in shown]
+        else:
+            row = [sample.image] + [plots.heatmap_overlay(sample.image, fused[n].max(axis=0) if len(class_ids)
+                                                          else np.zeros(sample.image.shape[:2])) for n in shown]
         grid.append(row)
-    return plots.image_grid(grid, titles=["image", "ground truth", *shown], size=1.8, class_names=train.class_names)
+    titles = ["image", "ground truth", *shown] if sweeps else ["image", *shown]
+    return plots.image_grid(grid, titles=titles, size=1.8, class_names=train.class_names)
 
 
 def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: VOCDataset,
@@ -273,7 +281,10 @@ def offset_text(p: Params, choice: OffsetChoice) -> str:
 
 def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice) -> str:
     """The chapter's closing bullets (markdown): the offset that ran, is AND more precise, does
-    OR recall most, why."""
+    OR recall most, why (without sweeps, a split without masks: the offset alone)."""
+    if not sweeps:
+        return "\n".join([f"- {offset_text(p, choice)}", f"- The `{p.train_split}` split has no masks: the ensembles "
+                          "were built and written, and cannot be scored here."])
     best = {name: s.best() for name, s in sweeps.items()}
     singles = {name: best[name] for name in p.sources}
     top_single = max(singles, key=lambda n: singles[n]["miou"])

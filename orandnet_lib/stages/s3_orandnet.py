@@ -192,7 +192,10 @@ def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = T
 
 
 def compare(p: Params, inputs: Inputs, trained: Mapping[str, Trained]) -> dict[str, Any]:
-    """Sweeps of the single sources, the OR and AND variants used, and every ORANDNet model."""
+    """Sweeps of the single sources, the OR and AND variants used, and every ORANDNet model;
+    {} for a train split without masks."""
+    if not inputs.train.has_masks:
+        return {}
     chosen = [*inputs.sources, p.or_variant, p.and_variant]
     sweeps = sweep_variants(inputs.sources, inputs.train, {k: inputs.variants[k] for k in dict.fromkeys(chosen)})
     sweeps.update({name: sweep_store(t.store, inputs.train) for name, t in trained.items()})
@@ -208,7 +211,7 @@ class ReadoutScore:
     maps left empty (no positive value, so never foreground) and the per-pixel mean absolute
     error against the AND target."""
 
-    sweep: SweepResult
+    sweep: SweepResult | None  # None for a split without masks
     empty: float  # percent of class maps
     mae: float  # mean |map - AND| over every pixel of every class map
 
@@ -225,10 +228,12 @@ def readout_comparison(inputs: Inputs, trained: Mapping[str, Trained], progress:
                        ) -> dict[tuple[str, str], ReadoutScore]:
     """Every trained model under every registered read-out, and the perfect network
     (:func:`perfect_logits`) under each, on the train split: ``{(model, read-out): score}``.
-    The network runs once per image; the masks score, nothing is chosen on them."""
+    The network runs once per image; the masks score (when the split has them), nothing is
+    chosen on them; the empty maps and the error against AND need no mask."""
     models = {n: t.model for n, t in trained.items() if t.model is not None}
     names = [*models, PERFECT]
     ds = inputs.train
+    scored = ds.has_masks
     sweeps = {(n, r): ThresholdSweep(ds.num_classes) for n in names for r in READOUTS}
     empty = {k: 0 for k in sweeps}
     err = {k: 0.0 for k in sweeps}
@@ -237,7 +242,7 @@ def readout_comparison(inputs: Inputs, trained: Mapping[str, Trained], progress:
         or_cams, class_ids = inputs.or_store[image_id]
         if len(class_ids) == 0:
             continue
-        gt = ds.load_mask(image_id)
+        gt = ds.load_mask(image_id) if scored else None
         target = torch.from_numpy(np.asarray(inputs.and_store[image_id][0], np.float32))
         raw = {n: outputs(m, torch.from_numpy(np.asarray(or_cams, np.float32)),
                           to_tensor(ds.load_image(image_id))[0] if m.use_image else None).cpu()
@@ -248,11 +253,12 @@ def readout_comparison(inputs: Inputs, trained: Mapping[str, Trained], progress:
         for n, out in raw.items():
             for r in READOUTS:
                 maps = READOUTS.get(r)(out)
-                sweeps[n, r].update(maps.float().numpy(), class_ids, gt)
+                if gt is not None:
+                    sweeps[n, r].update(maps.float().numpy(), class_ids, gt)
                 empty[n, r] += int((maps.amax(dim=(-2, -1)) <= 0).sum())
                 err[n, r] += float((maps.float() - target).abs().sum())
-    return {k: ReadoutScore(sw.result(), 100.0 * empty[k] / max(maps_seen, 1), err[k] / max(pixels, 1))
-            for k, sw in sweeps.items()}
+    return {k: ReadoutScore(sw.result() if scored else None, 100.0 * empty[k] / max(maps_seen, 1),
+                            err[k] / max(pixels, 1)) for k, sw in sweeps.items()}
 
 
 def readout_table(p: Params, trained: Mapping[str, Trained], scores: Mapping[tuple[str, str], ReadoutScore]) -> Any:
@@ -264,7 +270,9 @@ def readout_table(p: Params, trained: Mapping[str, Trained], scores: Mapping[tup
     rows = []
     for (name, r), sc in scores.items():
         loss = trained[name].loss if name in trained else "bce"
-        best = sc.sweep.best()
+        nan = float("nan")
+        best = sc.sweep.best() if sc.sweep is not None else {"miou": nan, "precision": nan, "recall": nan,
+                                                             "threshold": nan}
         rows.append({"model": name, "loss": LOSSES.label(loss), "read-out": READOUTS.label(r),
                      "own read-out": "yes" if r == readout_of(loss) else "no",
                      "mIoU": best["miou"], "precision": best["precision"], "recall": best["recall"],
@@ -280,7 +288,7 @@ def own_readout_sweeps(trained: Mapping[str, Trained], scores: Mapping[tuple[str
            for n, t in trained.items() if (n, readout_of(t.loss)) in scores}
     out[f"{PERFECT} ({READOUTS.label('sigmoid_max')})"] = scores[PERFECT, "sigmoid_max"].sweep
     out[f"{and_name} (target)"] = and_sweep
-    return out
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def comparison_table(sweeps: Mapping[str, Any]) -> Any:
@@ -316,6 +324,8 @@ def third_classifier(stage: Any, p: Params, inputs: Inputs, progress: bool = Tru
                                      keys={p.train_split: inputs.keys[f"cams:{name}_{p.train_split}"]})[p.train_split]
     a, b = list(inputs.sources)[:2]
     stores = {**inputs.sources, "cnn2": CamStore(path)}
+    if not inputs.train.has_masks:
+        return {}
     return sweep_variants(stores, inputs.train, n_way_variants(a, b), progress=progress)
 
 
@@ -329,7 +339,8 @@ def cams_summary(sweeps: Mapping[str, Any], n_way: Mapping[str, Any]) -> dict[st
 
 def readouts_summary(scores: Mapping[tuple[str, str], ReadoutScore]) -> dict[str, dict[str, Any]]:
     """The record's ``readouts``: ``"<model> | <read-out>"`` -> best-mIoU scores, empty maps and MAE."""
-    return {f"{n} | {r}": {**sc.sweep.best(), "empty_maps": sc.empty, "mae": sc.mae} for (n, r), sc in scores.items()}
+    return {f"{n} | {r}": {**(sc.sweep.best() if sc.sweep is not None else {}), "empty_maps": sc.empty, "mae": sc.mae}
+            for (n, r), sc in scores.items()}
 
 
 def record(stage: Any, inputs: Inputs, trained: Mapping[str, Trained], sweeps: Mapping[str, Any],
@@ -369,7 +380,16 @@ def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sou
              readouts: Mapping[tuple[str, str], ReadoutScore] | None = None) -> str:
     """The chapter's "What this chapter found", from the computed sweeps; ``single_class``:
     :func:`single_class_share` of the training split; ``empty``: :func:`empty_map_share`;
-    ``readouts``: :func:`readout_comparison`."""
+    ``readouts``: :func:`readout_comparison`. Without sweeps (a split without masks) only what
+    needs no mask: the read-out, the empty maps and the error against AND."""
+    if not sweeps:
+        lines = [f"- The `{p.train_split}` split has no masks: the models were trained and their maps written "
+                 "(stage 4 refines them), and cannot be scored here."]
+        mine = (readouts or {}).get((MAIN, readout_of(p.loss)))
+        if mine is not None:
+            lines.append(f"- The main model ({LOSSES.label(p.loss)}, read by {READOUTS.label(readout_of(p.loss))}): "
+                         f"{mine.empty:.1f} % of its class maps empty, mean absolute error against AND {mine.mae:.3f}.")
+        return "\n".join(lines)
     b = {n: s.best() for n, s in sweeps.items()}
     a, c = list(sources)[:2]
     top_single = max((a, c), key=lambda n: b[n]["miou"])
@@ -399,13 +419,13 @@ def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sou
         other = [r for r in READOUTS if r != readout_of(p.loss)]
         mine = readouts.get((MAIN, readout_of(p.loss)))
         if mine is not None:
-            alt = "; ".join(f"read by {READOUTS.label(r)} instead it scores {readouts[MAIN, r].sweep.best()['miou']:.1f} % "
+            alt = "; ".join(f"read by {READOUTS.label(r)} instead it scores {readouts[MAIN, r].sweep.best()['miou']:.1f} % "  # type: ignore[union-attr]
                             f"with {readouts[MAIN, r].empty:.1f} % of its class maps empty" for r in other
                             if (MAIN, r) in readouts)
-            perfect = "; ".join(f"{READOUTS.label(r)} {readouts[PERFECT, r].sweep.best()['miou']:.1f} %"
+            perfect = "; ".join(f"{READOUTS.label(r)} {readouts[PERFECT, r].sweep.best()['miou']:.1f} %"  # type: ignore[union-attr]
                                 for r in READOUTS if (PERFECT, r) in readouts)
             lines.append(
-                f"- **What the read-out allows**: the main model scores {mine.sweep.best()['miou']:.1f} % mIoU under "
+                f"- **What the read-out allows**: the main model scores {mine.sweep.best()['miou']:.1f} % mIoU under "  # type: ignore[union-attr]
                 f"its own read-out ({mine.empty:.1f} % of class maps empty, mean absolute error against AND "
                 f"{mine.mae:.3f}){'; ' + alt if alt else ''}. A perfect network, AND's own logits, scores {perfect} "
                 "(best background score of each, chosen on the masks: an oracle row).")

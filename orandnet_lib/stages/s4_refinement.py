@@ -252,7 +252,7 @@ class Inputs:
     train: VOCDataset
     stores: dict[str, CamStore]
     keys: dict[str, ArtifactKey]
-    sweeps: dict[str, CamSweep]  # per store
+    sweeps: dict[str, CamSweep]  # per store; {} for a train split without masks
     thresholds: dict[str, Thresholds]  # per store
 
 
@@ -262,7 +262,7 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
     stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([*boundary_sources(p), *p.variants])}
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
     keys = artifact_keys(p, {p.train_split: dataset_fingerprint(train)}, upstream)
-    sweeps = {v: sweep_cams(s, train) for v, s in stores.items()}
+    sweeps = {v: sweep_cams(s, train) for v, s in stores.items()} if train.has_masks else {}
     return Inputs(train, stores, keys, sweeps, {v: thresholds(p, operating_point(p, s)) for v, s in stores.items()})
 
 
@@ -345,7 +345,9 @@ def boundary_maps(p: Params, relations: Mapping[str, RelationNet], inputs: Input
 def seed_quality(p: Params, inputs: Inputs) -> dict[str, dict[str, Any]]:
     """How IRN's thresholds fall on each boundary source's CAM (described with the ground
     truth, never tuned on it): per source, the CAM's sweep, its per-threshold shares and
-    precisions, and the rows at the two thresholds."""
+    precisions, and the rows at the two thresholds; {} without masks."""
+    if not inputs.sweeps:
+        return {}
     return {src: _seed_quality(inputs.thresholds[src], inputs.sweeps[src].sweep) for src in boundary_sources(p)}
 
 
@@ -384,8 +386,11 @@ def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, ke
     reads the background score gets the CAM's ``operating_point``, set without masks), then the
     pseudo-masks of ``pseudo_mask_refinement`` at ``background``, written to ``out_dir`` (VOC
     layout) with ``key`` as identity. ``cam_sweep``: the store's sweep when the caller has it
-    (else it is swept here)."""
+    (else it is swept here). A split without masks is refined and written, and not scored."""
     store.check_matches(dataset)
+    if not dataset.has_masks:
+        return _write_unscored(store, dataset, out_dir, key, pseudo_mask_refinement, background, operating_point,
+                               settings, boundaries, keep, workers, progress)
     cam_sweep = cam_sweep or sweep_cams(store, dataset)
     reference, reference_seconds = cam_sweep.sweep, cam_sweep.seconds
     cam_background = operating_point
@@ -418,6 +423,22 @@ def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, ke
     return Refined(scores, written, timings, kept[:keep], cam_background)
 
 
+def _write_unscored(store: CamStore, dataset: VOCDataset, out_dir: str | Path, key: ArtifactKey, refinement: str,
+                    background: float, operating_point: float, settings: Mapping[str, Any],
+                    boundaries: Mapping[str, np.ndarray] | None, keep: int, workers: int, progress: bool) -> Refined:
+    """:func:`refine_variant` on a split without masks: the pseudo-masks written, no score."""
+    start = time.perf_counter()
+    uses_background = REFINEMENTS.entry(refinement).attrs.get("uses_background")
+    kept = list(pseudo.refined_cams(refinement, store, dataset, background=background if uses_background
+                                    else operating_point, settings=settings, boundaries=boundaries,
+                                    workers=workers, progress=progress))
+    masks = {image_id: cam_to_mask(cams, ids, background) for image_id, cams, ids in kept}
+    pseudo.write_pseudo_masks(out_dir, dataset, masks.items(), key=key)
+    timings = {f"{refinement}_ms_per_image": 1000 * (time.perf_counter() - start) / len(dataset)}
+    return Refined({}, {"threshold": 100 * background, "refinement": refinement}, timings, kept[:keep],
+                   operating_point)
+
+
 def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: Path,
                     progress: bool = True) -> dict[str, Refined]:
     """Every variant through :func:`refine_variant`; pseudo-masks in ``out_dir/pseudo_masks/<variant>``."""
@@ -426,7 +447,7 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
                               pseudo_mask_refinement=p.pseudo_mask_refinement,
                               background=inputs.thresholds[v].rw_background,
                               operating_point=inputs.thresholds[v].operating_point, settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
-                              workers=p.workers, progress=progress, cam_sweep=inputs.sweeps[v])
+                              workers=p.workers, progress=progress, cam_sweep=inputs.sweeps.get(v))
             for v in p.variants}
 
 
@@ -435,7 +456,9 @@ def walk_limit(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], 
     """The first variant's random walk along the true class boundaries (:func:`true_boundary`
     of each mask, on its relation net's grid) in place of the net's map, swept like the
     refinements: what the walk itself can gain on this grid. A diagnostic that reads the masks;
-    nothing written comes from it."""
+    nothing written comes from it. {} for a split without masks."""
+    if not inputs.train.has_masks:
+        return {}
     v = p.variants[0]
     stride = int(relations[source_of(p, v)].net.stride)
     ds = inputs.train
@@ -468,7 +491,9 @@ def score_table(results: Mapping[str, Refined]) -> "Any":
             for k, sc in r.scores.items()]
     rows += [{"variant": v, "refinement": f"{REFINEMENTS.label(r.pseudo_masks['refinement'])}, written",
               **{m: r.pseudo_masks[m] for m in ("miou", "precision", "recall", "threshold")}}
-             for v, r in results.items()]
+             for v, r in results.items() if "miou" in r.pseudo_masks]
+    if not rows:
+        return pd.DataFrame()
     order = {v: i for i, v in enumerate(results)}
     return (pd.DataFrame(rows).sort_values("variant", key=lambda s: s.map(order), kind="stable")
             .set_index(["variant", "refinement"]))
@@ -551,13 +576,15 @@ def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNe
     for image_id, refined, ids in r.examples:
         sample = inputs.train.load(image_id)
         cams, cam_ids = inputs.stores[v0][image_id]
-        grid.append([sample.image, plots.overlay(sample.image, sample.mask),
-                     plots.colorize(upsampled_labels(relations[src], image_id, sample.mask.shape)),
+        truth = [plots.overlay(sample.image, sample.mask)] if sample.mask is not None else []
+        grid.append([sample.image, *truth,
+                     plots.colorize(upsampled_labels(relations[src], image_id, sample.image.shape[:2])),
                      plt.get_cmap("gray_r")(boundaries.maps[src][image_id])[..., :3],
                      plots.overlay(sample.image, cam_to_mask(cams, cam_ids, r.cam_background)),
                      plots.overlay(sample.image, cam_to_mask(refined, ids, inputs.thresholds[v0].rw_background))])
     label = REFINEMENTS.label(p.pseudo_mask_refinement)
-    return plots.image_grid(grid, titles=["image", "ground truth", f"confident labels ({src})",
+    truth_title = ["ground truth"] if inputs.train.has_masks else []
+    return plots.image_grid(grid, titles=["image", *truth_title, f"confident labels ({src})",
                                           f"boundaries ({src} net)", f"{v0} CAM mask", f"{v0} {label}"], size=1.8,
                             class_names=inputs.train.class_names)
 
@@ -637,7 +664,8 @@ def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, Relati
             "rw_background": p.rw_background}
     cuts = {"rule": p.threshold_rule, "operating_point_rule": p.operating_point_rule,
             "min_ignore_band": p.min_ignore_band,
-            "per_variant": {v: {**th.as_dict(), "best_score_oracle": inputs.sweeps[v].best_score}
+            "per_variant": {v: {**th.as_dict(), **({"best_score_oracle": inputs.sweeps[v].best_score}
+                                                   if v in inputs.sweeps else {})}
                             for v, th in inputs.thresholds.items()}}
     return stage.record(
         metrics={"refinement": refinement, "pseudo_masks": written, "timings": timings, "boundary_nets": nets,
@@ -681,7 +709,8 @@ def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qu
              limit: Mapping[str, Any] | None = None) -> str:
     """The chapter's "What this chapter found", from the computed numbers."""
     lines = [f"- **Relation networks.** {source_text(p)}", f"- **Random walk.** {walk_text(p)}"]
-    lines += [_confident_line(p, inputs.thresholds[src], src, qualities[src], relations[src]) for src in relations]
+    lines += [_confident_line(p, inputs.thresholds[src], src, qualities[src], relations[src]) for src in relations
+              if src in qualities]
     for v, r in results.items():
         c = r.scores.get("cam")
         moves = []
@@ -692,10 +721,12 @@ def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qu
                          f"and recall {c['recall']:.1f} -> {sc['recall']:.1f} % (mIoU {c['miou']:.1f} -> "
                          f"{sc['miou']:.1f} %)")
         label = REFINEMENTS.label(r.pseudo_masks["refinement"])
+        score = (f"score {r.pseudo_masks['miou']:.1f} % mIoU." if "miou" in r.pseudo_masks else
+                 f"are written (the `{p.train_split}` split has no masks to score them).")
         lines.append(f"- **{v}** (boundaries of the {boundaries.source_of[v]} net): "
                      + ("; ".join(moves) + ". " if moves else "")
                      + f"At the written background score {inputs.thresholds[v].rw_background:.2f} the pseudo-masks "
-                       f"({label}) score {r.pseudo_masks['miou']:.1f} % mIoU.")
+                       f"({label}) {score}")
     if limit:
         lines.append(_limit_line(limit, results[limit["variant"]].scores))
     n_workers = p.workers or default_workers()

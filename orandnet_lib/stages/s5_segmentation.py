@@ -17,6 +17,8 @@ seeds vary DeepLab only: the pseudo-masks are one draw of stages 1-4, so every c
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import math
 import time
@@ -224,6 +226,16 @@ def written_pseudo_masks(stage4_metrics: Mapping[str, Any]) -> dict[str, dict[st
     return out
 
 
+def for_data(stage: Any, p: Params) -> Params:
+    """``p`` for the data at hand: a train split without masks (weakly labelled) has no
+    ground-truth training set, so the supervised bound ("gt") is left out of every set list."""
+    if VOCDataset(stage.data_root, p.train_split).has_masks:
+        return p
+    drop = lambda sets: tuple(t for t in sets if t != GROUND_TRUTH)  # noqa: E731
+    return dataclasses.replace(p, training_sets=drop(p.training_sets), schedule_sets=drop(p.schedule_sets),
+                               headline_sets=drop(p.headline_sets))
+
+
 def setup(stage: Any, p: Params) -> Setup:
     """Open the datasets and read stages 0 and 4."""
     check(p)
@@ -412,7 +424,8 @@ def scores_table(summary: Mapping[str, Mapping[str, Any]], pseudo_mask_scores: M
                            **{k: r[k] for k in ("miou", "precision", "recall")},
                            "miou_std": r.get("miou_std", np.nan)} for t, by in summary.items() for s, r in by.items()])
     pm = pd.DataFrame([{"training set": t, "pseudo-mask miou": q["miou"], "pseudo-mask precision": q["precision"],
-                        "pseudo-mask recall": q["recall"]} for t, q in pseudo_mask_scores.items() if t in summary])
+                        "pseudo-mask recall": q["recall"]} for t, q in pseudo_mask_scores.items()
+                       if t in summary and "miou" in q])  # a train split without masks: the sets are not scored
     if len(pm):
         table = table.merge(pm, on="training set", how="left")
     return table.set_index(["training set", "schedule"])

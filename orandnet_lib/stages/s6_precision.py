@@ -110,12 +110,13 @@ def written_label(entry: Mapping[str, Any]) -> str:
 
 def pseudo_mask_table(inp: Inputs) -> pd.DataFrame:
     """Every variant after every refinement (at its best-mIoU background score), plus the
-    written sets: columns variant, refinement (its registry label), miou, precision, recall."""
+    written sets: columns variant, refinement (its registry label), miou, precision, recall
+    (empty for a train split without masks: nothing was scored)."""
     rows = [{"variant": v, "refinement": REFINEMENTS.label(k), **{m: s[m] for m in ("miou", "precision", "recall")}}
             for v, levels in inp.refinement.items() for k, s in levels.items()]
     rows += [{"variant": v, "refinement": written_label(s), **{m: s[m] for m in ("miou", "precision", "recall")}}
-             for v, s in inp.pseudo_masks.items()]
-    return pd.DataFrame(rows)
+             for v, s in inp.pseudo_masks.items() if "miou" in s]
+    return pd.DataFrame(rows, columns=["variant", "refinement", "miou", "precision", "recall"])
 
 
 def points_table(inp: Inputs) -> pd.DataFrame:
@@ -124,6 +125,7 @@ def points_table(inp: Inputs) -> pd.DataFrame:
     rows = []
     for tset, by in inp.segmentation.items():
         q = inp.pseudo_masks.get(tset)
+        q = q if q and "miou" in q else None  # unscored (a train split without masks)
         for sched, entry in by.items():
             for i, sd in enumerate(entry["seeds"]):
                 rows.append({"training set": tset, "schedule": sched, "seed": sd,
@@ -276,6 +278,11 @@ class VariantCams:
             return self.extra[variant][image_id]
         maps = {name: s[image_id][0] for name, s in self.sources.items()}
         return self.variants[variant].compute(maps), self.class_ids(image_id)
+
+
+def scored(stage: Any, p: Params) -> bool:
+    """Whether the train split has masks: this chapter's pseudo-mask scores and its explorer need them."""
+    return VOCDataset(stage.data_root, p.train_split).has_masks
 
 
 def teaching_panels(stage: Any, p: Params, inp: Inputs) -> teaching.MaskPanels:
