@@ -73,3 +73,25 @@ def test_pages_link_every_claim_to_its_chapter():
     assert ("Of 6 claims: 1 reproduce with an interval, 3 hold in this single run, 1 are not resolved by this run's "
             "seeds, 1 were not measured.") in text
     assert "No run" in headline({"profile": "smoke"})
+
+
+def test_stage_2_3_claims_pair_by_whole_pipeline_replicate():
+    """Three replicates whose cnn is 40, 39 and 38 % precise at recall 50 while AND's curve gives 48
+    there: AND beats cnn by +8, +9, +10 (mean +9, sd 1, t interval 9 +- 4.303 * 1 / sqrt(3)) and vit by
+    +15 each time: both intervals exclude 0, so the claim reproduces over replicates."""
+    import copy
+
+    summary = copy.deepcopy(SUMMARY)
+    runs = {}
+    for r, cnn_precision in ((1, 39), (2, 38)):
+        cams = copy.deepcopy(SUMMARY["cams"])
+        cams["cnn"]["precision"] = cnn_precision
+        runs[str(r)] = {"cams": cams}
+    summary["replicates"] = {"n": 3, "runs": runs}
+    summary["segmentation_replicates"] = 3
+    row = next(c for c in claims(summary) if c.claim.startswith("AND is more precise"))
+    assert row.verdict == "reproduces"
+    assert row.interval.startswith("against cnn: [+6.5, +11.5] (n = 3 replicates") and "against vit: [+15.0, +15.0]" in row.interval
+    seg = next(c for c in claims(summary) if c.chapter == "05" and "beats" in c.claim)
+    assert "over 3 whole-pipeline replicates" in seg.effect and "(n = 3 replicates" in seg.interval
+    assert "Every interval is over 3 whole-pipeline replicates" in reproduces_page(summary)

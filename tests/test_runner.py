@@ -115,3 +115,27 @@ def test_bad_parameters_fail_before_anything_runs(project, override, message):
     with pytest.raises(ConfigError, match=message):
         _runner(project, [override]).run()
     assert not (project[0] / "runs" / "00_first").exists()
+
+
+def test_a_replicate_runs_the_upstream_stages_with_its_own_seed_on_the_same_data(project):
+    """The runner of replicate r: the profile with seed r, the embedded data's seed kept, stages 0-4
+    only, into <run>/replicates/r<r>, publishing nothing; the segmentation stage gets N."""
+    from orandnet_lib.book.runner import REPLICATE_READER, REPLICATED_STAGES
+    from orandnet_lib.book.stage import replicate_dir
+
+    root, profile = project
+    embedded = {**profile, "replicates": 3, "data": {"source": "embedded", "generator": {"image_size": 32}}}
+    runner = Runner(embedded, root=root, run_dir=root / "runs", progress=False, log=lambda m: None)
+    sub = runner.replicate_runner(2)
+    assert sub.profile["seed"] == 2 and sub.replicates == 1 and not sub.publishes
+    assert sub.profile["data"]["generator"]["seed"] == 0  # the same scenes as replicate 0
+    assert sub.run_dir == replicate_dir(root / "runs", 2) == root / "runs" / "replicates" / "r2"
+    assert set(sub.stages) <= set(REPLICATED_STAGES)
+    from conftest import REPO
+
+    smoke = Runner("smoke", root=REPO, progress=False, log=lambda m: None)  # the real stages: the reader gets N
+    assert smoke.replicates == 2 and smoke.params_for(REPLICATE_READER, Path())["replicates"] == 2
+    assert "replicates" not in smoke.params_for(REPLICATED_STAGES[-1], Path())
+    with pytest.raises(ConfigError, match="replicates must be a positive integer"):
+        from orandnet_lib.book.profiles import apply_overrides
+        apply_overrides(profile, ["replicates=0"])

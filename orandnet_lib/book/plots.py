@@ -286,7 +286,9 @@ def final_against_pseudo(agg: "pd.DataFrame", reference: Sequence[float] = ()) -
                                        ("miou", "pseudo-mask mIoU %"))):
         for _, r in agg.iterrows():
             ax.errorbar(r[col], r["final"], yerr=0 if np.isnan(r["final_std"]) else r["final_std"],
-                        fmt=markers.get(r["schedule"], "o"), capsize=3, label=f"{r['training set']} / {r['schedule']}")
+                        fmt=markers.get(r["schedule"], "o"), capsize=3,
+                        label=f"{r['training set']} / {r['schedule']}" + (f" / r{int(r['replicate'])}"
+                                                                          if r.get("replicate", 0) else ""))
             ax.annotate(r["training set"], (r[col], r["final"]), fontsize=9, xytext=(5, 3), textcoords="offset points")
         for value in reference:
             ax.axhline(value, ls="--", lw=0.8, color="grey")

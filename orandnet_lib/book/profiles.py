@@ -74,6 +74,9 @@ def load_profile(name: str) -> dict[str, Any]:
         profile = store.deep_merge(load_profile(base), profile)
         profile.pop("name", None)
     profile.setdefault("seed", 0)
+    profile.setdefault("replicates", 1)
+    if not isinstance(profile["replicates"], int) or isinstance(profile["replicates"], bool) or profile["replicates"] < 1:
+        raise ConfigError(f"profile {name!r}: replicates must be a positive integer, got {profile['replicates']!r}")
     profile.setdefault("data", {})
     profile.setdefault("stages", {})
     profile["name"] = Path(name).stem
@@ -110,6 +113,10 @@ def apply_overrides(profile: dict[str, Any], overrides: Iterable[str]) -> dict[s
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"seed must be an integer, got {value!r}")
             out["seed"] = value
+        elif path == ["replicates"]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"replicates must be a positive integer, got {value!r}")
+            out["replicates"] = value
         elif path[0] == "generator" and len(path) == 2:
             out["data"].setdefault("generator", {})[path[1]] = value
             embedded_config(out)  # validates name and value now, not halfway through a run
@@ -117,7 +124,7 @@ def apply_overrides(profile: dict[str, Any], overrides: Iterable[str]) -> dict[s
             out["stages"].setdefault(path[0], {})[path[1]] = value
         else:
             raise ConfigError(
-                f"override {item!r}: the key must be 'seed', 'generator.<knob>' or '<stage>.<parameter>' "
+                f"override {item!r}: the key must be 'seed', 'replicates', 'generator.<knob>' or '<stage>.<parameter>' "
                 "(a stage is a notebook's file stem, e.g. 00_dataset)"
             )
     if out["data"].get("source", "embedded") == "embedded":

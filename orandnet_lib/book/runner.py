@@ -7,11 +7,17 @@ matches its manifest is skipped; a change anywhere upstream changes the manifest
 so everything downstream of a change runs again. The manifest is written only after the
 notebook finished without error, and removed before a stage runs: a failed run leaves no
 stage marked complete.
+
+A profile's ``replicates = N`` (default 1) repeats stages 0-4 with seeds 1..N-1 into
+``<run>/replicates/r<r>`` before the first later stage runs (same data, same settings, each in
+its own key space through its seed), and passes N to the segmentation stage, which trains the
+headline sets on every replicate's pseudo-masks and pairs its comparisons by replicate.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import atexit
 import functools
 import os
@@ -31,7 +37,7 @@ from . import profiles
 from ..core import progress
 from ..core import store
 from ..core.errors import ConfigError, StageFailed
-from .stage import METRICS_FILE
+from .stage import METRICS_FILE, replicate_dir
 from .try_it import try_it
 
 SUMMARY_FILE = "summary.json"
@@ -48,6 +54,9 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "06_precision_vs_miou": ("01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement",
                              "05_segmentation_curriculum"),
 }
+# The stages a whole-pipeline replicate repeats (with its own seed), and the stage that reads them.
+REPLICATED_STAGES = ("00_dataset", "01_classifiers_and_cams", "02_or_and_ensembles", "03_orandnet", "04_refinement")
+REPLICATE_READER = "05_segmentation_curriculum"
 _VERSION_PACKAGES = ("numpy", "torch", "torchvision", "timm", "papermill", "scikit-image", "pillow", "pandas")
 
 
@@ -226,6 +235,7 @@ class Runner:
         self.progress = progress
         self.log = log
         self.stages = discover_stages(self.notebook_dir)
+        self.replicates = int(self.profile.get("replicates", 1))
         unknown = sorted(set(self.profile["stages"]) - set(self.stages))
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown} in profile or overrides; stages: {', '.join(self.stages)}")
@@ -240,6 +250,8 @@ class Runner:
     def params_for(self, stage: str, data_root: Path) -> dict[str, Any]:
         common = {"profile": self.profile["name"], "data_root": str(data_root), "run_dir": str(self.run_dir),
                   "seed": int(self.profile["seed"])}
+        if stage == REPLICATE_READER and REPLICATE_READER in self.stages:
+            common["replicates"] = self.replicates
         return {**common, **self.profile["stages"].get(stage, {})}
 
     def plan(self, stage: str, data_root: Path, data_fp: str) -> StagePlan:
@@ -257,6 +269,13 @@ class Runner:
             inputs[dep] = h
         if not deps:
             inputs["data"] = data_fp
+        if stage == REPLICATE_READER and self.replicates > 1:  # it reads every replicate's pseudo-masks
+            for r in range(1, self.replicates):
+                h = store.manifest_hash(replicate_dir(self.run_dir, r) / REPLICATED_STAGES[-1])
+                if h is None:
+                    raise ConfigError(f"stage {stage} reads replicate {r}, which has not completed in "
+                                      f"{replicate_dir(self.run_dir, r)}; run the profile without --only")
+                inputs[f"replicate {r}"] = h
         # The data path is where the data is, not what it is: the data fingerprint covers content.
         hashed = {k: v for k, v in params.items() if k not in ("data_root", "run_dir")}
         fingerprint = store.hash_obj({"params": hashed, "inputs": inputs, "notebook": store.hash_file(notebook)})
@@ -391,6 +410,25 @@ class Runner:
         with store.atomic_path(self.book_dir / f"{stage}.ipynb") as tmp:
             nbformat.write(nb, tmp)
 
+    def replicate_runner(self, replicate: int) -> "Runner":
+        """The runner of replicate r: this profile with seed r (the embedded data keeps this run's
+        seed, so every replicate reads the same scenes), stages 0-4 only, into
+        :func:`~orandnet_lib.book.stage.replicate_dir`, publishing nothing."""
+        profile = copy.deepcopy(self.profile)
+        if profile["data"].get("source", "embedded") == "embedded":
+            profile["data"].setdefault("generator", {}).setdefault("seed", int(self.profile["seed"]))
+        profile["seed"], profile["replicates"] = int(self.profile["seed"]) + replicate, 1
+        sub = Runner(profile, data_root=self.data_override, run_dir=replicate_dir(self.run_dir, replicate),
+                     root=self.root, progress=self.progress, publish=False,
+                     log=lambda m: self.log(f"[replicate {replicate}] {m}"))
+        sub.stages = [s for s in sub.stages if s in REPLICATED_STAGES]
+        return sub
+
+    def run_replicates(self, force: bool = False) -> None:
+        """Stages 0-4 of every replicate r = 1..N-1 (each skipped where unchanged)."""
+        for r in range(1, self.replicates):
+            self.replicate_runner(r).run(force=force, quiet_experiment=True)
+
     def write_summary(self) -> dict[str, Any]:
         """summary.json: the summary sections of every completed stage, in stage order."""
         summary: dict[str, Any] = {"profile": self.profile["name"], "seed": self.profile["seed"], "stages": {}}
@@ -401,10 +439,20 @@ class Runner:
             summary = store.deep_merge(summary, manifest.get("summary", {}))
             summary["stages"][stage] = {k: manifest[k] for k in ("wall_time_s", "cpu_time_s", "peak_rss_mb")
                                         if k in manifest}
+        if self.replicates > 1:  # each replicate's stages 1-4 results, for the spread over replicates
+            summary["replicates"] = {"n": self.replicates, "runs": {}}
+            for r in range(1, self.replicates):
+                path = replicate_dir(self.run_dir, r) / SUMMARY_FILE
+                if path.exists():
+                    sub = store.read_json(path)
+                    summary["replicates"]["runs"][str(r)] = {
+                        k: sub[k] for k in ("seed", "classifiers", "cams", "pseudo_masks", "refinement", "stages")
+                        if k in sub}
         store.write_json(self.run_dir / SUMMARY_FILE, summary)
         return summary
 
-    def run(self, only: str | None = None, start_from: str | None = None, force: bool = False) -> RunResult:
+    def run(self, only: str | None = None, start_from: str | None = None, force: bool = False,
+            quiet_experiment: bool = False) -> RunResult:
         self._check_stage(only, "--only")
         self._check_stage(start_from, "--from")
         if only and start_from:
@@ -422,10 +470,12 @@ class Runner:
         data_fp = profiles.data_fingerprint(data_root)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         executed, skipped = [], []
-        if not self.publishes:
+        if not self.publishes and not quiet_experiment:
             self.log(f"(an experiment in {self.run_dir}: the book's chapters in {self.book_dir} are left as they are; "
                      "--publish publishes this run)")
         for stage in selected:
+            if stage == REPLICATE_READER and self.replicates > 1:
+                self.run_replicates(force)
             plan = self.plan(stage, data_root, data_fp)
             if not force and self.is_current(plan):
                 self.log(f"[{stage}] unchanged, skipped")

@@ -83,15 +83,17 @@ class Stage:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def upstream(self, stage: str) -> "Upstream":
+    def upstream(self, stage: str, replicate: int = 0) -> "Upstream":
         """What an earlier stage recorded: its folder, parameters, metrics and summary. It
-        must have completed in this run folder."""
-        path = self.run_dir / stage
+        must have completed in this run folder (``replicate`` r >= 1: in the run's replicate r,
+        :func:`replicate_dir`)."""
+        run_dir = replicate_dir(self.run_dir, replicate)
+        path = run_dir / stage
         manifest = store.read_manifest(path)
         if manifest is None:
             raise FileNotFoundError(
-                f"stage {stage} has not completed in {self.run_dir}; run `orandnet run --profile {self.profile} "
-                f"--only {stage}` (or the whole profile) first"
+                f"stage {stage} has not completed in {run_dir}; run `orandnet run --profile {self.profile}` "
+                f"(the whole profile{', which runs its replicates' if replicate else ''}) first"
             )
         return Upstream(stage, path, manifest)
 
@@ -114,10 +116,11 @@ class Stage:
             raise FileNotFoundError(f"no CAM store {name!r} in {self.run_dir}; stores present: {known}")
         return found[-1]
 
-    def pseudo_masks(self, variant: str) -> Path:
+    def pseudo_masks(self, variant: str, replicate: int = 0) -> Path:
         """The VOC-layout pseudo-mask folder of a variant written by the refinement stage
-        (``<run_dir>/04_refinement/pseudo_masks/<variant>``)."""
-        root = self.upstream("04_refinement").dir / "pseudo_masks"
+        (``<run_dir>/04_refinement/pseudo_masks/<variant>``; of replicate r >= 1 under
+        :func:`replicate_dir`)."""
+        root = self.upstream("04_refinement", replicate).dir / "pseudo_masks"
         path = root / variant
         if not path.is_dir():
             known = sorted(p.name for p in root.glob("*") if p.is_dir())
@@ -159,6 +162,15 @@ def open_stage(name: str, profile: str = "smoke", data_root: str | os.PathLike[s
     data = Path(data_root) if data_root else profiles.prepare_data(prof)
     runs = Path(run_dir) if run_dir else profiles.project_root() / "runs" / prof["name"]
     return Stage(name=name, profile=prof["name"], run_dir=runs, data_root=data, seed=seed)
+
+
+REPLICATES_DIR = "replicates"
+
+
+def replicate_dir(run_dir: Path, replicate: int) -> Path:
+    """Where replicate r of a run's stages 1-4 lives: the run itself for r = 0, else
+    ``<run_dir>/replicates/r<r>`` (the runner writes it with seed r)."""
+    return Path(run_dir) if replicate == 0 else Path(run_dir) / REPLICATES_DIR / f"r{replicate}"
 
 
 def without_masks(split: str, what: str = "these tables and figures") -> str:

@@ -7,9 +7,12 @@ scheduling*, trains first on downsampled images and masks (small, often spurious
 vanish), then on larger ones; the schedule is not published, so it is a parameter and is
 compared with a constant scale, paired by seed (``schedule_sets`` over ``schedule_seeds``). The
 headline sets (the baseline, the and+offset control, ORANDNet) are repeated over ``seeds`` and
-every pair is compared paired by seed (:func:`orandnet_lib.core.stats.paired_difference`). The
-seeds vary DeepLab only: the pseudo-masks are one draw of stages 1-4, so every comparison holds
-"for these pseudo-masks" (:func:`seeds_note`). Recipe, top to bottom: :func:`setup`,
+every pair is compared paired by seed (:func:`orandnet_lib.core.stats.paired_difference`). With
+``replicates = 1`` the seeds vary DeepLab only: the pseudo-masks are one draw of stages 1-4, so
+every comparison holds "for these pseudo-masks". With ``replicates = N`` (the profile's, which the
+runner passes in) seed r of a pseudo-mask set is a whole-pipeline replicate: its masks come from
+stages 1-4 run again with seed r (``<run>/replicates/r<r>``; r = 0 is this run), and its DeepLab
+is seeded r, so a pairing by seed is a pairing by replicate (:func:`seeds_note`). Recipe, top to bottom: :func:`setup`,
 :func:`train_and_evaluate_all` (each run: :func:`train_and_evaluate`), :func:`summarise_runs`,
 :func:`paired_comparisons`, :func:`schedule_comparisons`, :func:`object_recall`, :func:`record`,
 :func:`findings`.
@@ -69,6 +72,7 @@ class Params:
     headline_sets: tuple[str, ...] = ("cnn", "and+offset", "orandnet")
     headline_schedule: str = "curriculum"
     seeds: tuple[int, ...] = (0, 1, 2)
+    replicates: int = 1  # whole-pipeline replicates of stages 1-4 (the profile's `replicates`; seed r = replicate r)
     schedule_seeds: tuple[int, ...] = ()
     backbone: str = "resnet18"
     backbone_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"channels": [16, 32, 64, 128],
@@ -107,6 +111,13 @@ def check(p: Params) -> None:
         missing = sorted(set(sets) - set(p.training_sets))
         if missing:
             raise ValueError(f"{name} {missing} are not in training_sets {list(p.training_sets)}")
+    if p.replicates < 1:
+        raise ValueError(f"replicates must be at least 1, got {p.replicates}")
+    if p.replicates > 1:
+        beyond = sorted({sd for t, _, sd in plan(p) if t != GROUND_TRUTH and sd >= p.replicates})
+        if beyond:
+            raise ValueError(f"with replicates = {p.replicates}, the seed of a pseudo-mask set is its replicate: "
+                             f"seeds {beyond} have none (use seeds below {p.replicates})")
 
 
 def segmenter_spec(p: Params, schedule: str) -> SegmenterSpec:
@@ -141,10 +152,20 @@ def run_name(training_set: str, schedule: str, seed: int) -> str:
     return f"{training_set}/{schedule}/s{seed}"
 
 
-def training_data_name(training_set: str, split: str) -> str:
+def replicate_of(p: Params, training_set: str, seed: int) -> int:
+    """Which replicate of stages 1-4 a run's masks come from: its seed for a pseudo-mask set
+    when there are replicates, else 0 (this run; the ground truth has one draw)."""
+    return seed if p.replicates > 1 and training_set != GROUND_TRUTH else 0
+
+
+def training_data_name(training_set: str, split: str, replicate: int = 0) -> str:
     """The name under which ``artifact_keys`` reads a training set's fingerprint: the split
-    itself for the ground truth, ``pseudo_masks/<set>/<split>`` for stage 4's masks."""
-    return split if training_set == GROUND_TRUTH else f"pseudo_masks/{training_set}/{split}"
+    itself for the ground truth, ``pseudo_masks/<set>/<split>`` for stage 4's masks
+    (``replicate<r>/pseudo_masks/<set>/<split>`` for replicate r >= 1)."""
+    if training_set == GROUND_TRUTH:
+        return split
+    return f"pseudo_masks/{training_set}/{split}" if not replicate else \
+        f"replicate{replicate}/pseudo_masks/{training_set}/{split}"
 
 
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
@@ -158,8 +179,8 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
         spec = {**spec_dict(segmenter_spec(p, sched)), "curve_split": data[p.val_split],
                 "pretrained": pretrain.identity(p.pretrained, "cnn", p.backbone,
                                                 backbone_shape("cnn", p.backbone_kwargs))}
-        keys[f"deeplab:{run_name(tset, sched, sd)}"] = ArtifactKey(
-            "deeplab", spec, data=data[training_data_name(tset, p.train_split)], seed=sd)
+        data_name = training_data_name(tset, p.train_split, replicate_of(p, tset, sd))
+        keys[f"deeplab:{run_name(tset, sched, sd)}"] = ArtifactKey("deeplab", spec, data=data[data_name], seed=sd)
     return keys
 
 
@@ -185,12 +206,18 @@ class Setup:
     scores of the written pseudo-masks."""
 
     val: VOCDataset
-    train_sets: dict[str, VOCDataset]
+    train_sets: dict[str, VOCDataset]  # this run's (replicate 0)
     specs: dict[str, SegmenterSpec]
     keys: dict[str, ArtifactKey]
     size_edges: tuple[float, float]
     pseudo_mask_scores: dict[str, dict[str, Any]]
     checkpoints: Path
+    replica_sets: dict[tuple[str, int], VOCDataset] = field(default_factory=dict)  # (set, replicate >= 1) -> masks
+    replica_scores: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # replicate -> stage 4 scores
+
+    def masks(self, training_set: str, replicate: int) -> VOCDataset:
+        """The masks a run trains on: replicate 0's are this run's."""
+        return self.train_sets[training_set] if replicate == 0 else self.replica_sets[training_set, replicate]
 
     @property
     def schedules(self) -> dict[str, ScaleSchedule]:
@@ -207,11 +234,14 @@ class Setup:
         return next((t for t in self.train_sets if t != GROUND_TRUTH), next(iter(self.train_sets)))
 
 
-def key_inputs(p: Params, val: VOCDataset, train_sets: Mapping[str, VOCDataset]) -> tuple[dict[str, str], dict[str, str]]:
+def key_inputs(p: Params, val: VOCDataset, train_sets: Mapping[str, VOCDataset],
+               replica_sets: Mapping[tuple[str, int], VOCDataset] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """The real ``data`` and ``upstream`` arguments of :func:`artifact_keys`."""
     data = {p.val_split: dataset_fingerprint(val)}
     for tset, ds in train_sets.items():
         data[training_data_name(tset, p.train_split)] = training_data_fingerprint(tset, ds)
+    for (tset, r), ds in (replica_sets or {}).items():
+        data[training_data_name(tset, p.train_split, r)] = training_data_fingerprint(tset, ds)
     return data, {}
 
 
@@ -243,11 +273,16 @@ def setup(stage: Any, p: Params) -> Setup:
     sets = list(dict.fromkeys(t for t, _, _ in plan(p)))
     train_sets = {s: VOCDataset(stage.data_root if s == GROUND_TRUTH else stage.pseudo_masks(s), p.train_split)
                   for s in sets}
-    data, upstream = key_inputs(p, val, train_sets)
+    wanted = sorted({(t, replicate_of(p, t, sd)) for t, _, sd in plan(p) if replicate_of(p, t, sd)})
+    replica_sets = {(t, r): VOCDataset(stage.pseudo_masks(t, replicate=r), p.train_split) for t, r in wanted}
+    replica_scores = {r: written_pseudo_masks(stage.upstream("04_refinement", replicate=r).metrics)
+                      for r in sorted({r for _, r in wanted})}
+    data, upstream = key_inputs(p, val, train_sets, replica_sets)
     edges = stage.upstream("00_dataset").summary["dataset"]["size_edges"]
     return Setup(val, train_sets, {name: segmenter_spec(p, name) for name in p.schedules},
                  artifact_keys(p, data, upstream), (float(edges[0]), float(edges[1])),
-                 written_pseudo_masks(stage.upstream("04_refinement").metrics), stage.dir / "checkpoints")
+                 written_pseudo_masks(stage.upstream("04_refinement").metrics), stage.dir / "checkpoints",
+                 replica_sets, replica_scores)
 
 
 # ----------------------------------------------------------------------------- training and evaluation
@@ -281,7 +316,8 @@ def train_and_evaluate(s: Setup, p: Params, training_set: str, schedule: str, se
     on the validation split with the test-time options (scales, flip, CRF)."""
     key = s.keys[f"deeplab:{run_name(training_set, schedule, seed)}"]
     checkpoint = key.path(s.checkpoints, f"deeplab-{training_set}-{schedule}-s{seed}")
-    trained = train_segmenter(s.specs[schedule], s.train_sets[training_set], checkpoint, seed, identity=key,
+    masks = s.masks(training_set, replicate_of(p, training_set, seed))
+    trained = train_segmenter(s.specs[schedule], masks, checkpoint, seed, identity=key,
                               val=s.val, progress=progress,
                               desc=f"training DeepLab on {run_name(training_set, schedule, seed)}")
     start = time.perf_counter()
@@ -478,13 +514,21 @@ def size_bins_note(edges: tuple[float, float], first: Mapping[tuple[str, str], S
 # ----------------------------------------------------------------------------- record and findings
 
 def seeds_note(p: Params) -> str:
-    """What the seeds vary, and what they do not: DeepLab's randomness only. The pseudo-masks
-    are one draw (one run of stages 1-4), so every difference holds for these pseudo-masks."""
+    """What the seeds vary: with replicates, the whole pipeline (stages 1-4 and DeepLab); else
+    DeepLab's randomness only, the pseudo-masks being one draw (one run of stages 1-4), so every
+    difference holds for these pseudo-masks."""
     drawn = ["initialisation", "data order", "dropout", "random flips"]
     if tuple(p.scale_range) != (1.0, 1.0):
         drawn.append("random rescaling")
     if p.crop_size:
         drawn.append("random crops")
+    if p.replicates > 1:
+        return (f"Each seed of a pseudo-mask set is a whole-pipeline replicate ({p.replicates} replicates, seeds "
+                f"0-{p.replicates - 1}): seed r ran stages 1-4 again with seed r (the classifiers, the ensembles "
+                "built from their CAMs, ORANDNet, the relation networks and so the pseudo-masks) and trained DeepLab "
+                f"with seed r (its {', '.join(drawn[:-1])} and {drawn[-1]}); the data and every setting stay the "
+                "same. The differences and intervals, paired by seed, are over replicates of the whole method. "
+                "The ground-truth set has one draw of masks; its seeds vary DeepLab only.")
     return (f"The seeds ({', '.join(map(str, p.seeds))}) vary DeepLab only: its {', '.join(drawn[:-1])} and "
             f"{drawn[-1]}. The pseudo-masks are one draw, one run of stages 1-4 with one seed, and every seed trains "
             "on the same masks; so the differences and intervals here measure DeepLab's variation on these "
@@ -509,6 +553,9 @@ def record(stage: Any, p: Params, s: Setup, runs: Sequence[SegmentationRun], sum
     headline = headline_record(p, pairs)
     return stage.record(
         metrics={"segmentation": summary, "object_recall_by_size": by_size, "size_edges": list(s.size_edges),
+                 "replicates": p.replicates,
+                 "pseudo_masks_by_replicate": {"0": s.pseudo_mask_scores,
+                                               **{str(r): sc for r, sc in s.replica_scores.items()}},
                  "headline": headline, "paired": list(pairs), "schedule_differences": list(schedule_rows),
                  "seeds_note": seeds_note(p),
                  "histories": {r.name: r.history for r in runs},
@@ -516,6 +563,7 @@ def record(stage: Any, p: Params, s: Setup, runs: Sequence[SegmentationRun], sum
                  "eval_seconds": {r.name: r.eval_seconds for r in runs},
                  "per_class_iou": {k: dict(v) for k, v in ious.T.to_dict().items()}},
         summary={"segmentation": summary, "segmentation_object_recall": by_size, "segmentation_headline": headline,
+                 "segmentation_replicates": p.replicates,
                  "segmentation_paired": list(pairs), "segmentation_schedules": list(schedule_rows),
                  "segmentation_seeds": seeds_note(p)},
         artifacts={name: key for name, key in s.keys.items()})
@@ -534,7 +582,9 @@ def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], pairs: Sequenc
     for i, r in enumerate(pairs):
         a, b = r["baseline"], r["other"]
         ea, eb = summary[a][hs], summary[b][hs]
-        lead = (f"**Headline ({hs}, {len(ea['seeds'])} seeds), for these pseudo-masks.** " if i == 0
+        over = (f"{len(ea['seeds'])} whole-pipeline replicates" if p.replicates > 1 else
+                f"{len(ea['seeds'])} seeds), for these pseudo-masks")
+        lead = (f"**Headline ({hs}, {over}{')' if p.replicates > 1 else ''}.** " if i == 0
                 else f"**{b} against {a}.** ")
         lines.append(f"- {lead}DeepLab on {b} pseudo-masks scores {_fmt(eb)} mIoU against {_fmt(ea)} on {a} "
                      f"pseudo-masks: a paired difference of {describe_difference(r)}.")

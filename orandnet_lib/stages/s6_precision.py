@@ -16,6 +16,8 @@ bottom: :func:`load`, :func:`pseudo_mask_table`, :func:`points_table` / :func:`a
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +87,8 @@ class Inputs:
     baseline: str
     other: str
     headline_schedule: str
+    by_replicate: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)  # r -> written scores
+    replicates: int = 1
 
 
 def load(stage: Any) -> Inputs:
@@ -98,7 +102,8 @@ def load(stage: Any) -> Inputs:
     heads = list(u5.params.get("headline_sets", ()))
     baseline, other = s5.headline_pairs(heads)[0] if len(heads) >= 2 else (None, None)
     return Inputs(refinement, s5.written_pseudo_masks(m4), u5.metrics["segmentation"], names, dict(u4.params),
-                  baseline, other, u5.params.get("headline_schedule", ""))
+                  baseline, other, u5.params.get("headline_schedule", ""),
+                  dict(u5.metrics.get("pseudo_masks_by_replicate", {})), int(u5.metrics.get("replicates", 1)))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -120,20 +125,23 @@ def pseudo_mask_table(inp: Inputs) -> pd.DataFrame:
 
 
 def points_table(inp: Inputs) -> pd.DataFrame:
-    """One row per stage-5 model: training set, schedule, seed, its final validation mIoU and
-    its pseudo-masks' precision, recall and mIoU (NaN for the ground truth)."""
+    """One row per stage-5 model: training set, schedule, seed, the replicate of stages 1-4 its
+    masks came from (with replicates, a pseudo-mask set's seed is its replicate; else 0), its
+    final validation mIoU and its pseudo-masks' precision, recall and mIoU (NaN for the ground
+    truth)."""
     rows = []
     for tset, by in inp.segmentation.items():
-        q = inp.pseudo_masks.get(tset)
-        q = q if q and "miou" in q else None  # unscored (a train split without masks)
         for sched, entry in by.items():
             for i, sd in enumerate(entry["seeds"]):
-                rows.append({"training set": tset, "schedule": sched, "seed": sd,
+                r = int(sd) if inp.replicates > 1 and tset != s5.GROUND_TRUTH else 0
+                q = (inp.by_replicate.get(str(r), {}) if r else inp.pseudo_masks).get(tset)
+                q = q if q and "miou" in q else None  # unscored (a train split without masks)
+                rows.append({"training set": tset, "schedule": sched, "seed": sd, "replicate": r,
                              "final miou": entry["per_seed"][i]["miou"],
                              "pseudo precision": q["precision"] if q else np.nan,
                              "pseudo recall": q["recall"] if q else np.nan, "pseudo miou": q["miou"] if q else np.nan})
-    return pd.DataFrame(rows, columns=["training set", "schedule", "seed", "final miou", "pseudo precision",
-                                       "pseudo recall", "pseudo miou"])
+    return pd.DataFrame(rows, columns=["training set", "schedule", "seed", "replicate", "final miou",
+                                       "pseudo precision", "pseudo recall", "pseudo miou"])
 
 
 def trained_points(points: pd.DataFrame) -> pd.DataFrame:
@@ -142,9 +150,9 @@ def trained_points(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (training set, schedule): final mIoU mean and sd over seeds, the number of seeds
-    and the pseudo-masks' precision, recall and mIoU."""
-    return trained_points(points).groupby(["training set", "schedule"]).agg(
+    """Per pseudo-mask set, (training set, schedule, replicate): final mIoU mean and sd over its
+    seeds, the number of seeds and the pseudo-masks' precision, recall and mIoU."""
+    return trained_points(points).groupby(["training set", "schedule", "replicate"]).agg(
         final=("final miou", "mean"), final_std=("final miou", "std"), seeds=("seed", "count"),
         precision=("pseudo precision", "first"), recall=("pseudo recall", "first"),
         miou=("pseudo miou", "first")).reset_index()
