@@ -449,5 +449,6 @@ def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sou
             f"different seeds: AND precision {nb['and ' + same]['precision']:.1f} %, mIoU "
             f"{nb['and ' + same]['miou']:.1f} % (the first CNN alone: {b[a]['precision']:.1f} % and "
             f"{b[a]['miou']:.1f} %).")
-    lines.append("- Single seed; the later chapters repeat the headline comparison over seeds.")
+    lines.append(f"- One run of this stage (seed {p.seed}); chapter 5 and the What-reproduces page pair the headline "
+                 "over whole-pipeline replicates where the profile runs them.")
     return "\n".join(lines)

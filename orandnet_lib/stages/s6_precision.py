@@ -260,9 +260,10 @@ def comparison(inp: Inputs, p: Params) -> tuple[pd.DataFrame, dict[str, float] |
 def against_paper(gain: Mapping[str, float] | None, inp: Inputs) -> str:
     """The two gains side by side, each with what it was measured on (printed under the table)."""
     ours = describe_difference(gain) if gain else "not measured (stage 5 ran no paired headline)"
+    varied = (f"over {inp.replicates} whole-pipeline replicates, paired by replicate" if inp.replicates > 1 else
+              "for these pseudo-masks: one run of stages 1-4, the seeds vary DeepLab only")
     return (f"ORANDNet's gain over the baseline ({inp.other} against {inp.baseline}): {paper.gain_with_context()}. "
-            "This run (the embedded benchmark, small networks without ImageNet weights, for these pseudo-masks: one run of "
-            f"stages 1-4, the seeds vary DeepLab only): {ours}.")
+            f"This run (the embedded benchmark, small networks without ImageNet weights, {varied}): {ours}.")
 
 
 # ----------------------------------------------------------------------------- the teaching explorer
@@ -357,8 +358,10 @@ def findings(p: Params, fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.Data
         prec_span = fit_rows["precision"].max() - fit_rows["precision"].min()
         lines.append(f"- **Thesis test ({p.fit_schedule}, {n_sets} pseudo-mask sets, one point each: the mean over its "
                      f"seeds; their precision spans {prec_span:.1f} points).** Final mIoU "
-                     f"{slope_verdict(f, 'precision')}; R² {f['r2']:.2f}. The fit is of these pseudo-masks (one run "
-                     "of stages 1-4); the seeds vary DeepLab only.")
+                     f"{slope_verdict(f, 'precision')}; R² {f['r2']:.2f}. "
+                     + (f"Each of the {inp.replicates} whole-pipeline replicates gives each variant a set of its own."
+                        if inp.replicates > 1 else "The fit is of these pseudo-masks (one run of stages 1-4); the "
+                        "seeds vary DeepLab only."))
     else:
         lines.append(f"- **Thesis test.** No line could be fitted to the {n_sets} sets: {f.get('error', 'no fit')}.")
     two = fits.get("precision + recall", {})
