@@ -66,3 +66,20 @@ def test_calibration_record_reads_every_pilot_as_measured():
     assert (first["Lever"], first["Value"], first["Seconds"]) == ("before", "38", "")  # 38.0 shown as measured
     assert set(raw["stages_before"]["wall_time_s"]) == {f"0{i}_{n}" for i, n in enumerate(
         ["dataset", "classifiers_and_cams", "or_and_ensembles", "orandnet", "refinement", "segmentation_curriculum"])}
+
+
+def test_the_replicate_section_lists_each_replicate_with_mean_and_sd():
+    from orandnet_lib.book.operating_point import pseudo_ratio, replicate_section
+
+    def run(cnn_cam: float, pseudo: float) -> dict:
+        return {"cams": {"cnn": {"miou": cnn_cam}}, "pseudo_masks": {"cnn": {"miou": pseudo, "precision": 50.0}}}
+
+    summary = {**run(40.0, 44.0), "replicates": {"n": 3, "runs": {"1": run(42.0, 46.0), "2": run(44.0, 48.0)}},
+               "segmentation": {"cnn": {"curriculum": {"miou": 41.4}}},
+               "segmentation_headline": {"schedule": "curriculum"}}
+    text = replicate_section(summary)
+    assert "| CNN CAM mIoU (train) | 40.0 | 42.0 | 44.0 | 42.0 ± 2.0 |" in text
+    assert "| cnn pseudo-masks, precision | 50.0 | 50.0 | 50.0 | 50.0 ± 0.0 |" in text
+    assert "ViT" not in text  # a quantity no replicate has is left out
+    assert pseudo_ratio(summary) == 41.4 / 46.0  # DeepLab's mean over replicates over the masks' mean
+    assert replicate_section(run(40.0, 44.0)) == ""

@@ -240,6 +240,9 @@ def reproduces_page(summary: Mapping[str, Any]) -> str:
     chapters = {stem: f"../executed/{stem}" for stem in
                 ("01_classifiers_and_cams", "04_refinement", "05_segmentation_curriculum")}
     lines += ["", operating_point.section(summary, chapters)]
+    spread = operating_point.replicate_section(summary)
+    if spread:
+        lines += ["", spread]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -41,8 +41,12 @@ def refinement_gain(s: Summary) -> float | None:
 
 
 def pseudo_ratio(s: Summary) -> float | None:
-    seg, pseudo = _headline_schedule(s, "cnn"), _get(s, "pseudo_masks", "cnn", "miou")
-    return None if seg is None or not pseudo else float(seg["miou"]) / float(pseudo)
+    """DeepLab on the CNN's pseudo-masks over their mIoU; with replicates, the DeepLab mean (over
+    replicates) over the pseudo-masks' mean over the same replicates."""
+    seg = _headline_schedule(s, "cnn")
+    pseudo = [_get(sub, "pseudo_masks", "cnn", "miou") for sub in replicate_summaries(s).values()]
+    pseudo = [float(v) for v in pseudo if v]
+    return None if seg is None or not pseudo else float(seg["miou"]) / (sum(pseudo) / len(pseudo))
 
 
 def total_seconds(s: Summary) -> float | None:
@@ -120,4 +124,60 @@ def section(summary: Summary, chapters: Mapping[str, str]) -> str:
     limit = _get(summary, "dataset", "grid_limits", "8", "val")
     if limit is not None:
         lines += ["", f"The best val mIoU a stride-8 map (DeepLab's grid) can reach on this data: {limit:.1f}."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- replicates
+
+REPLICATED_QUANTITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("CNN classifier, val mAP", ("classifiers", "cnn", "val_map")),
+    ("ViT classifier, val mAP", ("classifiers", "vit", "val_map")),
+    ("CNN CAM mIoU (train)", ("cams", "cnn", "miou")),
+    ("ViT CAM mIoU (train)", ("cams", "vit", "miou")),
+    ("and+offset CAM mIoU (train)", ("cams", "and+offset", "miou")),
+    ("ORANDNet CAM mIoU (train)", ("cams", "orandnet", "miou")),
+    ("CNN random walk minus CAM", ("refinement", "cnn")),
+    *((f"{v} pseudo-masks, {label}", ("pseudo_masks", v, m)) for v in ("cnn", "and+offset", "orandnet")
+      for m, label in (("miou", "mIoU"), ("precision", "precision"), ("recall", "recall"))),
+)
+
+
+def replicate_summaries(s: Summary) -> dict[int, Summary]:
+    """Replicate 0 (this run's summary) and each other replicate's stages 1-4 summary."""
+    out: dict[int, Summary] = {0: s}
+    for r, sub in (_get(s, "replicates", "runs") or {}).items():
+        out[int(r)] = sub
+    return out
+
+
+def _value(s: Summary, path: tuple[str, ...]) -> float | None:
+    if path[0] == "refinement":
+        cam, rw = _get(s, "refinement", path[1], "cam", "miou"), _get(s, "refinement", path[1], "rw", "miou")
+        return None if cam is None or rw is None else float(rw) - float(cam)
+    value = _get(s, *path)
+    return None if value is None else float(value)
+
+
+def replicate_section(s: Summary) -> str:
+    """Markdown: the stages 1-4 quantities of every whole-pipeline replicate side by side, with
+    their mean and standard deviation ('' for a run without replicates)."""
+    import numpy as np
+
+    reps = replicate_summaries(s)
+    if len(reps) < 2:
+        return ""
+    order = sorted(reps)
+    lines = ["## Stages 1-4 over the whole-pipeline replicates", "",
+             f"The chapters show replicate 0; each row is the same quantity in each of the {len(order)} replicates "
+             "(stages 1-4 run with seeds " + ", ".join(map(str, order)) + " on the same data), with the mean and the "
+             "sample standard deviation over them.", "",
+             "| quantity | " + " | ".join(f"replicate {r}" for r in order) + " | mean ± sd |",
+             "|---|" + "---|" * (len(order) + 1)]
+    for label, path in REPLICATED_QUANTITIES:
+        values = [_value(reps[r], path) for r in order]
+        if all(v is None for v in values):
+            continue
+        got = np.array([v for v in values if v is not None], dtype=np.float64)
+        spread = f"{got.mean():.1f} ± {got.std(ddof=1):.1f}" if got.size > 1 else "-"
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values) + f" | {spread} |")
     return "\n".join(lines) + "\n"
