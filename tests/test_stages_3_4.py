@@ -344,3 +344,25 @@ def test_the_walk_limit_line_says_whose_loss_it_is():
     beaten = s4._limit_line({"variant": "cnn", "grid_stride": 2, "miou": 43.0}, {"cam": {"miou": 40.0},
                                                                                   "rw": {"miou": 44.5}})
     assert "take all of them (its walk is 1.5 above" in beaten and "leave" not in beaten
+
+
+def test_no_threshold_moves_when_the_train_masks_change(tiny_voc, tmp_path):
+    """Weak labels only: the stage 4 thresholds (and so every key and label they shape) are read
+    from the CAMs alone. The same CAM store with the train masks blanked to background, or removed
+    altogether, gives the same thresholds; only the oracle sweep, which reads the masks, moves."""
+    from orandnet_lib.data.voc import save_mask_png
+
+    run_dir = tmp_path / "runs"
+    write_run(run_dir, VOCDataset(tiny_voc, "train"))
+    p = tiny_params(threshold_rule="relative")
+    before = open_tiny(tiny_voc, run_dir, p)
+    for image_id in VOCDataset(tiny_voc, "train").ids:
+        save_mask_png(tiny_voc / "SegmentationClass" / f"{image_id}.png", np.zeros((20, 24), np.uint8))
+    blanked = open_tiny(tiny_voc, run_dir, p)
+    assert blanked.thresholds == before.thresholds and blanked.keys == before.keys
+    assert blanked.sweeps["cnn"].best_score != before.sweeps["cnn"].best_score or \
+        not np.array_equal(blanked.sweeps["cnn"].sweep.matrices, before.sweeps["cnn"].sweep.matrices)
+    for image_id in VOCDataset(tiny_voc, "train").ids:
+        (tiny_voc / "SegmentationClass" / f"{image_id}.png").unlink()
+    unmasked = open_tiny(tiny_voc, run_dir, p)
+    assert unmasked.thresholds == before.thresholds and unmasked.sweeps == {}
