@@ -83,3 +83,21 @@ def test_the_replicate_section_lists_each_replicate_with_mean_and_sd():
     assert "ViT" not in text  # a quantity no replicate has is left out
     assert pseudo_ratio(summary) == 41.4 / 46.0  # DeepLab's mean over replicates over the masks' mean
     assert replicate_section(run(40.0, 44.0)) == ""
+
+
+def test_a_chapter_line_puts_its_numbers_beside_the_other_replicates(tmp_path):
+    from orandnet_lib.book.operating_point import replicate_line
+    from orandnet_lib.book.stage import Stage
+    from orandnet_lib.core import store
+
+    run = tmp_path / "runs"
+    for r, value in ((1, 39.0), (2, 41.0)):
+        store.write_json(run / "replicates" / f"r{r}" / "03_orandnet" / store.MANIFEST,
+                         {"summary": {"cams": {"orandnet": {"miou": value}}}})
+    stage = Stage("03_orandnet", "smoke", run, tmp_path, 0)
+    others = stage.replicate_summaries()
+    assert others == {1: {"cams": {"orandnet": {"miou": 39.0}}}, 2: {"cams": {"orandnet": {"miou": 41.0}}}}
+    line = replicate_line("03_orandnet", {"cams": {"orandnet": {"miou": 40.0}}}, others)
+    assert "Over the 3 whole-pipeline replicates" in line
+    assert "ORANDNet CAM mIoU (train) 40.0 (r1 39.0, r2 41.0; mean 40.0 ± 1.0)" in line
+    assert replicate_line("03_orandnet", {"cams": {"orandnet": {"miou": 40.0}}}, {}) == ""

@@ -142,6 +142,42 @@ REPLICATED_QUANTITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Each chapter's headline numbers, shown beside their spread over the replicates (labels as above).
+CHAPTER_QUANTITIES: dict[str, tuple[str, ...]] = {
+    "01_classifiers_and_cams": ("CNN classifier, val mAP", "ViT classifier, val mAP", "CNN CAM mIoU (train)",
+                                "ViT CAM mIoU (train)"),
+    "02_or_and_ensembles": ("and+offset CAM mIoU (train)",),
+    "03_orandnet": ("ORANDNet CAM mIoU (train)",),
+    "04_refinement": ("CNN random walk minus CAM", "cnn pseudo-masks, mIoU", "and+offset pseudo-masks, mIoU",
+                      "orandnet pseudo-masks, mIoU", "cnn pseudo-masks, precision",
+                      "and+offset pseudo-masks, precision", "orandnet pseudo-masks, precision"),
+}
+
+
+def replicate_line(stage: str, current: Summary, others: Mapping[int, Summary]) -> str:
+    """Markdown: a chapter's headline numbers (replicate 0, this run) beside each other
+    replicate's and their mean and sd; '' without replicates."""
+    import numpy as np
+
+    if not others:
+        return ""
+    paths = dict(REPLICATED_QUANTITIES)
+    runs = {0: current, **others}
+    parts = []
+    for label in CHAPTER_QUANTITIES.get(stage, ()):
+        values = {r: _value(s, paths[label]) for r, s in runs.items()}
+        if values[0] is None:
+            continue
+        got = np.array([v for v in values.values() if v is not None], dtype=np.float64)
+        rest = ", ".join(f"r{r} {v:.1f}" for r, v in values.items() if r and v is not None)
+        spread = f"; mean {got.mean():.1f} ± {got.std(ddof=1):.1f}" if got.size > 1 else ""
+        parts.append(f"{label} {values[0]:.1f} ({rest}{spread})")
+    if not parts:
+        return ""
+    return (f"- **Over the {len(runs)} whole-pipeline replicates** (this chapter shows replicate 0; the others ran "
+            "stages 1-4 with their own seed on the same data): " + "; ".join(parts) + ".")
+
+
 def replicate_summaries(s: Summary) -> dict[int, Summary]:
     """Replicate 0 (this run's summary) and each other replicate's stages 1-4 summary."""
     out: dict[int, Summary] = {0: s}

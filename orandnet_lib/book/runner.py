@@ -9,9 +9,10 @@ notebook finished without error, and removed before a stage runs: a failed run l
 stage marked complete.
 
 A profile's ``replicates = N`` (default 1) repeats stages 0-4 with seeds 1..N-1 into
-``<run>/replicates/r<r>`` before the first later stage runs (same data, same settings, each in
-its own key space through its seed), and passes N to the segmentation stage, which trains the
-headline sets on every replicate's pseudo-masks and pairs its comparisons by replicate.
+``<run>/replicates/r<r>`` before this run's stages (same data, same settings, each in its own key
+space through its seed): chapters 1-4 show each headline number beside its spread over the
+replicates, and the segmentation stage, which gets N, trains the headline sets on every
+replicate's pseudo-masks and pairs its comparisons by replicate.
 """
 
 from __future__ import annotations
@@ -269,9 +270,11 @@ class Runner:
             inputs[dep] = h
         if not deps:
             inputs["data"] = data_fp
-        if stage == REPLICATE_READER and self.replicates > 1:  # it reads every replicate's pseudo-masks
+        # Stages 1-4 show the replicates' numbers beside their own; stage 5 reads their pseudo-masks.
+        read = stage if stage in REPLICATED_STAGES[1:] else REPLICATED_STAGES[-1] if stage == REPLICATE_READER else None
+        if read is not None and self.replicates > 1:
             for r in range(1, self.replicates):
-                h = store.manifest_hash(replicate_dir(self.run_dir, r) / REPLICATED_STAGES[-1])
+                h = store.manifest_hash(replicate_dir(self.run_dir, r) / read)
                 if h is None:
                     raise ConfigError(f"stage {stage} reads replicate {r}, which has not completed in "
                                       f"{replicate_dir(self.run_dir, r)}; run the profile without --only")
@@ -473,9 +476,9 @@ class Runner:
         if not self.publishes and not quiet_experiment:
             self.log(f"(an experiment in {self.run_dir}: the book's chapters in {self.book_dir} are left as they are; "
                      "--publish publishes this run)")
+        if self.replicates > 1 and any(s in selected for s in (*REPLICATED_STAGES[1:], REPLICATE_READER)):
+            self.run_replicates(force)
         for stage in selected:
-            if stage == REPLICATE_READER and self.replicates > 1:
-                self.run_replicates(force)
             plan = self.plan(stage, data_root, data_fp)
             if not force and self.is_current(plan):
                 self.log(f"[{stage}] unchanged, skipped")

@@ -97,6 +97,16 @@ class Stage:
             )
         return Upstream(stage, path, manifest)
 
+    def replicate_summaries(self) -> dict[int, dict[str, Any]]:
+        """This stage's summary in each other whole-pipeline replicate of the run that completed
+        it (``{r: summary}``, r >= 1; empty without replicates)."""
+        out = {}
+        for path in sorted((self.run_dir / REPLICATES_DIR).glob(f"r*/{self.name}")):
+            manifest = store.read_manifest(path)
+            if manifest is not None and path.parent.name[1:].isdigit():
+                out[int(path.parent.name[1:])] = manifest.get("summary", {})
+        return dict(sorted(out.items()))
+
     def params(self, cls: type[P], namespace: Mapping[str, Any]) -> P:
         """The stage's typed parameters (a dataclass of its notebook's parameters cell) from the
         notebook's variables: ``p = stage.params(s4.Params, globals())``."""
