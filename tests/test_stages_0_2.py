@@ -4,6 +4,7 @@ leaves for later stages, and the dataset chapter's statistics on a tiny folder."
 import dataclasses
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,3 +123,14 @@ def test_stage0_statistics_on_a_folder_not_generated_here(tiny_voc):
     assert text.startswith("- 8 labelled objects over the 5 images with masks (train, val)") and "Context bias" not in text
     assert d["masks"] == {"train": True, "val": True} and d["labels_source"] == "labels.csv"  # VOCWriter writes it
     assert "not generated here" in s0.calibration_notes(data)
+
+
+def test_the_variant_table_says_what_each_precision_leaves_out():
+    """Beside each precision: the classes never predicted at that score and the empty class maps."""
+    from orandnet_lib.core.metrics import ThresholdSweep
+
+    sweep = ThresholdSweep(3, [0.2, 0.6])
+    sweep.update(np.array([[[0.9, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]), [1, 2], np.array([[1, 1, 2, 0]]))
+    table = s2.variant_table({"and": sweep.result()})
+    row = table.loc[("best mIoU", "and")]
+    assert row["empty maps %"] == 50.0 and row["unpredicted"] == 1  # class 2's map is empty: never predicted

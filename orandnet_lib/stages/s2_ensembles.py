@@ -180,11 +180,13 @@ def sweep(stores: Mapping[str, CamStore], train: VOCDataset, chosen: Mapping[str
 
 
 def variant_table(sweeps: Mapping[str, SweepResult]) -> pd.DataFrame:
-    """Scores of each variant at its best-mIoU and its precision = recall background score."""
+    """Scores of each variant at its best-mIoU and its precision = recall background score, with
+    what its mean precision leaves out: the classes it never predicts there (``unpredicted``) and
+    its empty class maps (percent)."""
     rows = []
     for name, s in sweeps.items():
         for rule, scores in (("best mIoU", s.best()), ("precision = recall", s.crossover())):
-            rows.append({"variant": name, "threshold rule": rule, **scores})
+            rows.append({"variant": name, "threshold rule": rule, **scores, "empty maps %": s.empty_share})
     return pd.DataFrame(rows).set_index(["threshold rule", "variant"]).sort_index(level=0, sort_remaining=False)
 
 

@@ -292,10 +292,11 @@ def own_readout_sweeps(trained: Mapping[str, Trained], scores: Mapping[tuple[str
 
 
 def comparison_table(sweeps: Mapping[str, Any]) -> Any:
-    """Each variant at its best-mIoU score and at the precision/recall crossover."""
+    """Each variant at its best-mIoU score and at the precision/recall crossover, with the classes
+    it never predicts there and its empty class maps (percent)."""
     import pandas as pd
 
-    rows = [{"variant": n, "threshold rule": rule, **sc} for n, s in sweeps.items()
+    rows = [{"variant": n, "threshold rule": rule, **sc, "empty maps %": s.empty_share} for n, s in sweeps.items()
             for rule, sc in (("best mIoU", s.best()), ("precision = recall", s.crossover()))]
     return pd.DataFrame(rows).set_index(["threshold rule", "variant"]).sort_index(level=0, sort_remaining=False)
 
