@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import operating_point
 from ..core import paper
 from ..core.metrics import equal_recall, precision_at_recall
 from ..core.stats import format_p, paired_difference
@@ -77,11 +78,8 @@ def recall_at_equal_precision(variant: Mapping[str, Any], baseline: Mapping[str,
 
 def replicate_cams(summary: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
     """Each whole-pipeline replicate's ``cams`` (0: this run's; the others from
-    ``summary["replicates"]``), those with precision-recall curves only."""
-    out = {0: summary.get("cams", {})}
-    for r, sub in summary.get("replicates", {}).get("runs", {}).items():
-        out[int(r)] = sub.get("cams", {})
-    return out
+    ``summary["replicates"]``)."""
+    return {r: sub.get("cams", {}) for r, sub in operating_point.replicate_summaries(summary).items()}
 
 
 def _over_replicates(summary: Mapping[str, Any], names: list[str],
@@ -235,8 +233,6 @@ def reproduces_page(summary: Mapping[str, Any]) -> str:
     gain = summary.get("precision_vs_miou", {}).get("gain", {})
     if gain.get("paper_context"):
         lines += ["", f"The paper's {paper.GAIN:+.1f}: {gain['paper_context']}."]
-    from . import operating_point
-
     chapters = {stem: f"../executed/{stem}" for stem in
                 ("01_classifiers_and_cams", "04_refinement", "05_segmentation_curriculum")}
     lines += ["", operating_point.section(summary, chapters)]

@@ -35,7 +35,7 @@ from PIL import Image
 
 from ..core.errors import DataError
 
-IGNORE_INDEX = 255
+from ..core.metrics import IGNORE_INDEX  # noqa: F401  (re-exported: the reader's masks use it)
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
