@@ -1,11 +1,14 @@
 """The embedded profiles' starting point: backbones pretrained on an auxiliary image-level task.
 
 The paper's networks start from ImageNet weights; none can be had offline, so the embedded
-profiles make their own: every network's backbone first learns a 10-way image classification
-of single Fashion-MNIST items (all ten classes, tinted and textured as in the benchmark) pasted
-on crops of the bundled photographs or on procedural textures. It uses no masks and none of
-the validation scenes' objects (those come from Fashion-MNIST's test set; this task draws from
-its training set only), and the WSSS classifiers still learn their task from image labels.
+profiles make their own: every network's backbone first learns an image classification of
+single items pasted on crops of the bundled photographs or on procedural textures. The classes
+come from a catalogue (``data/aux_task.py``): "fashion-mnist" (the first recipe, "aux": the ten
+garments, six of them the benchmark's own classes) or "broad" ("aux-broad": glyphs, shapes,
+photo textures and the garments, over 100 classes, as ImageNet holds VOC's classes among many).
+It uses no masks and none of the validation scenes' objects (those come from Fashion-MNIST's
+test set; this task draws from its training set only), and the WSSS classifiers still learn
+their task from image labels.
 
 A recipe (``AUX_RECIPES``) names the task and its training; ``weights_file`` returns the
 cached weights of one backbone shape under one recipe, training them on first use. The cache
@@ -36,7 +39,7 @@ from ..core.identity import ArtifactKey, spec_dict
 from ..core.progress import bar as progress_bar
 from ..core.registry import Registry
 from ..core.train import TrainConfig, fit, learning_config
-from ..data import fashion_mnist, synth
+from ..data import aux_task, fashion_mnist, synth
 
 RECIPE_VERSION = 1  # bump when the task's generator changes in a way the recipe fields do not show
 HOLD_OUT_EVERY = 10  # every 10th Fashion-MNIST training item is the task's "val" item
@@ -48,7 +51,9 @@ class AuxRecipe:
     """The auxiliary task (its images) and how a backbone is trained on it."""
 
     n_train: int = 12000
-    n_val: int = 1000  # held-out Fashion-MNIST training items (every 10th), to report accuracy
+    n_val: int = 1000  # held-out Fashion-MNIST training items (every 10th) and fresh renders, to report accuracy
+    catalogue: str = "fashion-mnist"  # the classes: "fashion-mnist" or "broad" (data/aux_task.py)
+    exclude: tuple[str, ...] = ()  # Fashion-MNIST classes left out (e.g. the benchmark's own)
     image_size: int = 48  # a quarter of the pixels of a 96 px scene: 4x the images per second (pilots)
     object_size: tuple[float, float] = (0.3, 0.9)  # longer side, fraction of the image side
     texture_background: float = 0.4  # share of images on a procedural texture instead of a photo
@@ -62,7 +67,14 @@ class AuxRecipe:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "version": RECIPE_VERSION}
+        out = {**dataclasses.asdict(self), "version": RECIPE_VERSION}
+        if self.catalogue == "fashion-mnist" and not self.exclude:  # the first recipe's keys stay what they were
+            del out["catalogue"], out["exclude"]
+        return out
+
+    @property
+    def classes(self) -> tuple[aux_task.AuxClass, ...]:
+        return aux_task.catalogue(self.catalogue, self.exclude)
 
     def train_config(self, kind: str = "cnn") -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adamw",
@@ -74,6 +86,13 @@ AUX_RECIPES: Registry[AuxRecipe] = Registry("auxiliary pretraining recipe")
 AUX_RECIPES.add("aux", AuxRecipe(), label="auxiliary task, default size")
 AUX_RECIPES.add("aux-smoke", AuxRecipe(n_train=256, n_val=64, image_size=48, epochs=1, batch_size=32,
                                        warmup_steps=2), label="auxiliary task, smoke size")
+# The broad task (issue 24): over 100 classes, so more images and epochs for the same images per class.
+BROAD = AuxRecipe(catalogue="broad", n_train=36000, n_val=2000, epochs=12)
+AUX_RECIPES.add("aux-broad", BROAD, label="broad auxiliary task (glyphs, shapes, textures, garments)")
+AUX_RECIPES.add("aux-broad-minus", dataclasses.replace(BROAD, exclude=synth.SceneConfig().classes),
+                label="broad auxiliary task without the default benchmark's six garment classes")
+AUX_RECIPES.add("aux-broad-smoke", dataclasses.replace(BROAD, n_train=256, n_val=64, epochs=1, batch_size=32,
+                                                       warmup_steps=2), label="broad auxiliary task, smoke size")
 
 
 def is_recipe(pretrained: str) -> bool:
@@ -101,20 +120,20 @@ def _procedural(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def aux_sample(index: int, split: str, recipe: AuxRecipe, photos: Mapping[str, np.ndarray],
                items: np.ndarray, by_class: Mapping[int, np.ndarray]) -> tuple[np.ndarray, int]:
-    """One image of the task: (S, S, 3) uint8 and its Fashion-MNIST class (0-9)."""
+    """One image of the task: (S, S, 3) uint8 and its class (an index into ``recipe.classes``)."""
     rng = np.random.default_rng([recipe.seed, 104729, synth.SPLIT_CODES[split], index])
-    label = int(rng.integers(0, len(fashion_mnist.CLASS_NAMES)))
+    classes = recipe.classes
+    label = int(rng.integers(0, len(classes)))
     cfg = synth.SceneConfig(image_size=recipe.image_size, max_overlap=1.0)
     if rng.random() < recipe.texture_background:
         canvas = _procedural(recipe.image_size, rng)
     else:
         canvas = synth._background(synth._Sources(photos=dict(photos), items={}),
                                    synth.PHOTOS[int(rng.integers(0, len(synth.PHOTOS)))], cfg, rng)
-    pool = by_class[label]
-    item = items[pool[int(rng.integers(0, len(pool)))]]
+    item = aux_task.draw_item(classes[label], rng, items, by_class)
     lo, hi = np.log(recipe.object_size[0]), np.log(recipe.object_size[1])
     side = max(4, round(recipe.image_size * float(np.exp(rng.uniform(lo, hi)))))
-    patch, mask = synth._render_item(item, side, cfg, rng)
+    patch, mask = aux_task.render(classes[label], item, side, cfg, rng, photos)
     occupied = np.zeros(canvas.shape[:2], dtype=bool)
     synth._paste(canvas, occupied, patch, mask, cfg, rng)
     canvas = canvas + rng.normal(0, cfg.noise_std, size=canvas.shape)  # the benchmark's sensor noise
@@ -150,7 +169,8 @@ def examples_figure(recipe_name: str, n: int = 12, columns: int = 6) -> Any:
     from ..book import plots
 
     images, labels = aux_images(AUX_RECIPES.get(recipe_name), "train", progress=False, n=n)
-    return plots.labelled_grid(list(images), [fashion_mnist.CLASS_NAMES[int(c)] for c in labels], columns)
+    classes = AUX_RECIPES.get(recipe_name).classes
+    return plots.labelled_grid(list(images), [classes[int(c)].name for c in labels], columns)
 
 
 @functools.lru_cache(maxsize=2)
@@ -216,8 +236,8 @@ def cached_path(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, 
     return weights_key(recipe_name, kind, backbone, shape).path(cache_dir() / "pretrained", f"{kind}-{backbone}")
 
 
-def _network(kind: str, backbone: str, shape: Mapping[str, Any], image_size: int) -> nn.Module:
-    """The network pretrained on the task: the CAM classifier of ``kind`` with a 10-way head."""
+def _network(kind: str, backbone: str, shape: Mapping[str, Any], image_size: int, n_classes: int) -> nn.Module:
+    """The network pretrained on the task: the CAM classifier of ``kind`` with an ``n_classes``-way head."""
     from ..nets.classifiers import create_classifier
 
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in shape.items()}
@@ -227,7 +247,7 @@ def _network(kind: str, backbone: str, shape: Mapping[str, Any], image_size: int
         kwargs = {"backbone_kwargs": kwargs, **extra}
     else:  # output stride 32 as ImageNet training; the CAM networks dilate the last stage later
         kwargs = {"backbone_kwargs": kwargs, "output_stride": 32}
-    return create_classifier(kind, len(fashion_mnist.CLASS_NAMES), backbone=backbone, pretrained="", **kwargs)
+    return create_classifier(kind, n_classes, backbone=backbone, pretrained="", **kwargs)
 
 
 def backbone_module(net: nn.Module) -> nn.Module:
@@ -274,7 +294,7 @@ def _train(recipe_name: str, kind: str, backbone: str, shape: dict[str, Any], ke
     val_x, val_y = _task_images(recipe, "val", progress)
     train, val = AuxSet(train_x, train_y, augment=True, seed=recipe.seed), AuxSet(val_x, val_y, augment=False)
     torch.manual_seed(recipe.seed)
-    model = _network(kind, backbone, shape, recipe.image_size)
+    model = _network(kind, backbone, shape, recipe.image_size, len(recipe.classes))
     cfg = recipe.train_config(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.pt")  # fit's own checkpoint: a killed run resumes from it
