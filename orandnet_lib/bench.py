@@ -299,6 +299,28 @@ def stage_table(profile: str) -> list[dict[str, Any]]:
     return rows
 
 
+def transfer(profile: str, heldout_run: Path) -> dict[str, Any]:
+    """Issue 24: the operating point on the profile's data and on the held-out domain (the runs'
+    summaries, where they exist: ``make heldout`` makes the second), and what each cached
+    pretraining cost once."""
+    from .book.operating_point import transfer_rows
+    from .methods import pretrain
+
+    runs = {"default data": ROOT / "runs" / profile / "summary.json", "held-out domain": heldout_run / "summary.json"}
+    summaries = {label: store.read_json(path) for label, path in runs.items() if path.exists()}
+    pretrainings = []
+    for path in sorted((pretrain.cache_dir() / "pretrained").glob("*.pt")):
+        if path.name.endswith(".partial.pt"):
+            continue
+        info = pretrain.summary(path)
+        recipe = info["identity"]["spec"]["recipe"]
+        pretrainings.append({"file": path.name, "catalogue": recipe.get("catalogue", "fashion-mnist"),
+                             "exclude": recipe.get("exclude", []), "val_accuracy": info["val_accuracy"],
+                             "seconds": info["seconds"]})
+    return {"runs": {label: str(path.parent) for label, path in runs.items() if label in summaries},
+            "rows": transfer_rows(summaries) if summaries else [], "pretrainings": pretrainings}
+
+
 def incremental_rerun(tmp: Path) -> dict[str, Any]:
     """Smoke profile: a full run, then one segmentation parameter changed: which stages
     re-run and what each run costs."""
@@ -321,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="the run whose stages are tabled")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--skip-rerun", action="store_true", help="skip the incremental re-run measurement")
+    parser.add_argument("--heldout-run", default=str(ROOT / "runs" / "heldout"),
+                        help="the default profile's run on the held-out domain (make heldout)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -334,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "stages": stage_table(args.profile), "kernels": kernels, "cam_scaling": scaling,
+        "transfer": transfer(args.profile, Path(args.heldout_run)),
     }
     if not args.skip_rerun:
         import tempfile
@@ -364,6 +389,16 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{k['kernel']:<72} {k['value']:10.1f} {naive} {ratio}  {k['unit']}")
     lines += ["", "CAM inference by image size:"]
     lines += [f"  {r['pixels']:>7} px^2  {r['value']:8.1f} ms  {r['ns_per_pixel']:6.1f} ns/pixel" for r in results["cam_scaling"]]
+    tr = results.get("transfer", {})
+    if tr.get("rows"):
+        labels = list(tr["runs"])
+        lines += ["", "operating point (issue 24 targets): " + "; ".join(f"{k} = {v}" for k, v in tr["runs"].items())]
+        lines += [f"  {r['quantity']:<44} {r['target']:>7}  " + "  ".join(f"{r[lab]:>14}" for lab in labels)
+                  for r in tr["rows"]]
+    if tr.get("pretrainings"):
+        lines += ["", "cached pretrainings (each paid once per machine):"]
+        lines += [f"  {p['file']:<44} {p['catalogue']:<14} minus {','.join(p['exclude']) or '-':<40} "
+                  f"val acc {p['val_accuracy']:5.1f} %  {p['seconds']:6.0f} s" for p in tr["pretrainings"]]
     if "incremental_rerun" in results:
         lines += ["", "incremental re-run (smoke):"]
         lines += [f"  {k}: {v['seconds']:.1f} s, stages run: {', '.join(v['stages_run']) or 'none'}"

@@ -23,3 +23,29 @@ def test_stage_table_sets_each_stage_beside_its_time_before_calibration():
     assert "before calibration" in lines[0]
     assert lines[1].split()[0] == "00_dataset" and lines[1].split()[-1] == "4.7"
     assert lines[3].startswith("all stages") and lines[3].split()[2] == "304.0" and lines[3].split()[-1] == "668.1"
+
+
+def test_transfer_section_reads_both_runs_and_lists_each_pretraining(tmp_path, monkeypatch):
+    import torch
+
+    from orandnet_lib.core import store
+    from orandnet_lib.methods import pretrain
+
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    summary = {"cams": {"cnn": {"miou": 36.0}, "vit": {"miou": 20.0}}}
+    store.write_json(tmp_path / "runs" / "default" / "summary.json", summary)
+    store.write_json(tmp_path / "held" / "summary.json", {"cams": {"cnn": {"miou": 30.0}}})
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    key = pretrain.weights_key("aux-broad", "cnn", "resnet18", {})
+    (tmp_path / "cache" / "pretrained").mkdir(parents=True)
+    torch.save({"state_dict": {}, "identity": key.to_dict(), "history": [], "val_accuracy": 76.2, "seconds": 384.0,
+                "train_config": {}}, tmp_path / "cache" / "pretrained" / "cnn-x.pt")
+    (tmp_path / "cache" / "pretrained" / "cnn-y.partial.pt").write_bytes(b"")  # an unfinished one is not listed
+    out = bench.transfer("default", tmp_path / "held")
+    rows = {r["quantity"]: r for r in out["rows"]}
+    assert rows["CNN CAM mIoU (train)"]["default data"] == "36.0 (yes)"
+    assert rows["CNN CAM mIoU (train)"]["held-out domain"] == "30.0 (no)"
+    assert out["pretrainings"] == [{"file": "cnn-x.pt", "catalogue": "broad", "exclude": [], "val_accuracy": 76.2,
+                                    "seconds": 384.0}]
+    text = bench.format_table({"stages": [], "kernels": [], "cam_scaling": [], "transfer": out})
+    assert "operating point (issue 24 targets)" in text and "broad" in text and "384 s" in text
