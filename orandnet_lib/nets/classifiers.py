@@ -4,7 +4,7 @@ Both map an image batch (B, 3, H, W), normalised with ImageNet statistics, to cl
 (B, C) for the C foreground classes, and expose ``cam(x)`` -> (B, C, h, w) raw class
 activation maps on their feature grid. A network's ``pretrained`` setting: ``""`` trains from
 scratch, ``"timm"`` downloads ImageNet weights from the hub, the name of an auxiliary recipe
-(``methods.pretrain.AUX_RECIPES``: "aux", "aux-smoke") loads the backbone pretrained on that
+(``methods.pretrain.AUX_RECIPES``: "aux-broad", "aux", ...) loads the backbone pretrained on that
 task (trained and cached on first use), any other string is a local weights file for timm.
 :func:`init_backbone` resolves it for every network that takes it (these two, DeepLab and the
 relation net).

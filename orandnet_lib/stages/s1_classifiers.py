@@ -30,7 +30,7 @@ from ..core import store
 from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
 from ..core.metrics import SweepResult, cam_to_mask
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
-from ..data import fashion_mnist
+from ..data import aux_task
 from ..data.voc import VOCDataset
 from ..methods import pretrain
 from ..methods.cams import CamStore, compute_store, error_overlap, grid_limits, grid_shape, sweep_store
@@ -96,7 +96,7 @@ class ClassifierSpec:
 
     kind: str  # a registered classifier kind: "cnn" | "vit"
     backbone: str
-    pretrained: str = ""  # "" from scratch, "timm" from the hub, an auxiliary recipe ("aux"), or a weights file
+    pretrained: str = ""  # "" from scratch, "timm" from the hub, an auxiliary recipe ("aux-broad"), or a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     crop_size: int = 96
     patch_size: int | None = None  # ViT only
@@ -275,6 +275,36 @@ def _start(setting: str) -> str:
     return f"the weights in `{setting}`" if setting else "random weights (trained from scratch)"
 
 
+def _task_classes(r: pretrain.AuxRecipe) -> str:
+    classes = r.classes
+    if r.catalogue == "fashion-mnist":
+        return (f"{len(classes)}-way classification of single Fashion-MNIST items "
+                f"({', '.join(c.name for c in classes)}), tinted and textured as in the benchmark")
+    counts = aux_task.source_counts(classes)
+    parts = ", ".join(f"{n} {SOURCE_WORDS[s]}" for s, n in counts.items())
+    left_out = f" (left out: the benchmark's {', '.join(r.exclude)})" if r.exclude else ""
+    return (f"{len(classes)}-way classification, the embedded analogue of ImageNet's breadth: {parts}{left_out}; "
+            f"garments, glyphs and shapes tinted and textured as the benchmark's objects, textures in their own colours")
+
+
+SOURCE_WORDS = {"fashion-mnist": "Fashion-MNIST garment classes", "glyph": "glyphs (Latin, Greek, Cyrillic, Hebrew, "
+                "Armenian and Georgian letters, digits and symbols, in five DejaVu faces)",
+                "shape": "procedural shapes", "texture": "texture classes cut from the bundled photographs"}
+
+
+def pretraining_classes(pretrained: Mapping[str, Pretrained]) -> pd.DataFrame:
+    """The classes of each recipe used: per source, how many and which."""
+    rows = []
+    for recipe_name in dict.fromkeys(t.recipe for t in pretrained.values()):
+        classes = pretrain.AUX_RECIPES.get(recipe_name).classes
+        for source, n in aux_task.source_counts(classes).items():
+            names = [c.name.removeprefix(f"{source} ").removeprefix("glyph ") for c in classes if c.source == source]
+            rows.append({"recipe": recipe_name, "source": source, "classes": n,
+                         "share (%)": 100 * n / len(classes), "which": " ".join(names) if source == "glyph"
+                         else ", ".join(names)})
+    return pd.DataFrame(rows).set_index(["recipe", "source"])
+
+
 def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
     """Where each classifier starts and, when one starts from an auxiliary task, why and what that task is."""
     lines = [f"- **{name}** starts from {_start(spec.pretrained)}"
@@ -287,10 +317,9 @@ def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
         lines.append(
             f"\nThe paper's networks start from ImageNet-pretrained backbones; none can be had offline, so the "
             f"embedded profiles make their own starting point. Recipe `{recipe_name}`: each backbone first learns a "
-            f"{len(fashion_mnist.CLASS_NAMES)}-way classification of single Fashion-MNIST items "
-            f"({', '.join(fashion_mnist.CLASS_NAMES)}), {r.n_train} images of {r.image_size} px, each one item "
-            f"tinted and textured as in the benchmark and pasted on a crop of the bundled photographs or (a share of "
-            f"{r.texture_background:.0%}) a procedural texture, trained for {r.epochs} epoch{'s' * (r.epochs != 1)}. "
+            f"{_task_classes(r)}, {r.n_train} images of {r.image_size} px, each one item pasted on a crop of the "
+            f"bundled photographs or (a share of {r.texture_background:.0%}) a procedural texture, trained for "
+            f"{r.epochs} epoch{'s' * (r.epochs != 1)}. "
             f"The task uses no masks and none of the validation scenes' objects (the embedded benchmark's come from "
             f"Fashion-MNIST's test set; the task draws from its training set only, every "
             f"{pretrain.HOLD_OUT_EVERY}th item held out for the "
