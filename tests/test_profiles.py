@@ -70,7 +70,7 @@ def test_extended_profile_starts_from_default():
     assert extended["data"] == default["data"]
     s5, d5 = extended["stages"]["05_segmentation_curriculum"], default["stages"]["05_segmentation_curriculum"]
     assert s5["schedule_sets"] == ["gt", "cnn", "orandnet"] and d5["schedule_sets"] == ["gt"]
-    assert s5["pretrained"] == d5["pretrained"] == "aux"  # inherited
+    assert s5["pretrained"] == d5["pretrained"] == "aux-broad"  # inherited
     assert extended["stages"]["03_orandnet"]["ablate_loss"] is True
     assert default["stages"]["03_orandnet"]["ablate_loss"] is False
 
