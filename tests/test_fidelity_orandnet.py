@@ -93,7 +93,7 @@ def test_the_written_store_is_read_as_its_loss_asks(tmp_path, tiny_voc):
     the bce store sigmoid / max; both are recorded in the store's meta."""
     from orandnet_lib.data.voc import VOCDataset
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
-    from orandnet_lib.nets.orandnet import write_store
+    from orandnet_lib.methods.orandnet_maps import write_store
 
     torch.manual_seed(0)
     net = ORANDNet("small", widths=(4, 8, 8))

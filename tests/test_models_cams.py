@@ -164,7 +164,7 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
 def test_classifier_key_changes_with_spec_seed_and_data_but_not_the_cam_method(tiny_voc):
     import dataclasses
 
-    from orandnet_lib.core.identity import dataset_fingerprint
+    from orandnet_lib.data.fingerprint import dataset_fingerprint
     from orandnet_lib.stages.s1_classifiers import ClassifierSpec, classifier_key
 
     val = dataset_fingerprint(VOCDataset(tiny_voc, "val"))

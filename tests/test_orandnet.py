@@ -66,7 +66,8 @@ def test_orandnet_store_round_trips_and_training_lowers_the_loss(tmp_path, tiny_
     import numpy as np
 
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
-    from orandnet_lib.nets.orandnet import OrAndSet, loss_fn, write_store
+    from orandnet_lib.methods.orandnet_maps import OrAndSet, write_store
+    from orandnet_lib.nets.orandnet import loss_fn
     from orandnet_lib.core.train import TrainConfig, fit
     from orandnet_lib.data.voc import VOCDataset
 

@@ -1,6 +1,7 @@
 import pytest
 
 from orandnet_lib.book import profiles
+from orandnet_lib.data.fingerprint import data_fingerprint
 from orandnet_lib.core.errors import ConfigError
 
 
@@ -58,10 +59,10 @@ def test_bad_overrides_are_named(item, message):
 
 
 def test_data_fingerprint_changes_with_split_lists(tiny_voc):
-    before = profiles.data_fingerprint(tiny_voc)
+    before = data_fingerprint(tiny_voc)
     assert before.startswith("voc:")
     (tiny_voc / "ImageSets/Segmentation/val.txt").write_text("val_0\n")
-    assert profiles.data_fingerprint(tiny_voc) != before
+    assert data_fingerprint(tiny_voc) != before
 
 
 def test_extended_profile_starts_from_default():

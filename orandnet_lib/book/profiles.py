@@ -18,38 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core import store
+from ..core.paths import display_path, project_root  # re-exported: the runner and the CLI read them here
 from ..data import synth
 from ..core.errors import ConfigError
 from ..data.voc import check_layout
 
 PROFILE_NAMES = ("smoke", "default", "extended", "paper")
-
-
-def project_root(start: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding ``_toc.yml`` and ``notebooks/``: $ORANDNET_ROOT if set (the CLI's
-    ``--project``), else found by walking up from ``start`` (default: the working directory),
-    else the checkout this package was installed from (so ``orandnet`` works from any folder),
-    else the start itself."""
-    if os.environ.get("ORANDNET_ROOT"):
-        return Path(os.environ["ORANDNET_ROOT"]).resolve()
-    here = Path(start or os.getcwd()).resolve()
-    installed_from = Path(__file__).resolve().parents[2]
-    for folder in (*(here, *here.parents), installed_from):
-        if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
-            return folder
-    return here
-
-
-def display_path(path: str | os.PathLike[str], root: Path | None = None) -> str:
-    """A path as the book shows it: relative to the project when inside it, else its last part
-    only (a published page never holds an absolute path of the machine that built it)."""
-    path = Path(path)
-    if not path.is_absolute():
-        return str(path)
-    try:
-        return str(path.resolve().relative_to((root or project_root()).resolve()))
-    except ValueError:
-        return f"…/{path.name} (outside the project)"
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -168,23 +142,3 @@ def prepare_data(profile: dict[str, Any], override: str | os.PathLike[str] | Non
     return path
 
 
-def data_fingerprint(path: Path) -> str:
-    """What identifies a dataset's content cheaply: its generator fingerprint when it was
-    generated here, its artifact key when a stage wrote it, else the hash of its split lists
-    and labels.txt."""
-    from ..core.identity import read_identity
-
-    config = synth.read_config(path)
-    if config is not None and "fingerprint" in config:
-        return f"embedded:{config['fingerprint']}"
-    identity = read_identity(path)  # a folder this project wrote (pseudo-masks): its artifact key
-    if identity is not None:
-        return f"artifact:{identity['digest']}"
-    parts: dict[str, str] = {}
-    for sub in ("ImageSets/Segmentation", "ImageSets/SegmentationAug"):
-        for f in sorted((path / sub).glob("*.txt")):
-            parts[f"{sub}/{f.name}"] = store.hash_file(f)
-    for name in ("labels.txt", "labels.csv"):  # class names; image-level labels
-        if (path / name).exists():
-            parts[name] = store.hash_file(path / name)
-    return f"voc:{store.hash_obj(parts)}"

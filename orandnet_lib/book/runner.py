@@ -37,6 +37,7 @@ from .. import __version__
 from . import profiles
 from ..core import progress
 from ..core import store
+from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, StageFailed
 from .stage import METRICS_FILE, replicate_dir
 from .try_it import try_it
@@ -470,7 +471,7 @@ class Runner:
         for stage in selected:
             check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
         data_root = profiles.prepare_data(self.profile, self.data_override, progress=self.progress)
-        data_fp = profiles.data_fingerprint(data_root)
+        data_fp = data_fingerprint(data_root)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         executed, skipped = [], []
         if not self.publishes and not quiet_experiment:

@@ -57,16 +57,6 @@ def spec_dict(obj: Any) -> dict[str, Any]:
     return store._jsonable(dict(obj))
 
 
-def dataset_fingerprint(dataset: Any) -> str:
-    """What a split of a VOC-layout dataset holds: the folder's content fingerprint (its
-    generator config, its recorded identity for a folder this project wrote, else its split
-    lists and labels), the split, the image ids and the class names."""
-    from ..book.profiles import data_fingerprint
-
-    return store.hash_obj({"data": data_fingerprint(dataset.root), "split": dataset.split,
-                           "ids": store.hash_obj(list(dataset.ids)), "classes": list(dataset.class_names)})[:16]
-
-
 def write_identity(folder: str | os.PathLike[str], key: ArtifactKey) -> None:
     """Record a folder artifact's key (its content is then fingerprinted by it)."""
     store.write_json(Path(folder) / IDENTITY_FILE, {**key.to_dict(), "digest": key.digest})

@@ -29,6 +29,7 @@ from ..core.progress import bar as progress_bar
 from ..core.errors import ConfigError, DataError
 from ..core.registry import Registry
 from ..nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from ..data.fingerprint import data_fingerprint
 from ..data.voc import VOCDataset
 
 if TYPE_CHECKING:
@@ -225,8 +226,6 @@ class CamStore:
     def check_matches(self, dataset: VOCDataset) -> None:
         """Refuse a store computed on another dataset or split than ``dataset`` (its meta
         records both): image ids such as ``train_00000`` repeat across datasets."""
-        from ..book.profiles import data_fingerprint
-
         split = self.meta.get("split")
         if split is not None and split != dataset.split:
             raise DataError(f"CAM store {self.path} was computed on split {split!r}, not {dataset.split!r}")
@@ -275,8 +274,6 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     cam_fn = cam_function(model, method)
     gradient = bool(CAM_METHODS.entry(method).attrs.get("gradient"))
     per_class = bool(CAM_METHODS.entry(method).attrs.get("classes"))
-    from ..book.profiles import data_fingerprint
-
     meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names),
             "scales": list(scales), "flip": flip, "method": method, **(meta or {})}

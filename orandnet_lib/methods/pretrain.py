@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from ..core import store
 from ..core.identity import ArtifactKey, spec_dict
+from ..core.paths import project_root
 from ..core.progress import bar as progress_bar
 from ..core.registry import Registry
 from ..core.train import TrainConfig, fit, learning_config
@@ -164,15 +165,6 @@ def aux_images(recipe: AuxRecipe, split: str, progress: bool = True, n: int | No
     return out, targets
 
 
-def examples_figure(recipe_name: str, n: int = 12, columns: int = 6) -> Any:
-    """The first ``n`` training images of a recipe's task, each titled with its class."""
-    from ..book import plots
-
-    images, labels = aux_images(AUX_RECIPES.get(recipe_name), "train", progress=False, n=n)
-    classes = AUX_RECIPES.get(recipe_name).classes
-    return plots.labelled_grid(list(images), [classes[int(c)].name for c in labels], columns)
-
-
 @functools.lru_cache(maxsize=2)
 def _task_images(recipe: AuxRecipe, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """:func:`aux_images`, made once per process: the CNN and the ViT pretrain on the same images."""
@@ -209,8 +201,6 @@ def cache_dir() -> Path:
     """$ORANDNET_CACHE, else ``data/cache`` in the project (beside the generated data)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    from ..book.profiles import project_root
-
     return project_root() / "data" / "cache"
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from ..core.neighbours import neighbour_offsets
 from ..core.registry import Registry
 from ..data.voc import IGNORE_INDEX
 
@@ -106,17 +107,6 @@ def confident_labels(cams: np.ndarray, class_ids: Sequence[int] | np.ndarray, fg
         return out  # a labelled class without any confident foreground: no confident background either
     bg = lookup[labels_at(bg_threshold)]
     out[bg == 0] = 0
-    return out
-
-
-def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) to the pixels within ``radius`` (Euclidean), one of each +/- pair."""
-    out = []
-    for dy in range(0, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if (dy == 0 and dx <= 0) or dy * dy + dx * dx > radius * radius:
-                continue
-            out.append((dy, dx))
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.refine import neighbour_offsets
+from ..core.neighbours import neighbour_offsets
 from ..data.voc import IGNORE_INDEX
 
 

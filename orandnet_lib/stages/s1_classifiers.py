@@ -27,10 +27,11 @@ from torch import nn
 
 from ..book import plots
 from ..core import store
-from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.identity import ArtifactKey, spec_dict
 from ..core.metrics import SweepResult, cam_to_mask
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data import aux_task
+from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import pretrain
 from ..methods.cams import CamStore, compute_store, error_overlap, grid_limits, grid_shape, sweep_store
@@ -264,7 +265,10 @@ def pretraining_curves(pretrained: Mapping[str, Pretrained]) -> plt.Figure:
 
 def pretraining_examples(pretrained: Mapping[str, Pretrained], n: int = 12) -> plt.Figure:
     """Training images of the (first) auxiliary task, each titled with its class."""
-    return pretrain.examples_figure(next(iter(pretrained.values())).recipe, n)
+    name = next(iter(pretrained.values())).recipe
+    recipe = pretrain.AUX_RECIPES.get(name)
+    images, labels = pretrain.aux_images(recipe, "train", progress=False, n=n)
+    return plots.labelled_grid(list(images), [recipe.classes[int(c)].name for c in labels], columns=6)
 
 
 def _start(setting: str) -> str:

@@ -28,8 +28,9 @@ import pandas as pd
 
 from ..book import plots
 from ..core.errors import ConfigError
-from ..core.identity import ArtifactKey, dataset_fingerprint
+from ..core.identity import ArtifactKey
 from ..core.metrics import SweepResult, cam_to_mask, equal_recall
+from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import score_rules
 from ..methods.cams import CamStore

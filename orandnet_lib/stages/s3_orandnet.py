@@ -23,15 +23,17 @@ import numpy as np
 import torch
 
 from ..core import store
-from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.identity import ArtifactKey, spec_dict
 from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, config_from, fit, learning_config
+from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore, sweep_store
 from ..methods.ensemble import Variant, sweep_variants
 from ..methods.cams import to_tensor
-from ..nets.orandnet import LOSSES, READOUTS, ORANDNet, OrAndSet, collate, loss_fn, outputs, readout_of, write_store
+from ..methods.orandnet_maps import OrAndSet, write_store
+from ..nets.orandnet import LOSSES, READOUTS, ORANDNet, collate, loss_fn, outputs, readout_of
 from . import s1_classifiers, s2_ensembles
 
 STAGE = "03_orandnet"

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from ..core import store as files
-from ..core.identity import ArtifactKey, dataset_fingerprint, spec_dict
+from ..core.identity import ArtifactKey, spec_dict
 from ..core.metrics import ConfusionMatrix, SweepResult, cam_to_mask
 from ..core.parallel import default_workers
 from ..core.train import config_from, fit, learning_config
+from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import pretrain, pseudo, score_rules
 from ..methods.cams import CamStore, sweep_store, sweep_stream

@@ -35,8 +35,9 @@ import pandas as pd
 
 from ..core import store
 from ..core import paper
-from ..core.identity import ArtifactKey, dataset_fingerprint, read_identity, spec_dict
+from ..core.identity import ArtifactKey, read_identity, spec_dict
 from ..core.stats import describe_difference, paired_difference
+from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import pretrain
 from ..methods.segmentation import (Evaluation, ScaleSchedule, SegmenterSpec, evaluate, recall_by_size,

@@ -1,0 +1,119 @@
+"""The package's layers hold: core < data < nets < methods < book < stages (orandnet_lib/__init__.py).
+
+Every import is read from the source (those inside functions too, which hide cycles from
+import time), and none may reach a higher layer or another stage module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "orandnet_lib"
+LAYERS = ("core", "data", "nets", "methods", "book", "stages")
+TOP = ("cli", "bench")  # entry points above every layer
+
+
+def _module(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import of the package in ``path``, at any depth."""
+    module = _module(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith(root.name)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith(root.name):
+                continue
+            # "from . import x" and "from ..data import voc" name modules: resolve each name
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}"
+                is_module = (root.parent / Path(*candidate.split("."))).with_suffix(".py").exists() or \
+                    (root.parent / Path(*candidate.split("."))).is_dir()
+                out.append((node.lineno, candidate if is_module else target))
+    return out
+
+
+def _layer(module: str) -> tuple[int, str] | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    name = parts[1]
+    if name in LAYERS:
+        return LAYERS.index(name), name
+    if name in TOP:
+        return len(LAYERS), name
+    return None
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    """Every import that goes up the layer order or from one stage module to another."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        here = _module(path, root)
+        src = _layer(here)
+        if src is None:
+            continue
+        for line, target in imports(path, root):
+            dst = _layer(target)
+            if dst is None:
+                continue
+            where = f"{path.relative_to(root.parent)}:{line} imports {target}"
+            if dst[0] > src[0]:
+                found.append(f"{where} ({src[1]} < {dst[1]})")
+            elif src[1] == dst[1] == "stages" and target != here and target.count(".") >= 2:
+                found.append(f"{where} (one stage imports another)")
+    return found
+
+
+# The imports that still break the order, each with what removes it (issue 26). The list may only
+# shrink: a new upward import fails the test, and so does a listed one that is gone.
+KNOWN = {
+    # a network constructor resolves an auxiliary recipe (and trains it when not cached): item 4 makes
+    # weights configuration (a file) that a stage resolves, and a constructor never trains
+    "orandnet_lib/nets/classifiers.py:37 imports orandnet_lib.methods.pretrain (nets < methods)",
+    "orandnet_lib/nets/classifiers.py:74 imports orandnet_lib.methods.pretrain (nets < methods)",
+    # stage 3's third classifier and stage 6's read of stages 2 and 5: item 2 moves the shared recipes
+    "orandnet_lib/stages/s3_orandnet.py:37 imports orandnet_lib.stages.s1_classifiers (one stage imports another)",
+    "orandnet_lib/stages/s3_orandnet.py:37 imports orandnet_lib.stages.s2_ensembles (one stage imports another)",
+    "orandnet_lib/stages/s6_precision.py:37 imports orandnet_lib.stages.s5_segmentation (one stage imports another)",
+    "orandnet_lib/stages/s6_precision.py:302 imports orandnet_lib.stages.s2_ensembles (one stage imports another)",
+}
+
+
+def _unplaced(found: list[str]) -> set[str]:
+    return {v.split(":", 1)[0] + v.split(":", 1)[1].split(" ", 1)[1] for v in found}
+
+
+def test_no_import_goes_up_a_layer_or_across_stages():
+    found = violations()
+    # compared without line numbers, so an edit above an import does not fail the test
+    new = _unplaced(found) - _unplaced(sorted(KNOWN))
+    gone = _unplaced(sorted(KNOWN)) - _unplaced(found)
+    assert not new, f"imports against the layers: {sorted(v for v in found if _unplaced([v]) <= new)}"
+    assert not gone, f"fixed, so remove from KNOWN: {sorted(gone)}"
+
+
+def test_the_walk_sees_an_upward_import_inside_a_function(tmp_path):
+    root = tmp_path / "orandnet_lib"
+    for folder in ("core", "book", "stages"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "book" / "plots.py").write_text("def f():\n    return 1\n")
+    (root / "core" / "store.py").write_text("import os\n\n\ndef g():\n    from ..book.plots import f\n    return f()\n")
+    (root / "stages" / "s1.py").write_text("from ..core import store\n")
+    (root / "stages" / "s2.py").write_text("from . import s1\n")
+    assert violations(root) == ["orandnet_lib/core/store.py:5 imports orandnet_lib.book.plots (core < book)",
+                                "orandnet_lib/stages/s2.py:1 imports orandnet_lib.stages.s1 (one stage imports another)"]
