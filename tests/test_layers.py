@@ -80,10 +80,6 @@ def violations(root: Path = PACKAGE) -> list[str]:
 # The imports that still break the order, each with what removes it (issue 26). The list may only
 # shrink: a new upward import fails the test, and so does a listed one that is gone.
 KNOWN = {
-    # a network constructor resolves an auxiliary recipe (and trains it when not cached): item 4 makes
-    # weights configuration (a file) that a stage resolves, and a constructor never trains
-    "orandnet_lib/nets/classifiers.py:37 imports orandnet_lib.methods.pretrain (nets < methods)",
-    "orandnet_lib/nets/classifiers.py:74 imports orandnet_lib.methods.pretrain (nets < methods)",
     # stage 3's third classifier and stage 6's read of stages 2 and 5: item 2 moves the shared recipes
     "orandnet_lib/stages/s3_orandnet.py:37 imports orandnet_lib.stages.s1_classifiers (one stage imports another)",
     "orandnet_lib/stages/s3_orandnet.py:37 imports orandnet_lib.stages.s2_ensembles (one stage imports another)",

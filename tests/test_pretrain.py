@@ -18,12 +18,12 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch.utils.data import TensorDataset
 
-from orandnet_lib.core.errors import ConfigError
 from orandnet_lib.core.train import TrainConfig, fit
 from orandnet_lib.data import fashion_mnist, synth
 from orandnet_lib.methods import pretrain
 from orandnet_lib.nets.boundary import BoundaryNet
-from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM, _pretrained_kwargs, backbone_shape
+from orandnet_lib.nets.backbone import backbone_shape, load_weights
+from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM
 from orandnet_lib.nets.deeplab import DeepLab
 from orandnet_lib.stages import s1_classifiers as s1
 from orandnet_lib.stages import s4_refinement as s4
@@ -138,12 +138,12 @@ def test_every_cnn_network_gets_exactly_the_saved_tensors(cnn_file):
     path, _ = cnn_file
     weights = saved(path)
     torch.manual_seed(0)
-    deeplab = DeepLab(3, "resnet18", RECIPE, head="largefov", rates=(2,), head_channels=8, output_stride=8,
+    deeplab = DeepLab(3, "resnet18", str(path), head="largefov", rates=(2,), head_channels=8, output_stride=8,
                       backbone_kwargs=SHAPE)
     assert deeplab.stride == 8
-    modules = {"CNNCAM": CNNCAM(3, "resnet18", RECIPE, backbone_kwargs=TIMM_SHAPE).features,
+    modules = {"CNNCAM": CNNCAM(3, "resnet18", str(path), backbone_kwargs=TIMM_SHAPE).features,
                "DeepLab": deeplab.backbone,
-               "BoundaryNet": BoundaryNet("resnet18", RECIPE, backbone_kwargs=TIMM_SHAPE).features}
+               "BoundaryNet": BoundaryNet("resnet18", str(path), backbone_kwargs=TIMM_SHAPE).features}
     for name, module in modules.items():
         state = module.state_dict()
         assert set(state) == set(weights), name
@@ -154,7 +154,7 @@ def test_every_cnn_network_gets_exactly_the_saved_tensors(cnn_file):
 
 def test_a_vit_of_another_image_size_loads_with_its_position_embedding_resampled(vit_file):
     weights = saved(vit_file)
-    vit = ViTCAM(3, VIT["backbone"], RECIPE, img_size=64, patch_size=VIT["patch_size"],
+    vit = ViTCAM(3, VIT["backbone"], str(vit_file), img_size=64, patch_size=VIT["patch_size"],
                  stem_widths=VIT["stem_widths"], backbone_kwargs=VIT["backbone_kwargs"])
     state = vit.vit.state_dict()
     assert weights["pos_embed"].shape == (1, 1 + 6 * 6, 32)  # trained at 48 px: a 6 x 6 token grid
@@ -169,18 +169,26 @@ def test_weights_of_another_shape_are_refused_naming_the_file(cnn_file, tmp_path
     wider = timm.create_model("resnet18", features_only=True, out_indices=(-1,), channels=(8, 16, 24, 48),
                               layers=(1, 1, 1, 1))
     with pytest.raises(ValueError, match=path.name):
-        pretrain.load_into(wider, path)
+        load_weights(wider, path)
     # equal widths: strided, the third stage has a projection shortcut; dilated (output stride 8) it has none
     equal = {"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)}
     strided = timm.create_model("resnet18", features_only=True, out_indices=(-1,), **equal)
     torch.save({"state_dict": strided.state_dict()}, tmp_path / "equal.pt")
     dilated = timm.create_model("resnet18", features_only=True, out_indices=(-1,), output_stride=8, **equal)
     with pytest.raises(ValueError, match="projection shortcut"):
-        pretrain.load_into(dilated, tmp_path / "equal.pt")
-    with pytest.raises(FileNotFoundError, match=RECIPE):  # an unknown string is a file; the message lists recipes
+        load_weights(dilated, tmp_path / "equal.pt")
+    with pytest.raises(FileNotFoundError, match="no-such-file.pt does not exist"):
         CNNCAM(3, "resnet18", "no-such-file.pt", backbone_kwargs=TIMM_SHAPE)
-    with pytest.raises(ConfigError, match="recipe"):  # networks without the option refuse a recipe name
-        _pretrained_kwargs(RECIPE)
+
+
+def test_a_constructor_never_trains_a_stage_resolves_the_recipe_once(cnn_file, monkeypatch):
+    path, _ = cnn_file
+    monkeypatch.setattr(pretrain, "fit", lambda *a, **k: pytest.fail("trained again"))
+    with pytest.raises(FileNotFoundError, match="resolved to its file by the stage"):
+        CNNCAM(3, "resnet18", RECIPE, backbone_kwargs=TIMM_SHAPE)  # a recipe's name is not a weights file
+    assert pretrain.resolve(RECIPE, "cnn", "resnet18", SHAPE, **QUIET) == str(path)
+    for setting in ("", "timm", "some/file.pt"):
+        assert pretrain.resolve(setting, "cnn", "resnet18", SHAPE) == setting
 
 
 def test_a_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(cnn_file):
@@ -193,7 +201,7 @@ def test_a_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(cnn_file):
         fit(net, data, lambda m, batch: (m(batch[0]).mean(), {}), cfg, progress=False)
         return before, net.state_dict()
 
-    frozen = BoundaryNet("resnet18", RECIPE, backbone_kwargs=TIMM_SHAPE, freeze_backbone=True)
+    frozen = BoundaryNet("resnet18", str(cnn_file[0]), backbone_kwargs=TIMM_SHAPE, freeze_backbone=True)
     assert not any(p.requires_grad for p in frozen.features.parameters())
     frozen.train()
     assert frozen.training and frozen.head.training and not frozen.features.training
@@ -202,7 +210,7 @@ def test_a_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(cnn_file):
     assert any("running_mean" in k for k in backbone)
     assert all(torch.equal(before[k], after[k]) for k in backbone)
     assert not torch.equal(before["head.weight"], after["head.weight"])  # the new layers learn
-    before, after = step(BoundaryNet("resnet18", RECIPE, backbone_kwargs=TIMM_SHAPE))
+    before, after = step(BoundaryNet("resnet18", str(cnn_file[0]), backbone_kwargs=TIMM_SHAPE))
     assert not all(torch.equal(before[k], after[k]) for k in backbone)  # unfrozen, the same step changes it
 
 

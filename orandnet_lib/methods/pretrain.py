@@ -41,6 +41,8 @@ from ..core.progress import bar as progress_bar
 from ..core.registry import Registry
 from ..core.train import TrainConfig, fit, learning_config
 from ..data import aux_task, fashion_mnist, synth
+from ..nets.classifiers import create_classifier
+from .cams import to_tensor
 
 RECIPE_VERSION = 1  # bump when the task's generator changes in a way the recipe fields do not show
 HOLD_OUT_EVERY = 10  # every 10th Fashion-MNIST training item is the task's "val" item
@@ -175,8 +177,6 @@ class AuxSet(Dataset):
     """Normalised (3, S, S) tensors with a random horizontal flip when ``augment``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool, seed: int = 0):
-        from .cams import to_tensor
-
         self.x = torch.cat([to_tensor(images[i : i + 256]) for i in range(0, len(images), 256)]) if len(images) \
             else torch.empty(0, 3, 1, 1)
         self.y = torch.from_numpy(labels)
@@ -228,8 +228,6 @@ def cached_path(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, 
 
 def _network(kind: str, backbone: str, shape: Mapping[str, Any], image_size: int, n_classes: int) -> nn.Module:
     """The network pretrained on the task: the CAM classifier of ``kind`` with an ``n_classes``-way head."""
-    from ..nets.classifiers import create_classifier
-
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in shape.items()}
     if kind == "vit":  # shape: the ViT's backbone kwargs plus its patch size and stem
         extra = {"patch_size": kwargs.pop("patch_size", None), "stem_widths": kwargs.pop("stem_widths", ()),
@@ -276,6 +274,16 @@ def weights_file(recipe_name: str, kind: str, backbone: str, shape: Mapping[str,
         return _train(recipe_name, kind, backbone, shape, key, path, progress, log)
 
 
+def resolve(setting: str, kind: str, backbone: str, shape: Mapping[str, Any] | None = None,
+            progress: bool = True, log: Any = print) -> str:
+    """A network's ``pretrained`` setting as the networks take it (``nets.backbone``): a recipe's
+    name becomes its cached weights file (trained on first use: a stage calls this, never a
+    network's constructor); "", "timm" and file paths pass through."""
+    if not is_recipe(setting):
+        return setting
+    return str(weights_file(setting, kind, backbone, shape, progress=progress, log=log))
+
+
 def _train(recipe_name: str, kind: str, backbone: str, shape: dict[str, Any], key: ArtifactKey, path: Path,
            progress: bool, log: Any) -> Path:
     recipe = AUX_RECIPES.get(recipe_name)
@@ -299,35 +307,6 @@ def _train(recipe_name: str, kind: str, backbone: str, shape: dict[str, Any], ke
     log(f"pretrained {kind} {backbone} on the auxiliary task: val accuracy {history[-1]['val_accuracy']:.1f} % "
         f"in {time.perf_counter() - start:.0f} s -> {path.name}")
     return path
-
-
-def load_into(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load pretrained backbone weights into a timm module (a ``features_only`` ResNet or a
-    VisionTransformer): every weight must match but a classification head's, which is dropped.
-    A ViT's position embedding is resampled when its token grid differs from the saved one."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
-    own = module.state_dict()
-    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
-        from timm.layers import resample_abs_pos_embed
-
-        prefix = int(getattr(module, "num_prefix_tokens", 1))
-        grid = module.patch_embed.grid_size  # type: ignore[union-attr]
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
-    missing = [k for k in own if k not in state and not k.startswith(("fc.", "head."))]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
-             if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        # a ResNet stage as wide as the one before has a projection shortcut only where it is strided,
-        # so the same kwargs at another output stride give other weights
-        shortcut_only = all(".downsample." in k for k in missing + unexpected) and not wrong
-        hint = ("; a dilated ResNet stage as wide as the previous one loses its projection shortcut: give "
-                "every stage more channels than the one before" if shortcut_only else "")
-        raise ValueError(f"{path}: pretrained weights do not fit this backbone (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, other shapes {wrong[:5]}){hint}")
-    module.load_state_dict(state, strict=False)
-    return module
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:

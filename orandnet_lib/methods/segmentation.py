@@ -29,7 +29,9 @@ from ..core.metrics import ConfusionMatrix
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, fit
 from ..data.voc import IGNORE_INDEX, SampleCache, VOCDataset
+from ..nets.backbone import backbone_shape
 from ..nets.deeplab import SEG_HEADS, DeepLab
+from . import pretrain
 from .cams import to_tensor
 from .refine import crf_probabilities
 
@@ -335,7 +337,8 @@ class SegmenterSpec:
         return dataclasses.asdict(self)
 
     def build(self, num_classes: int) -> DeepLab:
-        return DeepLab(num_classes, self.backbone, self.pretrained, self.head, self.rates, self.head_channels,
+        weights = pretrain.resolve(self.pretrained, "cnn", self.backbone, backbone_shape("cnn", self.backbone_kwargs))
+        return DeepLab(num_classes, self.backbone, weights, self.head, self.rates, self.head_channels,
                        self.dropout, backbone_kwargs=dict(self.backbone_kwargs))
 
     def train_config(self, seed: int) -> TrainConfig:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.neighbours import neighbour_offsets
+from .backbone import create_backbone
 from ..data.voc import IGNORE_INDEX
 
 
@@ -35,11 +35,8 @@ class BoundaryNet(nn.Module):
                  backbone_kwargs: dict[str, Any] | None = None, freeze_backbone: bool = False,
                  input_scale: int = 1):
         super().__init__()
-        from .classifiers import _pretrained_kwargs, backbone_shape, init_backbone
-
-        self.features = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3, 4),
-                                          **_pretrained_kwargs(pretrained, True), **(backbone_kwargs or {}))
-        init_backbone(self.features, pretrained, "cnn", backbone, backbone_shape("cnn", backbone_kwargs))
+        self.features = create_backbone(backbone, pretrained, features_only=True, out_indices=(1, 2, 3, 4),
+                                        **(backbone_kwargs or {}))
         self.freeze_backbone = freeze_backbone
         self.features.requires_grad_(not freeze_backbone)
         self.squeeze = nn.ModuleList(

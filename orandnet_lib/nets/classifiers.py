@@ -2,19 +2,15 @@
 
 Both map an image batch (B, 3, H, W), normalised with ImageNet statistics, to class logits
 (B, C) for the C foreground classes, and expose ``cam(x)`` -> (B, C, h, w) raw class
-activation maps on their feature grid. A network's ``pretrained`` setting: ``""`` trains from
-scratch, ``"timm"`` downloads ImageNet weights from the hub, the name of an auxiliary recipe
-(``methods.pretrain.AUX_RECIPES``: "aux-broad", "aux", ...) loads the backbone pretrained on that
-task (trained and cached on first use), any other string is a local weights file for timm.
-:func:`init_backbone` resolves it for every network that takes it (these two, DeepLab and the
-relation net).
+activation maps on their feature grid. A network's ``pretrained`` setting is its backbone's
+weights (``nets.backbone``): ``""``, ``"timm"`` or a file; a stage resolves an auxiliary
+recipe's name to its cached file first (``methods.pretrain.resolve``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -25,57 +21,10 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.registry import Registry
+from .backbone import backbone_shape, create_backbone  # backbone_shape: re-exported for the stages
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _pretrained_kwargs(pretrained: str, recipes: bool = False) -> dict[str, Any]:
-    """timm.create_model's arguments for a ``pretrained`` setting. A recipe name (only where
-    ``recipes``: the network then calls :func:`init_backbone` after creating its backbone)
-    creates the backbone untrained."""
-    from ..methods import pretrain
-
-    if not pretrained:
-        return {"pretrained": False}
-    if pretrained == "timm":
-        return {"pretrained": True}
-    if pretrain.is_recipe(pretrained):
-        if not recipes:
-            raise ConfigError(f"pretrained={pretrained!r} names an auxiliary pretraining recipe, which this "
-                              "network does not take ('' from scratch, 'timm' from the hub, or a weights file)")
-        return {"pretrained": False}
-    path = Path(pretrained)
-    if not path.exists():
-        raise FileNotFoundError(f"pretrained weights file {path} does not exist (use 'timm' to download from the "
-                                f"hub, an auxiliary recipe ({', '.join(pretrain.AUX_RECIPES.names())}), "
-                                "or '' to train from scratch)")
-    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-
-
-def backbone_shape(kind: str, backbone_kwargs: Mapping[str, Any] | None, patch_size: int | None = None,
-                   stem_widths: Sequence[int] = ()) -> dict[str, Any]:
-    """Every constructor argument that shapes a backbone's weights (what an auxiliary recipe's
-    weights are keyed by): the timm kwargs, and for a ViT its patch size and convolutional stem.
-    A CNN's output stride (dilation) changes no weight, so the CNN CAM network, DeepLab and the
-    relation net share one pretrained ResNet of the same timm kwargs."""
-    shape = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(backbone_kwargs or {}).items()}
-    if kind == "vit":
-        shape.update(patch_size=patch_size, stem_widths=list(stem_widths))
-    return shape
-
-
-def init_backbone(module: nn.Module, pretrained: str, kind: str, backbone: str, shape: Mapping[str, Any]
-                  ) -> nn.Module:
-    """After ``timm.create_model(..., **_pretrained_kwargs(pretrained, recipes=True))``: when
-    ``pretrained`` names an auxiliary recipe, load that recipe's weights of this backbone
-    (``kind`` "cnn" or "vit", ``shape`` from :func:`backbone_shape`) into the timm module,
-    training them on first use. Any other setting was already resolved by timm."""
-    from ..methods import pretrain
-
-    if pretrain.is_recipe(pretrained):
-        pretrain.load_into(module, pretrain.weights_file(pretrained, kind, backbone, shape))
-    return module
 
 
 class CNNCAM(nn.Module):
@@ -87,10 +36,8 @@ class CNNCAM(nn.Module):
                  output_stride: int = 16, backbone_kwargs: dict[str, Any] | None = None):
         super().__init__()
         self.backbone_name = backbone
-        self.features = timm.create_model(backbone, features_only=True, out_indices=(-1,),
-                                          output_stride=output_stride, **_pretrained_kwargs(pretrained, True),
-                                          **(backbone_kwargs or {}))
-        init_backbone(self.features, pretrained, "cnn", backbone, backbone_shape("cnn", backbone_kwargs))
+        self.features = create_backbone(backbone, pretrained, features_only=True, out_indices=(-1,),
+                                        output_stride=output_stride, **(backbone_kwargs or {}))
         channels = self.features.feature_info.channels()[-1]
         self.stride = self.features.feature_info.reduction()[-1]
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=False)
@@ -134,9 +81,7 @@ class ResNetStem(nn.Sequential):
 
     def __init__(self, backbone: str, backbone_kwargs: Mapping[str, Any] | None = None, pretrained: str = "",
                  stride: int = 8):
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(backbone_kwargs or {}).items()}
-        features = timm.create_model(backbone, features_only=True, **_pretrained_kwargs(pretrained, True), **kwargs)
-        init_backbone(features, pretrained, "cnn", backbone, backbone_shape("cnn", kwargs))
+        features = create_backbone(backbone, pretrained, features_only=True, **dict(backbone_kwargs or {}))
         reductions = features.feature_info.reduction()
         if stride not in reductions:
             raise ValueError(f"a {backbone} stem has output strides {reductions}, not {stride}")
@@ -199,9 +144,7 @@ class ViTCAM(nn.Module):
             kwargs["embed_layer"] = partial(HybridEmbed, backbone=module,
                                             feature_size=img_size // self.stem_stride)
             kwargs["embed_dim"] = embed_dim
-        self.vit = timm.create_model(backbone, **_pretrained_kwargs(pretrained, True), **kwargs)
-        init_backbone(self.vit, pretrained, "vit", backbone,
-                      backbone_shape("vit", backbone_kwargs, patch_size, stem_widths))
+        self.vit = create_backbone(backbone, pretrained, **kwargs)
         self.pool = pool
         self.num_prefix = self.vit.num_prefix_tokens
         ps = self.vit.patch_embed.patch_size

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import Registry
-from .classifiers import _pretrained_kwargs, backbone_shape, init_backbone
+from .backbone import create_backbone
 
 HeadBuilder = Callable[[int, int, Sequence[int], int, float], nn.Module]
 SEG_HEADS: Registry[HeadBuilder] = Registry("segmentation head")
@@ -58,11 +57,8 @@ class DeepLab(nn.Module):
         build_head = SEG_HEADS.get(head)  # an unknown head lists the known ones
         if not rates:
             raise ValueError("rates must name at least one dilation rate")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (backbone_kwargs or {}).items()}
-        self.backbone = timm.create_model(backbone, features_only=True, out_indices=(-1,),
-                                          output_stride=output_stride, **_pretrained_kwargs(pretrained, True),
-                                          **kwargs)
-        init_backbone(self.backbone, pretrained, "cnn", backbone, backbone_shape("cnn", kwargs))
+        self.backbone = create_backbone(backbone, pretrained, features_only=True, out_indices=(-1,),
+                                        output_stride=output_stride, **(backbone_kwargs or {}))
         channels = self.backbone.feature_info.channels()[-1]
         self.stride = self.backbone.feature_info.reduction()[-1]
         self.head_kind = head

@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import Registry
-from .classifiers import _pretrained_kwargs
+from .backbone import create_backbone
 
 
 
@@ -65,7 +64,7 @@ class TimmEncoder(nn.Module):
         # pretrained: "" | "timm" | a weights file, as the classifiers'. timm adapts the first
         # convolution to ``in_channels`` (summing the RGB filters for one channel); the official
         # network/encdec.py instead leaves its one-channel first convolution at random.
-        self.body = timm.create_model(name, features_only=True, in_chans=in_channels, **_pretrained_kwargs(pretrained))
+        self.body = create_backbone(name, pretrained, features_only=True, in_chans=in_channels)
         self.levels = list(range(len(self.body.feature_info)))[-3:]
         self.channels = [self.body.feature_info.channels()[i] for i in self.levels]
 

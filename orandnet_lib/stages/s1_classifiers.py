@@ -341,8 +341,14 @@ def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
     optional = {"img_size": spec.crop_size, "patch_size": spec.patch_size, "stem_widths": spec.stem_widths,
                 "pool": spec.pool, "stem": dict(spec.stem)}
     wanted = CLASSIFIER_KINDS.entry(spec.kind).attrs.get("spec_kwargs", ())
-    kwargs: dict[str, Any] = {"backbone": spec.backbone, "pretrained": spec.pretrained,
+    # a recipe's name becomes its cached file here (trained once per machine): constructors only load
+    kwargs: dict[str, Any] = {"backbone": spec.backbone,
+                              "pretrained": pretrain.resolve(spec.pretrained, spec.kind, spec.backbone, spec.shape()),
                               **{k: optional[k] for k in wanted}}
+    if kwargs.get("stem"):
+        stem = kwargs["stem"]
+        stem["pretrained"] = pretrain.resolve(stem.get("pretrained", ""), "cnn", stem["backbone"],
+                                              backbone_shape("cnn", stem.get("backbone_kwargs")))
     # timm's constructors want tuples where TOML and papermill give lists (channels, layers)
     kwargs["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.backbone_kwargs.items()}
     return create_classifier(spec.kind, num_classes, **kwargs)

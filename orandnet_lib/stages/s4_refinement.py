@@ -290,8 +290,10 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
     key (backbone, thresholds, CRF, radius, training config, data, source store, seed), so a
     changed setting trains a new network instead of resuming another."""
     key = inputs.keys[f"boundary_net:{source}"]
+    weights = pretrain.resolve(p.boundary_pretrained, "cnn", p.boundary_backbone, backbone_shape("cnn", backbone_kwargs(p)),
+                               progress=progress)
     torch.manual_seed(p.seed)
-    net = BoundaryNet(p.boundary_backbone, p.boundary_pretrained, backbone_kwargs=backbone_kwargs(p),
+    net = BoundaryNet(p.boundary_backbone, weights, backbone_kwargs=backbone_kwargs(p),
                       freeze_backbone=p.boundary_freeze_backbone, input_scale=p.image_scale)
     start = time.perf_counter()
     th = inputs.thresholds[source]
