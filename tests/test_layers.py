@@ -113,3 +113,26 @@ def test_the_walk_sees_an_upward_import_inside_a_function(tmp_path):
     (root / "stages" / "s2.py").write_text("from . import s1\n")
     assert violations(root) == ["orandnet_lib/core/store.py:5 imports orandnet_lib.book.plots (core < book)",
                                 "orandnet_lib/stages/s2.py:1 imports orandnet_lib.stages.s1 (one stage imports another)"]
+
+
+def test_the_package_declares_what_it_imports_and_reads():
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    declared = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["project"]["dependencies"]}
+    distribution = {"PIL": "pillow", "skimage": "scikit-image", "pydensecrf": "pydensecrf2", "yaml": "pyyaml",
+                    "jupyter_client": "jupyter-client"}
+    stdlib = set(__import__("sys").stdlib_module_names)
+    imported = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            imported |= {n.split(".")[0] for n in names}
+    third_party = {distribution.get(m, m).lower() for m in imported - stdlib - {"orandnet_lib"}}
+    # declared but not imported by name: timm's own need, and what papermill runs the notebooks with
+    run_time_only = {"torchvision", "ipykernel", "nbclient"}
+    assert third_party == declared - run_time_only, (sorted(third_party - declared), sorted(declared - third_party))
+    data = project["tool"]["setuptools"]["package-data"]["orandnet_lib.book"]
+    read = {"profiles/*.toml", "calibration.json"}
+    assert read <= set(data)
