@@ -14,7 +14,7 @@ from .core.errors import OrandnetError, StageFailed
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="smoke",
-                   help="smoke | default | paper, or a .toml profile file (default: smoke)")
+                   help=f"{' | '.join(profiles.PROFILE_NAMES)}, or a .toml profile file (default: smoke)")
     p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override: seed=1, generator.n_train=500, 00_dataset.n_examples=4 (repeatable)")
 
@@ -104,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             from .book.runner import Runner, depends_on, notebook_parameters
 
             runner = Runner(args.profile, overrides=args.overrides)
+            data_root = profiles.data_root(runner.profile)
+            print(f"profile {runner.profile['name']}: data {profiles.display_path(data_root)}, "
+                  f"run folder {profiles.display_path(runner.run_dir)}")
             for stage in runner.stages:
                 params = notebook_parameters(runner.notebook_dir / f"{stage}.ipynb")
-                params.update(runner.profile["stages"].get(stage, {}))
+                params.update(runner.params_for(stage, data_root))  # what a run of this profile passes
+                params["data_root"], params["run_dir"] = (profiles.display_path(params["data_root"]),
+                                                          profiles.display_path(params["run_dir"]))
                 deps = ", ".join(depends_on(stage, runner.stages)) or "data"
                 print(f"{stage}  (reads: {deps})")
                 for name, value in params.items():
@@ -114,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except OrandnetError as e:
         print(f"orandnet: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, StageFailed) else 2
+    except BrokenPipeError:  # the output piped into head or a pager that closed it: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("orandnet: interrupted; stages that did not finish are not marked complete", file=sys.stderr)
         return 130

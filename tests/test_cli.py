@@ -23,3 +23,26 @@ def test_cli_project_option(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--project", str(REPO), "stages", "--profile", "smoke"]) == 0
     assert "01_classifiers_and_cams" in capsys.readouterr().out
+
+
+def test_the_listing_shows_the_profile_it_lists_and_the_help_every_profile(capsys):
+    assert cli.main(["stages", "--profile", "default"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "profile default: data data/embedded-default, run folder runs/default"
+    assert "    profile = 'default'" in out and "    profile = 'smoke'" not in out
+    assert "    cnn_pretrained = 'aux-broad'" in out  # the profile's value, not the notebook's default
+    assert set(profiles.PROFILE_NAMES) == {p.stem for p in (REPO / "orandnet_lib/book/profiles").glob("*.toml")}
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert all(name in " ".join(helptext.split()) for name in profiles.PROFILE_NAMES)
+
+
+def test_a_command_writes_nothing_on_stderr():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "orandnet_lib.cli", "stages", "--profile", "default"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and proc.stderr == "" and "06_precision_vs_miou" in proc.stdout
+    head = subprocess.run(f"{sys.executable} -m orandnet_lib.cli stages --profile default | head -n 1", shell=True,
+                          capture_output=True, text=True, cwd=REPO)
+    assert head.stdout.startswith("profile default") and "Traceback" not in head.stderr

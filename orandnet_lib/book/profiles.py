@@ -23,7 +23,15 @@ from ..data import synth
 from ..core.errors import ConfigError
 from ..data.voc import check_layout
 
-PROFILE_NAMES = ("smoke", "default", "extended", "paper")
+def _profile_names() -> tuple[str, ...]:
+    """The built-in profiles: every .toml in the profiles folder, smallest first as the README lists them."""
+    found = {p.name.removesuffix(".toml") for p in resources.files("orandnet_lib.book").joinpath("profiles").iterdir()
+             if p.name.endswith(".toml")}
+    order = ("smoke", "default", "extended", "paper")
+    return tuple(sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)))
+
+
+PROFILE_NAMES = _profile_names()
 
 
 def load_profile(name: str) -> dict[str, Any]:
