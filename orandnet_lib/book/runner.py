@@ -36,7 +36,7 @@ from typing import Any
 from .. import __version__
 from . import profiles
 from ..core import progress
-from ..core import store
+from ..core import runlock, store
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, StageFailed
 from .stage import METRICS_FILE, replicate_dir
@@ -470,9 +470,12 @@ class Runner:
         # Check every parameter of every stage before the first runs (or data is generated).
         for stage in selected:
             check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
+        with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"):
+            return self._run_locked(selected, force, quiet_experiment)
+
+    def _run_locked(self, selected: list[str], force: bool, quiet_experiment: bool) -> RunResult:
         data_root = profiles.prepare_data(self.profile, self.data_override, progress=self.progress)
         data_fp = data_fingerprint(data_root)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         executed, skipped = [], []
         if not self.publishes and not quiet_experiment:
             self.log(f"(an experiment in {self.run_dir}: the book's chapters in {self.book_dir} are left as they are; "

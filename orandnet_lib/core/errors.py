@@ -17,3 +17,7 @@ class ConfigError(OrandnetError, ValueError):
 
 class StageFailed(OrandnetError, RuntimeError):
     """A stage notebook raised; its executed copy holds the traceback."""
+
+
+class RunLocked(OrandnetError, RuntimeError):
+    """Another live run is writing the same run folder."""
