@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--all", action="store_true", help="list every result, also those that did not change")
     compare.add_argument("--out", help="also write the comparison as a Markdown page here (e.g. book/generated/compare.md)")
 
+    status = sub.add_parser("status", help="which stages of a run folder are complete, which are stale, and "
+                                           "how long each took")
+    status.add_argument("run_dir", nargs="?", help="the run folder (default: runs/<profile>/)")
+    _add_common(status)
+    status.add_argument("--data-root", help="the VOC-layout folder the run read instead of the profile's data")
+
     pages = sub.add_parser("pages", help="write the book's generated pages (results, parameters)")
     pages.add_argument("--profile", default="smoke", help="the run whose summary.json feeds the results page")
     pages.add_argument("--compare", metavar="RUN", help="also render what differs between the book's run and this "
@@ -100,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_pages(profiles.project_root(), profiles.load_profile(args.profile)["name"],
                                     compare=args.compare):
                 print(f"wrote {path}")
+        elif args.command == "status":
+            from .book.runner import Runner, format_status
+
+            runner = Runner(args.profile, overrides=args.overrides, data_root=args.data_root, run_dir=args.run_dir)
+            print(format_status(runner))
         elif args.command == "stages":
             from .book.runner import Runner, depends_on, notebook_parameters
 

@@ -139,3 +139,25 @@ def test_a_replicate_runs_the_upstream_stages_with_its_own_seed_on_the_same_data
     with pytest.raises(ConfigError, match="replicates must be a positive integer"):
         from orandnet_lib.book.profiles import apply_overrides
         apply_overrides(profile, ["replicates=0"])
+
+
+def test_status_names_complete_stale_and_missing_stages_without_running_any(project, capsys):
+    from orandnet_lib import cli
+    from orandnet_lib.book.runner import format_status
+
+    fresh = {r["stage"]: r["state"] for r in _runner(project).status()}
+    assert fresh == {"00_first": "not run", "01_second": "not run"}
+    _runner(project).run()
+    rows = {r["stage"]: r for r in _runner(project).status()}
+    assert [r["state"] for r in rows.values()] == ["complete", "complete"]
+    assert rows["00_first"]["wall_time_s"] > 0 and rows["00_first"]["started_at"]
+    changed = {r["stage"]: r for r in _runner(project, ["00_first.x=2"]).status()}
+    assert changed["00_first"]["state"] == "stale" and changed["00_first"]["why"] == "parameters changed: x"
+    # stage 1's own record still matches: what it read is what is on disk until stage 0 runs again
+    assert changed["01_second"]["state"] == "complete"
+    _runner(project, ["00_first.x=2"]).run(only="00_first")
+    after = {r["stage"]: r for r in _runner(project, ["00_first.x=2"]).status()}
+    assert after["01_second"]["state"] == "stale" and after["01_second"]["why"].startswith("re-run upstream")
+    text = format_status(_runner(project, ["00_first.x=2"]))
+    assert "00_first" in text and "1 of 2 stages complete" in text
+    assert not list((project[0] / "runs").glob("*/*.tmp*")), "status writes nothing"

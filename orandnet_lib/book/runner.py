@@ -204,6 +204,7 @@ class StagePlan:
     params: dict[str, Any]
     inputs: dict[str, str]
     fingerprint: str
+    notebook_sha256: str = ""  # the notebook as planned (it may be edited while the stage runs)
 
 
 @dataclass
@@ -282,8 +283,9 @@ class Runner:
                 inputs[f"replicate {r}"] = h
         # The data path is where the data is, not what it is: the data fingerprint covers content.
         hashed = {k: v for k, v in params.items() if k not in ("data_root", "run_dir")}
-        fingerprint = store.hash_obj({"params": hashed, "inputs": inputs, "notebook": store.hash_file(notebook)})
-        return StagePlan(stage, notebook, params, inputs, fingerprint)
+        notebook_sha = store.hash_file(notebook)
+        fingerprint = store.hash_obj({"params": hashed, "inputs": inputs, "notebook": notebook_sha})
+        return StagePlan(stage, notebook, params, inputs, fingerprint, notebook_sha)
 
     def is_current(self, plan: StagePlan) -> bool:
         manifest = store.read_manifest(self.stage_dir(plan.name))
@@ -334,8 +336,9 @@ class Runner:
             "fingerprint": plan.fingerprint,
             "params": plan.params,
             "inputs": plan.inputs,
-            "notebook_sha256": store.hash_file(plan.notebook),
+            "notebook_sha256": plan.notebook_sha256 or store.hash_file(plan.notebook),
             "versions": versions(),
+            "commit": _commit(self.root),
             "seed": plan.params["seed"],
             "started_at": started_at,
             "wall_time_s": round(wall, 3),
@@ -455,6 +458,49 @@ class Runner:
         store.write_json(self.run_dir / SUMMARY_FILE, summary)
         return summary
 
+    def status(self) -> list[dict[str, Any]]:
+        """Per stage of this run folder: its state ("complete", "stale" with why, "not run",
+        "failed"), its wall time and when it started, against today's parameters and notebooks;
+        nothing is run or generated. ``code`` names the commit a stage ran at when it differs
+        from the checkout's (a code change does not make a stage stale: its artifacts' keys decide)."""
+        data_root = profiles.data_root(self.profile, self.data_override)
+        data_fp = data_fingerprint(data_root) if data_root.exists() else "missing"
+        now = _commit(self.root)
+        rows = []
+        for stage in self.stages:
+            out = self.stage_dir(stage)
+            manifest = store.read_manifest(out)
+            row: dict[str, Any] = {"stage": stage, "state": "not run", "why": "", "wall_time_s": None,
+                                   "started_at": None, "code": ""}
+            if manifest is None:
+                if (out / f"{stage}.failed.ipynb").exists():
+                    row.update(state="failed", why=f"see {profiles.display_path(out / f'{stage}.failed.ipynb')}")
+                rows.append(row)
+                continue
+            row.update(wall_time_s=manifest.get("wall_time_s"), started_at=manifest.get("started_at"))
+            if manifest.get("commit") and manifest["commit"] != now:
+                row["code"] = f"ran at {manifest['commit']}, checkout at {now}"
+            try:
+                plan = self.plan(stage, data_root, data_fp)
+            except ConfigError as e:
+                row.update(state="stale", why=str(e))
+                rows.append(row)
+                continue
+            if self.is_current(plan):
+                row["state"] = "complete"
+            else:
+                old = manifest.get("params", {})
+                changed = sorted(k for k in set(old) | set(plan.params) if k not in ("data_root", "run_dir")
+                                 and old.get(k) != plan.params.get(k))
+                upstream = sorted(k for k, v in plan.inputs.items() if manifest.get("inputs", {}).get(k) != v)
+                why = ("parameters changed: " + ", ".join(changed) if changed else
+                       "re-run upstream or changed data: " + ", ".join(upstream) if upstream else
+                       "its executed notebook is missing" if not (out / f"{stage}.ipynb").exists() else
+                       "its notebook changed")
+                row.update(state="stale", why=why)
+            rows.append(row)
+        return rows
+
     def run(self, only: str | None = None, start_from: str | None = None, force: bool = False,
             quiet_experiment: bool = False) -> RunResult:
         self._check_stage(only, "--only")
@@ -504,3 +550,20 @@ class Runner:
         store.write_json(self.run_dir / LAST_RUN_FILE, {"profile": self.profile["name"], "executed": executed,
                                                         "skipped": skipped, "finished_at": _now()})
         return RunResult(self.run_dir, executed, skipped, summary)
+
+
+def format_status(runner: Runner) -> str:
+    """``orandnet status``: one line per stage of the runner's folder."""
+    rows = runner.status()
+    lines = [f"{profiles.display_path(runner.run_dir)} (profile {runner.profile['name']})"]
+    holder = runlock.holder(runner.run_dir)
+    if holder is not None:
+        state = "stale lock" if runlock.is_stale(holder) else "running now"
+        lines.append(f"  {state}: process {holder.get('pid')} ({holder.get('what', '')}), started {holder.get('started')}")
+    for r in rows:
+        took = f"{r['wall_time_s']:8.1f} s" if r["wall_time_s"] is not None else f"{'-':>10}"
+        extra = "; ".join(x for x in (r["why"], r["code"]) if x)
+        lines.append(f"  {r['stage']:<28} {r['state']:<9} {took}  {r['started_at'] or ''}" + (f"  ({extra})" if extra else ""))
+    done = sum(r["state"] == "complete" for r in rows)
+    lines.append(f"{done} of {len(rows)} stages complete")
+    return "\n".join(lines)
