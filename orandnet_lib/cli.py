@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .book import profiles
 from .data import synth
-from .core.errors import OrandnetError, StageFailed
+from .core.errors import OrandnetError, RunInterrupted, StageFailed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -127,14 +127,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{stage}  (reads: {deps})")
                 for name, value in params.items():
                     print(f"    {name} = {value!r}")
+    except RunInterrupted as e:
+        print(f"orandnet: {e}", file=sys.stderr)
+        return 130
     except OrandnetError as e:
         print(f"orandnet: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, StageFailed) else 2
     except BrokenPipeError:  # the output piped into head or a pager that closed it: not an error
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("orandnet: interrupted; stages that did not finish are not marked complete", file=sys.stderr)
+    except KeyboardInterrupt as e:  # RunInterrupted says where; a bare one came before any stage ran
+        print(f"orandnet: {e}" if str(e) else "orandnet: interrupted before any stage ran", file=sys.stderr)
         return 130
     return 0
 

@@ -18,6 +18,7 @@ replicate's pseudo-masks and pairs its comparisons by replicate.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import atexit
 import functools
@@ -26,7 +27,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -38,10 +39,11 @@ from . import profiles
 from ..core import progress
 from ..core import runlock, store
 from ..data.fingerprint import data_fingerprint
-from ..core.errors import ConfigError, StageFailed
+from ..core.errors import ConfigError, RunInterrupted, StageFailed
 from .stage import METRICS_FILE, replicate_dir
 from .try_it import try_it
 
+KERNEL_LOG_ENV = "ORANDNET_KERNEL_LOG"  # where the runner's kernels write their process stderr
 SUMMARY_FILE = "summary.json"
 LAST_RUN_FILE = "last_run.json"  # the stages the latest `orandnet run` executed and skipped
 COMMON_PARAMETERS = ("profile", "data_root", "run_dir", "seed")
@@ -128,6 +130,16 @@ def _ipc_kernel_manager() -> type:
         transport = "ipc"
         ip = os.path.join(folder, "kernel")
 
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            # The kernel process's own stderr (its shutdown messages, a ZMQ traceback when a run is
+            # interrupted mid-reply) goes to the stage's kernel.log, not the user's terminal.
+            log = os.environ.get(KERNEL_LOG_ENV)
+            if not log:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(log, "ab") as stream:
+                kw["stderr"] = stream
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return IPCKernelManager
 
 
@@ -140,6 +152,43 @@ def _progress_target(stage_dir: Path) -> str:
         except (OSError, ValueError, AttributeError):
             continue
     return str(stage_dir / "progress.log")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (the kernels started in it inherit them)."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (timeout, a scheduler, CI) and SIGINT sent to this process stop a run as Ctrl-C
+    does: as KeyboardInterrupt, so the kernel is shut down and the stage left unmarked."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def discover_stages(notebook_dir: Path) -> list[str]:
@@ -302,29 +351,24 @@ class Runner:
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         executed = out_dir / f"{plan.name}.ipynb"
         failed = out_dir / f"{plan.name}.failed.ipynb"
-        # The kernel inherits this: its progress bars go to this terminal (or a log file), not into the notebook.
-        previous = os.environ.get(progress.ENV_VAR)
-        os.environ[progress.ENV_VAR] = f"file:{_progress_target(out_dir)}" if self.progress else "off"
+        # The kernel inherits these: its progress bars go to this terminal (or a log file), not into the
+        # notebook, and its process stderr to the stage's kernel.log.
+        kernel_env = {progress.ENV_VAR: f"file:{_progress_target(out_dir)}" if self.progress else "off",
+                      KERNEL_LOG_ENV: str(out_dir / "kernel.log")}
         started_at = _now()
         start = time.perf_counter()
-        try:
-            with store.atomic_path(executed) as tmp:
-                try:
-                    papermill.execute_notebook(
-                        str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
-                        cwd=str(self.notebook_dir), progress_bar=False, kernel_manager_class=_ipc_kernel_manager(),
-                    )
-                except PapermillExecutionError as e:
-                    shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
-                    raise StageFailed(
-                        f"stage {plan.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                        f"the executed notebook with the full traceback is {failed}"
-                    ) from None
-        finally:
-            if previous is None:
-                os.environ.pop(progress.ENV_VAR, None)
-            else:
-                os.environ[progress.ENV_VAR] = previous
+        with _environment(kernel_env), store.atomic_path(executed) as tmp:
+            try:
+                papermill.execute_notebook(
+                    str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",
+                    cwd=str(self.notebook_dir), progress_bar=False, kernel_manager_class=_ipc_kernel_manager(),
+                )
+            except PapermillExecutionError as e:
+                shutil.copyfile(tmp, failed)  # papermill saved the notebook with the error in it
+                raise StageFailed(
+                    f"stage {plan.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                    f"the executed notebook with the full traceback is {failed}"
+                ) from None
         failed.unlink(missing_ok=True)
         wall = time.perf_counter() - start
         if not (out_dir / METRICS_FILE).exists():
@@ -516,7 +560,7 @@ class Runner:
         # Check every parameter of every stage before the first runs (or data is generated).
         for stage in selected:
             check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
-        with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"):
+        with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"), _terminate_as_interrupt():
             return self._run_locked(selected, force, quiet_experiment)
 
     def _run_locked(self, selected: list[str], force: bool, quiet_experiment: bool) -> RunResult:
@@ -537,6 +581,10 @@ class Runner:
                 self.log(f"[{stage}] running ...")
                 try:
                     self.execute(plan)
+                except RunInterrupted:
+                    raise
+                except KeyboardInterrupt:
+                    raise RunInterrupted(stage, executed) from None
                 finally:
                     self.write_summary()
                 manifest = store.read_manifest(self.stage_dir(stage)) or {}
