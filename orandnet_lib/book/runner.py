@@ -41,6 +41,7 @@ from ..core import runlock, store
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, RunInterrupted, StageFailed
 from .stage import METRICS_FILE, replicate_dir
+from .status_line import StatusLine
 from .try_it import try_it
 
 KERNEL_LOG_ENV = "ORANDNET_KERNEL_LOG"  # where the runner's kernels write their process stderr
@@ -141,17 +142,6 @@ def _ipc_kernel_manager() -> type:
                 await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return IPCKernelManager
-
-
-def _progress_target(stage_dir: Path) -> str:
-    """This process's terminal when it has one, else ``<stage>/progress.log``."""
-    for stream in (sys.stderr, sys.stdout):
-        try:
-            if stream.isatty():
-                return os.ttyname(stream.fileno())
-        except (OSError, ValueError, AttributeError):
-            continue
-    return str(stage_dir / "progress.log")
 
 
 @contextlib.contextmanager
@@ -347,17 +337,23 @@ class Runner:
 
         out_dir = self.stage_dir(plan.name)
         out_dir.mkdir(parents=True, exist_ok=True)
+        last_time = (store.read_manifest(out_dir) or {}).get("wall_time_s")  # for the status line's estimate
         (out_dir / store.MANIFEST).unlink(missing_ok=True)  # incomplete until it finishes
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         executed = out_dir / f"{plan.name}.ipynb"
         failed = out_dir / f"{plan.name}.failed.ipynb"
-        # The kernel inherits these: its progress bars go to this terminal (or a log file), not into the
-        # notebook, and its process stderr to the stage's kernel.log.
-        kernel_env = {progress.ENV_VAR: f"file:{_progress_target(out_dir)}" if self.progress else "off",
+        # The kernel inherits these: its progress bars go to the stage's progress.log (one line per update),
+        # not into the notebook, and its process stderr to the stage's kernel.log. The status line shows
+        # the latest bar in the terminal.
+        progress_log = out_dir / "progress.log"
+        progress_log.unlink(missing_ok=True)
+        kernel_env = {progress.ENV_VAR: f"file:{progress_log}" if self.progress else "off",
                       KERNEL_LOG_ENV: str(out_dir / "kernel.log")}
+        status = (StatusLine(plan.name, progress_log, last_time, sys.stderr) if self.progress
+                  else contextlib.nullcontext())
         started_at = _now()
         start = time.perf_counter()
-        with _environment(kernel_env), store.atomic_path(executed) as tmp:
+        with _environment(kernel_env), store.atomic_path(executed) as tmp, status:
             try:
                 papermill.execute_notebook(
                     str(plan.notebook), str(tmp), parameters=plan.params, kernel_name="python3",

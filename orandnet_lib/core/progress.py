@@ -3,8 +3,8 @@
 Under the runner a notebook's kernel must not print its bars into the notebook (the book
 would render hundreds of bar updates), so the runner sets ``ORANDNET_PROGRESS``:
 
-- ``file:<path>``: text bars appended to that file: the runner's terminal (``/dev/tty...``)
-  when it has one, else the stage's ``progress.log``;
+- ``file:<path>``: text bars appended to that file (the stage's ``progress.log``, one line per
+  update; the runner's status line shows the latest in the terminal);
 - ``off``: no bars;
 - unset: ``tqdm.auto`` (a widget in Jupyter, text in a terminal).
 """
