@@ -250,9 +250,32 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     return out
 
 
-def bench_bf16_training(rng: np.random.Generator) -> list[dict[str, Any]]:
+def matmul_peaks(n: int = 2048) -> dict[str, float]:
+    """The machine's reference: GFLOP/s of one n x n matrix product in fp32 and in bf16, the
+    most a training step's matrix work could reach on these threads."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        out[name] = 2 * n**3 / timed(lambda: a @ b, repeats=3) / 1e9
+    return out
+
+
+def step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> float:
+    """FLOPs of one forward and backward pass (``torch.utils.flop_counter``: matrix products and
+    convolutions, which is where a step's arithmetic is)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss_fn().float().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """One training step (forward, backward, AdamW) of each network in fp32 and under CPU
-    bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px."""
+    bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px; with ``peaks``
+    (:func:`matmul_peaks`), each step's counted GFLOP, its achieved GFLOP/s and their fractions
+    of the fp32 and bf16 matrix-product peaks."""
     rows = []
     for name, (model, loss_fn, images) in _training_kernels(rng).items():
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
@@ -273,8 +296,15 @@ def bench_bf16_training(rng: np.random.Generator) -> list[dict[str, Any]]:
         assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 1e-3, f"{name}: bf16 loss {loss16} vs fp32 {loss32}"
         fp32 = timed(lambda: step(False), repeats=2)
         bf16 = timed(lambda: step(True), repeats=2)
+        extra: dict[str, Any] = {}
+        if peaks:
+            flops = step_flops(model, loss_fn)
+            extra = {"gflop_per_step": flops / 1e9, "gflops_fp32": flops / fp32 / 1e9, "gflops_bf16": flops / bf16 / 1e9,
+                     "fraction_of_fp32_peak_fp32": flops / fp32 / 1e9 / peaks["fp32"],
+                     "fraction_of_bf16_peak_bf16": flops / bf16 / 1e9 / peaks["bf16"],
+                     "fraction_of_bf16_peak_fp32": flops / fp32 / 1e9 / peaks["bf16"]}
         rows.append(_row(f"{name} training step, batch 32 at 96 px (bf16 autocast vs fp32)", "images/s",
-                         bf16, fp32, images, loss_fp32=loss32, loss_bf16=loss16))
+                         bf16, fp32, images, loss_fp32=loss32, loss_bf16=loss16, **extra))
     return rows
 
 
@@ -349,14 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     kernels: list[dict[str, Any]] = []
+    peaks = matmul_peaks()
+    print(f"  matrix-product peaks: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", file=sys.stderr)
+
+    def bench_training_steps(r: np.random.Generator) -> list[dict[str, Any]]:
+        return bench_bf16_training(r, peaks)
+
     for fn in (bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
-               bench_segmentation_training, bench_bf16_training):
+               bench_segmentation_training, bench_training_steps):
         res = fn(rng)
         kernels += res if isinstance(res, list) else [res]
         print(f"  measured {fn.__name__[6:]}", file=sys.stderr)
     scaling = bench_cam_scaling(rng)
     results: dict[str, Any] = {
-        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "matmul_gflops": peaks},
         "stages": stage_table(args.profile), "kernels": kernels, "cam_scaling": scaling,
         "transfer": transfer(args.profile, Path(args.heldout_run)),
     }
@@ -387,6 +424,17 @@ def format_table(results: dict[str, Any]) -> str:
         naive = f"{k['naive_value']:10.1f}" if "naive_value" in k else f"{'-':>10}"
         ratio = f"{k['speedup']:7.1f}" if "speedup" in k else f"{'-':>7}"
         lines.append(f"{k['kernel']:<72} {k['value']:10.1f} {naive} {ratio}  {k['unit']}")
+    steps = [k for k in results["kernels"] if "gflop_per_step" in k]
+    if steps:
+        peaks = results.get("machine", {}).get("matmul_gflops", {})
+        lines += ["", f"training steps against the machine (2048^2 matrix product: fp32 {peaks.get('fp32', 0):.0f}, "
+                      f"bf16 {peaks.get('bf16', 0):.0f} GFLOP/s)",
+                  f"  {'network':<16} {'GFLOP/step':>10} {'fp32 GFLOP/s':>13} {'bf16 GFLOP/s':>13} "
+                  f"{'fp32/fp32 peak':>15} {'bf16/bf16 peak':>15}"]
+        for k in steps:
+            lines.append(f"  {k['kernel'].split(' training step')[0]:<16} {k['gflop_per_step']:10.1f} "
+                         f"{k['gflops_fp32']:13.0f} {k['gflops_bf16']:13.0f} {k['fraction_of_fp32_peak_fp32']:15.2f} "
+                         f"{k['fraction_of_bf16_peak_bf16']:15.2f}")
     lines += ["", "CAM inference by image size:"]
     lines += [f"  {r['pixels']:>7} px^2  {r['value']:8.1f} ms  {r['ns_per_pixel']:6.1f} ns/pixel" for r in results["cam_scaling"]]
     tr = results.get("transfer", {})

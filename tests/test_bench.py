@@ -49,3 +49,25 @@ def test_transfer_section_reads_both_runs_and_lists_each_pretraining(tmp_path, m
                                     "seconds": 384.0}]
     text = bench.format_table({"stages": [], "kernels": [], "cam_scaling": [], "transfer": out})
     assert "operating point (issue 24 targets)" in text and "broad" in text and "384 s" in text
+
+
+def test_step_flops_counts_forward_and_backward_products():
+    import torch
+
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)  # no gradient for the input: backward computes the weight's only
+    flops = bench.step_flops(layer, lambda: layer(x).sum())
+    assert flops == 2 * 5 * 4 * 3 + 2 * 5 * 4 * 3  # forward x W^T, backward grad^T x
+    assert layer.weight.grad is None, "the counting pass leaves no gradient behind"
+
+
+def test_the_training_table_sets_each_step_against_the_peaks():
+    text = bench.format_table({"stages": [], "kernels": [
+        {"kernel": "CNN classifier training step, batch 32 at 96 px (bf16 autocast vs fp32)", "unit": "images/s",
+         "value": 512.0, "naive_value": 320.0, "speedup": 1.6, "gflop_per_step": 15.6, "gflops_fp32": 156.0,
+         "gflops_bf16": 249.6, "fraction_of_fp32_peak_fp32": 0.5, "fraction_of_bf16_peak_bf16": 0.125,
+         "fraction_of_bf16_peak_fp32": 0.078}], "cam_scaling": [],
+        "machine": {"matmul_gflops": {"fp32": 312.0, "bf16": 1996.8}}})
+    row = next(line for line in text.splitlines() if line.strip().startswith("CNN classifier ") and "15.6" in line)
+    assert row.split()[-5:] == ["15.6", "156", "250", "0.50", "0.12"]
+    assert "fp32 312, bf16 1997 GFLOP/s" in text
