@@ -74,3 +74,42 @@ def test_downsample_labels_takes_cell_centres():
     labels = np.arange(36).reshape(6, 6)
     assert downsample_labels(labels, 4).tolist() == [[14, 17], [32, 35]]
     assert downsample_labels(labels, 2).shape == (3, 3)
+
+
+def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
+    """The feature cache (stage 4's feature_cache) gives the head the features the frozen backbone
+    gives each image and flip, so the loss of a step equals the loss on the images."""
+    import numpy as np
+    import torch
+
+    from orandnet_lib.data.voc import VOCDataset
+    from orandnet_lib.methods import pseudo
+    from orandnet_lib.methods.cams import CamStoreWriter, CamStore
+    from orandnet_lib.nets.boundary import BoundaryNet
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(0)
+    with CamStoreWriter(tiny_voc.parent / "cams", {"split": "train"}) as w:
+        for i in ds.ids:
+            h, w_ = ds.load_image(i).shape[:2]
+            w.add(i, rng.random((2, h, w_)).astype(np.float32), np.array([0, 1]))
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)},
+                      freeze_backbone=True, input_scale=2).train()
+    base = pseudo.BoundarySet(CamStore(tiny_voc.parent / "cams"), ds, net.stride, 0.3, 0.05, use_crf=False,
+                              progress=False, workers=1)
+    cached = pseudo.FrozenFeatures(base, net, progress=False)
+    assert net.training and not net.features.training, "the cache leaves the net's modes as they were"
+    for epoch in (0, 1, 2):
+        cached.set_epoch(epoch)
+        for index in range(len(base)):
+            (image, labels), (feats, labels_cached) = base[index], cached[index]
+            assert torch.equal(labels, labels_cached)
+            with torch.no_grad():
+                direct = net(image[None])
+                from_cache = net.head_from([f[None] for f in feats])
+            torch.testing.assert_close(from_cache, direct, rtol=1e-5, atol=1e-6)
+    assert cached.nbytes() == 2 * sum(f.numel() * 4 for f in cached[0][0]) * len(base)
+    images = pseudo.boundary_loss(5)(net, base.collate([base[i] for i in range(len(base))]))[0]
+    feats = pseudo.boundary_loss_from_features(5)(net, torch.utils.data.default_collate([cached[i] for i in range(len(base))]))[0]
+    torch.testing.assert_close(feats, images, rtol=1e-5, atol=1e-6)

@@ -57,9 +57,16 @@ class BoundaryNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_from(self.backbone_features(x))
+
+    def backbone_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's four feature levels of an image batch (enlarged by ``input_scale``)."""
         if self.input_scale != 1:
             x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
-        feats = self.features(x)
+        return self.features(x)
+
+    def head_from(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The boundary map from :meth:`backbone_features` (all that trains when the backbone is frozen)."""
         size = feats[0].shape[-2:]
         fused = [F.interpolate(s(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else s(f)
                  for s, f in zip(self.squeeze, feats)]

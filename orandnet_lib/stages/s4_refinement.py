@@ -83,6 +83,7 @@ class Params:
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
     boundary_pretrained: str = ""
     boundary_freeze_backbone: bool = False  # IRN's: the pretrained backbone is not trained, BatchNorm frozen
+    feature_cache: bool = True  # a frozen backbone's features computed once per image and flip, not every epoch
     image_scale: int = 1  # the relation net sees images enlarged by this; its grid (and the walk's) has stride 4 / scale
     epochs: int = 4
     batch_size: int = 32
@@ -209,6 +210,8 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
             "freeze_backbone": p.boundary_freeze_backbone, "image_scale": p.image_scale, "fg_threshold": p.fg_threshold,
             "bg_threshold": p.bg_threshold, **_rule_spec(p),
             "use_crf": p.use_crf, "radius": p.radius, "train": spec_dict(learning_config(config_from(p)))}
+    if uses_feature_cache(p):  # the features come from other batches: the same values to rounding, a new key
+        spec["feature_cache"] = True
     keys = {f"boundary_net:{src}": ArtifactKey("boundary_net", spec, data=data[p.train_split],
                                                upstream={"cams": upstream[f"cams:{src}_{p.train_split}"]}, seed=p.seed)
             for src in boundary_sources(p)}
@@ -284,6 +287,11 @@ class RelationNet:
     checkpoint: Path
 
 
+def uses_feature_cache(p: Params) -> bool:
+    """Frozen backbone features are cached only where they are frozen (IRN's setting)."""
+    return p.feature_cache and p.boundary_freeze_backbone
+
+
 def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, progress: bool = True) -> RelationNet:
     """Confident labels of ``source``'s CAMs, then a relation network trained on them with
     the one training loop. Its checkpoint is named and checked by the ``boundary_net:<source>``
@@ -301,7 +309,12 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
                                 th.bg, p.use_crf, p.seed, progress=progress, workers=p.workers)
     label_seconds = time.perf_counter() - start
     checkpoint = key.path(out_dir, "boundary")
-    history = fit(net, labels, pseudo.boundary_loss(p.radius), config_from(p), checkpoint=checkpoint, identity=key,
+    data: Any = labels
+    loss = pseudo.boundary_loss(p.radius)
+    if uses_feature_cache(p):
+        data = pseudo.FrozenFeatures(labels, net, bf16=p.bf16, batch_size=p.batch_size, progress=progress)
+        loss = pseudo.boundary_loss_from_features(p.radius)
+    history = fit(net, data, loss, config_from(p), checkpoint=checkpoint, identity=key,
                   desc=f"training the relation network ({source})", progress=progress)
     return RelationNet(source, net, history, labels, label_seconds, checkpoint)
 
