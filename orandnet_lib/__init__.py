@@ -1,6 +1,7 @@
 """orandnet_lib: the tested library behind the ORANDNet companion book.
 
-The folders follow the pipeline, data in to book out:
+The folders follow the pipeline, data in to book out; each imports only the layers below it
+(core < data < nets < methods < book < stages; tests/test_layers.py holds it):
 
 - ``data/``     the one data path: VOC-layout reader/writer, the embedded benchmark, dataset statistics
 - ``nets/``     networks: CAM classifiers, ORANDNet's encoder-decoder, IRN's boundary net, DeepLab

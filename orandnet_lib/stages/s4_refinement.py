@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import store as files
+from ..core import store
 from ..core.identity import ArtifactKey, spec_dict
 from ..core.metrics import ConfusionMatrix, SweepResult, cam_to_mask
 from ..core.parallel import default_workers
@@ -337,7 +337,7 @@ class Boundaries:
 
 
 def _save_maps(path: Path, maps: Mapping[str, np.ndarray]) -> None:
-    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{i: m.astype(np.float16) for i, m in maps.items()})
 
 
