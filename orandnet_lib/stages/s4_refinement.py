@@ -83,7 +83,7 @@ class Params:
     boundary_backbone_kwargs: dict[str, Any] = field(default_factory=_default_backbone_kwargs)
     boundary_pretrained: str = ""
     boundary_freeze_backbone: bool = False  # IRN's: the pretrained backbone is not trained, BatchNorm frozen
-    feature_cache: bool = True  # a frozen backbone's features computed once per image and flip, not every epoch
+    feature_cache: bool = False  # a frozen backbone's features computed once per image and flip, not every epoch
     image_scale: int = 1  # the relation net sees images enlarged by this; its grid (and the walk's) has stride 4 / scale
     epochs: int = 4
     batch_size: int = 32
