@@ -347,7 +347,9 @@ def transfer(profile: str, heldout_run: Path) -> dict[str, Any]:
         pretrainings.append({"file": path.name, "catalogue": recipe.get("catalogue", "fashion-mnist"),
                              "exclude": recipe.get("exclude", []), "val_accuracy": info["val_accuracy"],
                              "seconds": info["seconds"]})
-    return {"runs": {label: str(path.parent) for label, path in runs.items() if label in summaries},
+    from .core.paths import display_path
+
+    return {"runs": {label: display_path(path.parent, ROOT) for label, path in runs.items() if label in summaries},
             "rows": transfer_rows(summaries) if summaries else [], "pretrainings": pretrainings}
 
 
