@@ -556,11 +556,12 @@ class Runner:
         # Check every parameter of every stage before the first runs (or data is generated).
         for stage in selected:
             check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
-        with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"), _terminate_as_interrupt():
-            return self._run_locked(selected, force, quiet_experiment)
-
-    def _run_locked(self, selected: list[str], force: bool, quiet_experiment: bool) -> RunResult:
+        # The data first: a run that cannot start (a missing folder, a bad layout) writes nothing.
         data_root = profiles.prepare_data(self.profile, self.data_override, progress=self.progress)
+        with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"), _terminate_as_interrupt():
+            return self._run_locked(selected, force, quiet_experiment, data_root)
+
+    def _run_locked(self, selected: list[str], force: bool, quiet_experiment: bool, data_root: Path) -> RunResult:
         data_fp = data_fingerprint(data_root)
         executed, skipped = [], []
         if not self.publishes and not quiet_experiment:
