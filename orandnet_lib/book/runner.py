@@ -474,7 +474,11 @@ class Runner:
     def run_replicates(self, force: bool = False) -> None:
         """Stages 0-4 of every replicate r = 1..N-1 (each skipped where unchanged)."""
         for r in range(1, self.replicates):
-            self.replicate_runner(r).run(force=force, quiet_experiment=True)
+            try:
+                self.replicate_runner(r).run(force=force, quiet_experiment=True)
+            except RunInterrupted as e:  # say which replicate: its stages live in their own folder
+                raise RunInterrupted(f"replicate {r}'s {e.stage}" if e.stage else f"replicate {r}",
+                                     [f"replicate {r}'s {s}" for s in e.finished]) from None
 
     def write_summary(self) -> dict[str, Any]:
         """summary.json: the summary sections of every completed stage, in stage order."""
