@@ -344,7 +344,9 @@ def transfer(profile: str, heldout_run: Path) -> dict[str, Any]:
             continue
         info = pretrain.summary(path)
         recipe = info["identity"]["spec"]["recipe"]
-        pretrainings.append({"file": path.name, "catalogue": recipe.get("catalogue", "fashion-mnist"),
+        names = [n for n in pretrain.AUX_RECIPES.names() if store._jsonable(pretrain.AUX_RECIPES.get(n).to_dict()) == recipe]
+        pretrainings.append({"file": path.name, "recipe": names[0] if names else "(a recipe no longer registered)",
+                             "catalogue": recipe.get("catalogue", "fashion-mnist"),
                              "exclude": recipe.get("exclude", []), "val_accuracy": info["val_accuracy"],
                              "seconds": info["seconds"]})
     from .core.paths import display_path
@@ -447,7 +449,7 @@ def format_table(results: dict[str, Any]) -> str:
                   for r in tr["rows"]]
     if tr.get("pretrainings"):
         lines += ["", "cached pretrainings (each paid once per machine):"]
-        lines += [f"  {p['file']:<44} {p['catalogue']:<14} minus {','.join(p['exclude']) or '-':<40} "
+        lines += [f"  {p.get('recipe', ''):<16} {p['file']:<44} {p['catalogue']:<14} minus {','.join(p['exclude']) or '-':<40} "
                   f"val acc {p['val_accuracy']:5.1f} %  {p['seconds']:6.0f} s" for p in tr["pretrainings"]]
     if "incremental_rerun" in results:
         lines += ["", "incremental re-run (smoke):"]

@@ -45,8 +45,8 @@ def test_transfer_section_reads_both_runs_and_lists_each_pretraining(tmp_path, m
     rows = {r["quantity"]: r for r in out["rows"]}
     assert rows["CNN CAM mIoU (train)"]["default data"] == "36.0 (yes)"
     assert rows["CNN CAM mIoU (train)"]["held-out domain"] == "30.0 (no)"
-    assert out["pretrainings"] == [{"file": "cnn-x.pt", "catalogue": "broad", "exclude": [], "val_accuracy": 76.2,
-                                    "seconds": 384.0}]
+    assert out["pretrainings"] == [{"file": "cnn-x.pt", "recipe": "aux-broad", "catalogue": "broad", "exclude": [],
+                                    "val_accuracy": 76.2, "seconds": 384.0}]
     text = bench.format_table({"stages": [], "kernels": [], "cam_scaling": [], "transfer": out})
     assert "operating point (issue 24 targets)" in text and "broad" in text and "384 s" in text
 
