@@ -120,3 +120,14 @@ def test_stage_notebooks_on_smoke_profile(smoke_run):
     again = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book" / "executed",
                    progress=False, log=lambda m: None).run()
     assert again.executed == [] and again.skipped == stages
+
+
+def test_executed_chapters_print_nothing_to_stderr(smoke_run):
+    """A warning in a chapter (pandas shading an all-NaN column printed one into chapter 2 once)
+    lands on the page with this machine's paths in it: no cell of any chapter may write to stderr."""
+    _, tmp_path = smoke_run
+    for path in sorted((tmp_path / "book" / "executed").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        printed = ["".join(o["text"]) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                   if o["output_type"] == "stream" and o["name"] == "stderr"]
+        assert not printed, f"{path.name} printed to stderr: {printed[0][:500]}"

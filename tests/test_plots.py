@@ -21,3 +21,17 @@ def test_score_bars_put_one_legend_below_the_panels_not_over_the_bars():
     bottom = min(ax.get_position().y0 for ax in fig.axes)
     assert legend.get_window_extent().y1 <= bottom * fig.bbox.height  # below the lowest panel
     plt.close(fig)
+
+
+def test_shaded_table_leaves_a_column_without_values_plain_and_warns_nothing():
+    import warnings
+
+    import numpy as np
+
+    table = pd.DataFrame({"tshirt": [10.0, 30.0], "trouser": [np.nan, np.nan]}, index=["cnn", "and"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = plots.shaded_table(table).to_html()
+    assert "30.0" in html and html.count("background-color") == 2  # the two tshirt cells only
+    assert ">-<" in html.replace(" ", "")  # a missing value reads "-"
+    assert plots.shaded_table(table, ["trouser"]).to_html().count("background-color") == 0

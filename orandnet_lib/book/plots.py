@@ -33,6 +33,17 @@ def book_style() -> None:
         "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10})
 
 
+def shaded_table(table: "pd.DataFrame", columns: Sequence[str] | None = None, cmap: str = "Greens",
+                 digits: int = 1) -> "pd.io.formats.style.Styler":
+    """The table with numbers to ``digits`` decimals, ``-`` for a missing value, and each of
+    ``columns`` (all by default) shaded by its values. A column without a single value (a class no
+    variant predicts) is left plain: pandas would shade it from an all-NaN range and print a
+    warning into the page."""
+    shade = [c for c in (table.columns if columns is None else columns) if table[c].notna().any()]
+    styler = table.style.format(f"{{:.{digits}f}}", na_rep="-")
+    return styler.background_gradient(subset=shade, axis=0, cmap=cmap) if shade else styler
+
+
 def class_legend(fig: plt.Figure, class_names: Sequence[str], include_background: bool = False) -> None:
     """A row of class-colour swatches under a figure of masks (VOC palette, as :func:`overlay`)."""
     handles = legend_handles(class_names, include_background)
