@@ -1,8 +1,6 @@
 """Distributed training through the one training loop: two CPU processes with the gloo
 backend end where one process does (same global batches, gradients averaged)."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist

@@ -165,7 +165,7 @@ def test_classifier_key_changes_with_spec_seed_and_data_but_not_the_cam_method(t
     import dataclasses
 
     from orandnet_lib.data.fingerprint import dataset_fingerprint
-    from orandnet_lib.stages.s1_classifiers import ClassifierSpec, classifier_key
+    from orandnet_lib.methods.cam_classifier import ClassifierSpec, classifier_key
 
     val = dataset_fingerprint(VOCDataset(tiny_voc, "val"))
 

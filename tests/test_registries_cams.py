@@ -47,7 +47,7 @@ def test_a_registered_cam_method_is_used_by_compute_store(doubled_cam, tiny_voc,
 
 
 def test_a_registered_classifier_kind_is_built_from_a_spec():
-    from orandnet_lib.stages.s1_classifiers import ClassifierSpec, build
+    from orandnet_lib.methods.cam_classifier import ClassifierSpec, build
 
     seen = {}
 

@@ -142,7 +142,6 @@ def test_a_replicate_runs_the_upstream_stages_with_its_own_seed_on_the_same_data
 
 
 def test_status_names_complete_stale_and_missing_stages_without_running_any(project, capsys):
-    from orandnet_lib import cli
     from orandnet_lib.book.runner import format_status
 
     fresh = {r["stage"]: r["state"] for r in _runner(project).status()}

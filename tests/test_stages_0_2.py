@@ -11,6 +11,7 @@ import torch
 from orandnet_lib.book.stage import Upstream
 from orandnet_lib.core.errors import ConfigError
 from orandnet_lib.core.train import load_checkpoint
+from orandnet_lib.methods.cam_classifier import build
 from orandnet_lib.methods.cams import CamStore
 from orandnet_lib.methods.ensemble import OPERATORS
 from orandnet_lib.stages import s0_dataset as s0
@@ -56,7 +57,7 @@ def test_stage1_representation_limits_use_each_networks_own_stride(tiny_voc):
     p = dataclasses.replace(tiny_params(), cam_scales=(2.0, 1.0))
     stage = SimpleNamespace(data_root=tiny_voc)
     splits = s1.load_splits(stage, p)
-    trained = {name: SimpleNamespace(model=s1.build(spec, 2)) for name, spec in s1.classifier_specs(p).items()}
+    trained = {name: SimpleNamespace(model=build(spec, 2)) for name, spec in s1.classifier_specs(p).items()}
     limits = s1.representation_limits(p, trained, splits)
     assert list(limits.index) == [("cnn", 16, 1.0), ("cnn", 16, 2.0), ("vit", 4, 1.0), ("vit", 4, 2.0),
                                   ("deeplab", 8, 1.0)]

@@ -202,6 +202,30 @@ def test_orandnet_keys_cover_inputs_and_runs():
     assert set(skipped) == {"orandnet:orandnet"}
 
 
+def test_the_third_classifier_repeats_the_cnn_stage_1_recorded(tmp_path):
+    """Stage 3 reads stage 1's CNN from its record (JSON, as a manifest holds it), not from
+    stage 1's code: its third classifier is stage 1's CNN key with only the seed changed."""
+    import json
+    from types import SimpleNamespace
+
+    from orandnet_lib.core.errors import ConfigError
+    from orandnet_lib.stages import s1_classifiers as s1
+
+    p1 = dataclasses.replace(s1.Params(), fit_split="fit", cam_scales=(1.0, 0.5), cam_flip=False)
+    data = {"train": "d", "val": "v", "fit": "f"}
+    recorded = json.loads(json.dumps({"recipes": {k: r.to_dict() for k, r in s1.recipes(p1).items()}}))
+    cnn = s3.stage1_cnn(SimpleNamespace(metrics=recorded, dir=tmp_path))
+    assert cnn.fit_split == "fit" and cnn.cam_scales == (1.0, 0.5) and cnn.cam_flip is False
+    p3 = s3.Params()
+    keys = s3.artifact_keys(p3, data, {"cams:or+offset_train": "o", "cams:and+offset_train": "a"}, cnn)
+    p1_third_seed = dataclasses.replace(p1, seed=p3.third_classifier_seed)
+    own = s1.artifact_keys(p1_third_seed, data, {})
+    assert keys["classifier:cnn_seed1"].digest == own["classifier:cnn"].digest
+    assert keys["cams:cnn_seed1_train"].digest == own["cams:cnn_train"].digest
+    with pytest.raises(ConfigError, match="no recipe of its CNN"):
+        s3.stage1_cnn(SimpleNamespace(metrics={"classifiers": {}}, dir=tmp_path))
+
+
 def test_train_variant_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_path):
     ds = VOCDataset(tiny_voc, "train")
     rng = np.random.default_rng(0)

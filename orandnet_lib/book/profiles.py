@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import store
-from ..core.paths import display_path, project_root  # re-exported: the runner and the CLI read them here
+from ..core.paths import display_path, project_root  # noqa: F401 (re-exported: the runner and the CLI read them here)
 from ..data import synth
 from ..core.errors import ConfigError
 from ..data.voc import check_layout

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,25 @@ def standard_variants(sources: Sequence[str], offset_source: str | None = None, 
             if OPERATORS.entry(op).attrs.get("offset"):
                 variants[f"{op}+offset"] = Variant(names, op, ((offset_source, offset),))
     return variants
+
+
+def offset_variants(sources: Sequence[str], offset_source: str | None, offset: float,
+                    operators: Sequence[str] | None = None) -> dict[str, Variant]:
+    """:func:`standard_variants`, keeping the ``+offset`` variants when the offset is 0 (a
+    possible outcome of stage 2's ``align`` rule; later stages still read ``or+offset`` and
+    ``and+offset``)."""
+    out = standard_variants(sources, offset_source, offset, operators)
+    if offset_source is not None and not offset:
+        for name, v in standard_variants(sources, offset_source, 1.0, operators).items():
+            out.setdefault(name, Variant(v.sources, v.op, ((offset_source, 0.0),)))
+    return out
+
+
+def recorded_variants(record: Mapping[str, Any]) -> dict[str, Variant]:
+    """The variants an ensemble stage built, from what it recorded (its ``metrics["ensemble"]``:
+    sources, offset source, offset, operators), so later stages rebuild exactly those, not
+    what is registered now."""
+    return offset_variants(record["sources"], record["offset_source"], record["offset"], record["operators"])
 
 
 def sweep_variants(stores: Mapping[str, CamStore], dataset: VOCDataset, variants: Mapping[str, Variant],

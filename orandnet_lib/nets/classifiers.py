@@ -9,7 +9,7 @@ recipe's name to its cached file first (``methods.pretrain.resolve``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.registry import Registry
-from .backbone import backbone_shape, create_backbone  # backbone_shape: re-exported for the stages
+from .backbone import create_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -13,7 +13,6 @@ and split (``cams:<name>_<split>``), keyed by the CAM settings, the split and th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,20 +22,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from ..book import plots
-from ..core import store
-from ..core.identity import ArtifactKey, spec_dict
+from ..core.identity import ArtifactKey
 from ..core.metrics import SweepResult, cam_to_mask
-from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data import aux_task
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import pretrain
-from ..methods.cams import CamStore, compute_store, error_overlap, grid_limits, grid_shape, sweep_store
-from ..methods.classification import ClassificationSet, classification_scores, multilabel_loss, predict
-from ..nets.classifiers import CLASSIFIER_KINDS, backbone_shape, create_classifier
+from ..methods.cams import CamStore, error_overlap, grid_limits, grid_shape, sweep_store
+from ..methods.cam_classifier import (ClassifierRecipe, ClassifierSpec, TrainedClassifier, cam_key, cam_stores,
+                                      classifier_key, train_classifier)
 
 STAGE = "01_classifiers_and_cams"
 NOT_IN_KEYS = {
@@ -91,46 +87,6 @@ class Params:
         return self.fit_split or self.train_split
 
 
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """Everything that defines one trained CAM classifier."""
-
-    kind: str  # a registered classifier kind: "cnn" | "vit"
-    backbone: str
-    pretrained: str = ""  # "" from scratch, "timm" from the hub, an auxiliary recipe ("aux-broad"), or a weights file
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    crop_size: int = 96
-    patch_size: int | None = None  # ViT only
-    stem_widths: tuple[int, ...] = ()  # ViT only: convolutional stem
-    stem: dict[str, Any] = field(default_factory=dict)  # ViT only: a ResNet stem (backbone, backbone_kwargs, pretrained)
-    pool: str = "avg"  # ViT only
-    cam_method: str = "cam"  # a registered CAM method: "cam" (CAM head) | "gradcam" | "attribution"
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 0.05
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    warmup_steps: int = 0
-    head_lr_mult: float = 1.0
-    bf16: bool = False  # CPU bfloat16 autocast
-    scale_range: tuple[float, float] = (0.75, 1.25)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ClassifierSpec":
-        return store.dataclass_from_dict(cls, values, "classifier settings")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           optimizer=self.optimizer, warmup_steps=self.warmup_steps, seed=seed, bf16=self.bf16)
-
-    def shape(self) -> dict[str, Any]:
-        """What shapes the backbone's weights (the key of its auxiliary pretraining)."""
-        return backbone_shape(self.kind, self.backbone_kwargs, self.patch_size, self.stem_widths)
-
-
 def vit_stem(p: Params) -> dict[str, Any]:
     """The ViT spec's ``stem``: empty for the from-scratch convolutional stem ("conv"); else the
     stem kind with the CNN's backbone and starting point ("resnet": a hybrid ViT on the CNN's
@@ -159,28 +115,11 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
     }
 
 
-def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) -> ArtifactKey:
-    """A classifier checkpoint: its spec (all but the CAM method, which is read after training),
-    its training config, the training split's fingerprint, the validation split's (the
-    checkpoint holds the per-epoch validation history) and the seed."""
-    train = spec_dict(learning_config(spec.train_config(seed)))
-    architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
-    architecture["pretrained"] = pretrain.identity(spec.pretrained, spec.kind, spec.backbone, spec.shape())
-    if not spec.stem:
-        del architecture["stem"]  # keys from before the field existed stay valid
-    else:
-        architecture["stem"] = {**spec.stem, "pretrained": pretrain.identity(
-            spec.stem.get("pretrained", ""), "cnn", spec.stem["backbone"],
-            backbone_shape("cnn", spec.stem.get("backbone_kwargs")))}
-    return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
-                       data=data, seed=seed)
-
-
-def cam_key(method: str, scales: Any, flip: bool, data: str, classifier: str) -> ArtifactKey:
-    """A CAM store: the CAM method, scales and flip, the split's fingerprint and the digest of
-    the classifier checkpoint it was computed with."""
-    return ArtifactKey("cams", {"method": method, "scales": [float(s) for s in scales], "flip": bool(flip)},
-                       data=data, upstream={"classifier": classifier})
+def recipes(p: Params) -> dict[str, ClassifierRecipe]:
+    """Each classifier as a later stage repeats it (stage 3's third classifier): recorded in
+    the stage's metrics as ``recipes``."""
+    return {name: ClassifierRecipe(spec, p.training_split, p.val_split, tuple(p.cam_scales), p.cam_flip,
+                                   p.cam_batch_size) for name, spec in classifier_specs(p).items()}
 
 
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, ArtifactKey]:
@@ -336,65 +275,6 @@ def pretraining_text(p: Params, pretrained: Mapping[str, Pretrained]) -> str:
 
 # -- training ------------------------------------------------------------------------------------
 
-def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
-    """The classifier a spec names, through the ``CLASSIFIER_KINDS`` registry."""
-    optional = {"img_size": spec.crop_size, "patch_size": spec.patch_size, "stem_widths": spec.stem_widths,
-                "pool": spec.pool, "stem": dict(spec.stem)}
-    wanted = CLASSIFIER_KINDS.entry(spec.kind).attrs.get("spec_kwargs", ())
-    # a recipe's name becomes its cached file here (trained once per machine): constructors only load
-    kwargs: dict[str, Any] = {"backbone": spec.backbone,
-                              "pretrained": pretrain.resolve(spec.pretrained, spec.kind, spec.backbone, spec.shape()),
-                              **{k: optional[k] for k in wanted}}
-    if kwargs.get("stem"):
-        stem = kwargs["stem"]
-        stem["pretrained"] = pretrain.resolve(stem.get("pretrained", ""), "cnn", stem["backbone"],
-                                              backbone_shape("cnn", stem.get("backbone_kwargs")))
-    # timm's constructors want tuples where TOML and papermill give lists (channels, layers)
-    kwargs["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.backbone_kwargs.items()}
-    return create_classifier(spec.kind, num_classes, **kwargs)
-
-
-@dataclass
-class TrainedClassifier:
-    name: str
-    spec: ClassifierSpec
-    model: nn.Module
-    history: list[dict[str, float]]
-    val_scores: dict[str, Any]
-    train_seconds: float  # summed epoch times (includes per-epoch validation)
-    checkpoint: Path
-    key: ArtifactKey  # the checkpoint's identity
-
-
-def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VOCDataset, out_dir: Path,
-                     seed: int = 0, progress: bool = True, key: ArtifactKey | None = None) -> TrainedClassifier:
-    """Train (or resume, or reload when already finished) and score on ``val``.
-
-    The checkpoint is ``out_dir/<name>-<key digest>.pt``; ``key`` defaults to
-    :func:`classifier_key` of the spec, seed and the two splits' fingerprints, so changing
-    any setting starts a new run instead of resuming an incompatible one.
-    """
-    key = key or classifier_key(spec, seed, dataset_fingerprint(train), dataset_fingerprint(val))
-    torch.manual_seed(seed)
-    num_classes = train.num_classes - 1
-    model = build(spec, num_classes)
-    ckpt = key.path(out_dir, name)
-    train_set = ClassificationSet(train, spec.crop_size, augment=True, scale_range=spec.scale_range, seed=seed)
-    val_set = ClassificationSet(val, spec.crop_size, augment=False)
-    device = resolve_device()
-
-    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        scores = classification_scores(*predict(m, val_set, device=device))
-        return {"val_map": scores["map"], "val_f1": scores["f1"]}
-
-    history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt, identity=key,
-                  param_groups=model.param_groups(spec.head_lr_mult), evaluate=evaluate, progress=progress,
-                  desc=f"training {name}")
-    seconds = sum(h["seconds"] for h in history)  # epochs only, also when resumed from a checkpoint
-    val_scores = classification_scores(*predict(model, val_set, device=device))
-    return TrainedClassifier(name, spec, model, history, val_scores, seconds, ckpt, key)
-
-
 def train_classifiers(stage: Any, p: Params, splits: Splits) -> dict[str, TrainedClassifier]:
     """The CNN, then the ViT, on the fit split (each seeded with ``p.seed``)."""
     keys = keys_for(p, splits)
@@ -422,24 +302,6 @@ def per_class_ap(trained: Mapping[str, TrainedClassifier], class_names: Any) -> 
 
 
 # -- CAMs ----------------------------------------------------------------------------------------
-
-def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_dir: Path, scales: Any,
-               flip: bool = True, batch_size: int = 32, progress: bool = True,
-               keys: Mapping[str, ArtifactKey] | None = None) -> dict[str, Path]:
-    """One CAM store per split under ``out_dir/<name>_<split>``; returns the paths. ``keys``
-    (split -> store key) default to :func:`cam_key` of the settings, the split and the
-    classifier's key; each is written into its store's meta as ``identity``."""
-    paths = {}
-    for split, ds in splits.items():
-        key = (keys or {}).get(split) or cam_key(trained.spec.cam_method, scales, flip, dataset_fingerprint(ds),
-                                                 trained.key.digest)
-        paths[split] = compute_store(
-            trained.model, ds, Path(out_dir) / f"{trained.name}_{split}", scales=list(scales), flip=flip,
-            method=trained.spec.cam_method, batch_size=batch_size, device=resolve_device(), progress=progress,
-            meta={"source": trained.name, "checkpoint": trained.checkpoint.name, "identity": key.to_dict()},
-            desc=f"CAMs {trained.name} {split}")
-    return paths
-
 
 def compute_cams(stage: Any, p: Params, trained: Mapping[str, TrainedClassifier],
                  splits: Splits) -> dict[str, dict[str, CamStore]]:
@@ -592,7 +454,8 @@ def summarise(p: Params, trained: Mapping[str, TrainedClassifier], sweeps: Mappi
 def record(stage: Any, p: Params, splits: Splits, trained: Mapping[str, TrainedClassifier],
            summary: Mapping[str, Any]) -> dict[str, Any]:
     """The stage's record: the summary, the training histories and the artifacts' keys."""
-    return stage.record(metrics={**summary, "history": {name: t.history for name, t in trained.items()}},
+    return stage.record(metrics={**summary, "history": {name: t.history for name, t in trained.items()},
+                                 "recipes": {name: r.to_dict() for name, r in recipes(p).items()}},
                         summary=dict(summary), artifacts=keys_for(p, splits))
 
 

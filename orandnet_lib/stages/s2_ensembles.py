@@ -12,13 +12,13 @@ threshold of that source's own top scores (``methods.score_rules``; no mask is r
 other source's minus the offset source's, so one background score suits both maps of an
 OR / AND. It records which ensemble it built (``metrics["ensemble"]``: sources,
 offset source, the offset applied, its rule and the thresholds it came from, operators); later
-stages rebuild the same variants from that record with :func:`variants_from`, so the offset
+stages rebuild the same variants from that record (``methods.ensemble.recorded_variants``), so the offset
 is set in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,8 @@ from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import score_rules
 from ..methods.cams import CamStore
-from ..methods.ensemble import Variant, standard_operators, standard_variants, sweep_variants, write_fused_store
+from ..methods.ensemble import (Variant, offset_variants, recorded_variants, standard_operators, sweep_variants,
+                                write_fused_store)
 
 STAGE = "02_or_and_ensembles"
 UPSTREAM = "01_classifiers_and_cams"
@@ -99,21 +100,10 @@ def choose_offset(p: Params, stores: Mapping[str, CamStore] | None = None) -> Of
     raise ConfigError(f"offset_rule must be one of {OFFSET_RULES}, got {p.offset_rule!r}")
 
 
-def _variants(sources: Sequence[str], offset_source: str | None, offset: float,
-              operators: Sequence[str] | None = None) -> dict[str, Variant]:
-    """:func:`standard_variants`, keeping the ``+offset`` variants when the offset is 0 (a
-    possible outcome of ``align``; later stages still read ``or+offset`` / ``and+offset``)."""
-    out = standard_variants(sources, offset_source, offset, operators)
-    if offset_source is not None and not offset:
-        for name, v in standard_variants(sources, offset_source, 1.0, operators).items():
-            out.setdefault(name, Variant(v.sources, v.op, ((offset_source, 0.0),)))
-    return out
-
-
 def variants(p: Params, offset: float) -> dict[str, Variant]:
     """The standard variants: each source, then each standard operator over all of them, then
     the offset variants (``or+offset``, ``and+offset``) with the ``offset`` applied (:func:`choose_offset`)."""
-    return _variants(p.sources, p.offset_source, offset)
+    return offset_variants(p.sources, p.offset_source, offset)
 
 
 def ensemble_record(p: Params, choice: OffsetChoice) -> dict[str, Any]:
@@ -126,9 +116,8 @@ def ensemble_record(p: Params, choice: OffsetChoice) -> dict[str, Any]:
 
 def variants_from(upstream: Any) -> dict[str, Variant]:
     """The standard variants stage 2 built, with the offset it applied, from its record
-    (``stage.upstream("02_or_and_ensembles")``)."""
-    e = upstream.metrics["ensemble"]
-    return _variants(e["sources"], e["offset_source"], e["offset"], e["operators"])
+    (``stage.upstream("02_or_and_ensembles")``; later stages call :func:`recorded_variants`)."""
+    return recorded_variants(upstream.metrics["ensemble"])
 
 
 def store_key(name: str, variant: Variant | None, split: str, data: Mapping[str, str],

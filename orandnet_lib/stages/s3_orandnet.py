@@ -13,7 +13,6 @@ retrained with another seed) in N-way OR / AND.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import store
+from ..core.errors import ConfigError
 from ..core.identity import ArtifactKey, spec_dict
 from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, config_from, fit, learning_config
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
-from ..methods.cams import CamStore, sweep_store
-from ..methods.ensemble import Variant, sweep_variants
-from ..methods.cams import to_tensor
+from ..methods.cam_classifier import ClassifierRecipe, cam_key, cam_stores, classifier_key, train_classifier
+from ..methods.cams import CamStore, sweep_store, to_tensor
+from ..methods.ensemble import Variant, recorded_variants, sweep_variants
 from ..methods.orandnet_maps import OrAndSet, write_store
 from ..nets.orandnet import LOSSES, READOUTS, ORANDNet, collate, loss_fn, outputs, readout_of
-from . import s1_classifiers, s2_ensembles
 
 STAGE = "03_orandnet"
 # Every parameter changes a checkpoint or store this stage writes.
@@ -91,15 +89,15 @@ def third_name(p: Params) -> str:
 
 
 def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str],
-                  stage1: s1_classifiers.Params | None = None) -> dict[str, ArtifactKey]:
+                  cnn: ClassifierRecipe | None = None) -> dict[str, ArtifactKey]:
     """The keys of the ORANDNet models (checkpoint and CAM store each; ``orandnet:<name>``)
     and of the third classifier and its CAM store (``classifier:cnn_seed<n>``,
     ``cams:cnn_seed<n>_<train_split>``).
 
     ``data[split]``: split fingerprints (``train_split``, and stage 1's training and
     validation splits for the third classifier); ``upstream["cams:<variant>_<split>"]``: the
-    OR and AND stores' digests. ``stage1``: stage 1's parameters (:func:`stage1_params`;
-    its defaults when not given), whose CNN the third classifier repeats with another seed.
+    OR and AND stores' digests. ``cnn``: stage 1's CNN as it recorded it (:func:`stage1_cnn`),
+    which the third classifier repeats with another seed; a recipe's defaults when not given.
     """
     train = spec_dict(learning_config(config_from(p)))
     inputs = {"or": upstream[f"cams:{p.or_variant}_{p.train_split}"],
@@ -109,23 +107,23 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
                      "use_image": run.use_image, "train": train}, data=data[p.train_split], upstream=inputs, seed=p.seed)
         for name, run in runs(p).items()}
     if p.third_classifier_seed >= 0:
-        s1 = stage1 or s1_classifiers.Params()
-        spec = s1_classifiers.classifier_specs(s1)["cnn"]
+        cnn = cnn or ClassifierRecipe()
         name = third_name(p)
-        classifier = s1_classifiers.classifier_key(spec, p.third_classifier_seed, data[s1.fit_split or p.train_split],
-                                                   data[s1.val_split])
+        classifier = classifier_key(cnn.spec, p.third_classifier_seed, data[cnn.fit_split], data[cnn.val_split])
         keys[f"classifier:{name}"] = classifier
-        keys[f"cams:{name}_{p.train_split}"] = s1_classifiers.cam_key(spec.cam_method, s1.cam_scales, s1.cam_flip,
-                                                                      data[p.train_split], classifier.digest)
+        keys[f"cams:{name}_{p.train_split}"] = cam_key(cnn.spec.cam_method, cnn.cam_scales, cnn.cam_flip,
+                                                       data[p.train_split], classifier.digest)
     return keys
 
 
-def stage1_params(upstream1: Any) -> s1_classifiers.Params:
-    """Stage 1's parameters from its record: its CNN (spec, training split, CAM settings) is
+def stage1_cnn(upstream1: Any) -> ClassifierRecipe:
+    """Stage 1's CNN as it recorded it (spec, training and validation splits, CAM settings):
     what the third classifier repeats."""
-    names = {f.name for f in dataclasses.fields(s1_classifiers.Params)}
-    return store.dataclass_from_dict(s1_classifiers.Params, {k: v for k, v in upstream1.params.items() if k in names},
-                                     "stage 1 parameters")
+    recipes = upstream1.metrics.get("recipes", {})
+    if "cnn" not in recipes:
+        raise ConfigError(f"{upstream1.dir}: stage 1's record has no recipe of its CNN (written before recipes were "
+                         f"recorded); run stage 1 again (`orandnet run --from 01_classifiers_and_cams`)")
+    return ClassifierRecipe.from_dict(recipes["cnn"], f"{upstream1.dir}: stage 1's CNN recipe")
 
 
 @dataclass
@@ -138,23 +136,23 @@ class Inputs:
     sources: dict[str, CamStore]
     or_store: CamStore
     and_store: CamStore
-    stage1: s1_classifiers.Params
+    cnn: ClassifierRecipe  # stage 1's CNN, which the third classifier repeats
     keys: dict[str, ArtifactKey]
 
 
 def open_inputs(stage: Any, p: Params) -> Inputs:
     train = VOCDataset(stage.data_root, p.train_split)
-    variants = s2_ensembles.variants_from(stage.upstream(STAGE2))
+    variants = recorded_variants(stage.upstream(STAGE2).metrics["ensemble"])
     names = list(dict.fromkeys(s for v in variants.values() for s in v.sources))
     sources = {n: CamStore(stage.cam_store(n, p.train_split)) for n in names}
     or_store = CamStore(stage.cam_store(p.or_variant, p.train_split))
     and_store = CamStore(stage.cam_store(p.and_variant, p.train_split))
-    stage1 = stage1_params(stage.upstream(STAGE1))
+    cnn = stage1_cnn(stage.upstream(STAGE1))
     data = {split: dataset_fingerprint(train if split == p.train_split else VOCDataset(stage.data_root, split))
-            for split in dict.fromkeys([p.train_split, stage1.training_split, stage1.val_split])}
+            for split in dict.fromkeys([p.train_split, cnn.fit_split, cnn.val_split])}
     upstream = {f"cams:{p.or_variant}_{p.train_split}": or_store.digest,
                 f"cams:{p.and_variant}_{p.train_split}": and_store.digest}
-    return Inputs(train, variants, sources, or_store, and_store, stage1, artifact_keys(p, data, upstream, stage1))
+    return Inputs(train, variants, sources, or_store, and_store, cnn, artifact_keys(p, data, upstream, cnn))
 
 
 @dataclass
@@ -316,15 +314,14 @@ def third_classifier(stage: Any, p: Params, inputs: Inputs, progress: bool = Tru
     its CAMs of ``train_split``, and the N-way sweeps; {} when skipped (seed -1)."""
     if p.third_classifier_seed < 0:
         return {}
-    s1, name = inputs.stage1, third_name(p)
-    fit_ds = inputs.train if s1.training_split == p.train_split else VOCDataset(stage.data_root, s1.training_split)
-    val_ds = VOCDataset(stage.data_root, s1.val_split)
-    third = s1_classifiers.train_classifier(name, s1_classifiers.classifier_specs(s1)["cnn"], fit_ds, val_ds,
-                                            stage.dir, seed=p.third_classifier_seed, progress=progress,
-                                            key=inputs.keys[f"classifier:{name}"])
-    path = s1_classifiers.cam_stores(third, {p.train_split: inputs.train}, stage.dir / "cams", s1.cam_scales,
-                                     s1.cam_flip, s1.cam_batch_size, progress=progress,
-                                     keys={p.train_split: inputs.keys[f"cams:{name}_{p.train_split}"]})[p.train_split]
+    cnn, name = inputs.cnn, third_name(p)
+    fit_ds = inputs.train if cnn.fit_split == p.train_split else VOCDataset(stage.data_root, cnn.fit_split)
+    val_ds = VOCDataset(stage.data_root, cnn.val_split)
+    third = train_classifier(name, cnn.spec, fit_ds, val_ds, stage.dir, seed=p.third_classifier_seed,
+                             progress=progress, key=inputs.keys[f"classifier:{name}"])
+    path = cam_stores(third, {p.train_split: inputs.train}, stage.dir / "cams", cnn.cam_scales, cnn.cam_flip,
+                      cnn.cam_batch_size, progress=progress,
+                      keys={p.train_split: inputs.keys[f"cams:{name}_{p.train_split}"]})[p.train_split]
     a, b = list(inputs.sources)[:2]
     stores = {**inputs.sources, "cnn2": CamStore(path)}
     if not inputs.train.has_masks:

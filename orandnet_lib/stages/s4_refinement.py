@@ -38,7 +38,7 @@ from ..methods import pretrain, pseudo, score_rules
 from ..methods.cams import CamStore, sweep_store, sweep_stream
 from ..methods.refine import REFINEMENTS, random_walk_steps, transition_matrix, true_boundary, walk_input
 from ..nets.boundary import BoundaryNet
-from ..nets.classifiers import backbone_shape
+from ..nets.backbone import backbone_shape
 
 STAGE = "04_refinement"
 NOT_IN_KEYS = {

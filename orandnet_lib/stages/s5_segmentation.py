@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import itertools
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +38,13 @@ from ..core.stats import describe_difference, paired_difference
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods import pretrain
+from ..methods.results import (GROUND_TRUTH, headline_difference, headline_pairs, per_seed_miou,
+                               written_pseudo_masks)
 from ..methods.segmentation import (Evaluation, ScaleSchedule, SegmenterSpec, evaluate, recall_by_size,
                                     train_segmenter)
-from ..nets.classifiers import backbone_shape
+from ..nets.backbone import backbone_shape
 
 STAGE = "05_segmentation_curriculum"
-GROUND_TRUTH = "gt"  # the training set of ground-truth masks (the fully supervised bound)
 
 # Parameters that change no stored artifact, each with the reason (the key-walk test reads this):
 NOT_IN_KEYS = {
@@ -246,17 +245,6 @@ def key_inputs(p: Params, val: VOCDataset, train_sets: Mapping[str, VOCDataset],
     return data, {}
 
 
-def written_pseudo_masks(stage4_metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Stage 4's scores of the pseudo-masks it wrote: ``{variant: {miou, precision, recall,
-    threshold, refinement}}`` (a run of the earlier layout kept them under ``rw_fixed``)."""
-    out = {}
-    for variant, entry in stage4_metrics.get("pseudo_masks", {}).items():
-        if "miou" not in entry and "rw_fixed" in entry:
-            entry = {**entry["rw_fixed"], "refinement": "rw"}
-        out[variant] = dict(entry)
-    return out
-
-
 def for_data(stage: Any, p: Params) -> Params:
     """``p`` for the data at hand: a train split without masks (weakly labelled) has no
     ground-truth training set, so the supervised bound ("gt") is left out of every set list."""
@@ -372,35 +360,6 @@ def summarise_runs(runs: Sequence[SegmentationRun], edges: tuple[float, float] |
                 entry[f"{key}_std"] = float(values.std(ddof=1))
         out.setdefault(tset, {})[sched] = entry
     return out
-
-
-def per_seed_miou(entry: Mapping[str, Any], key: str = "miou") -> dict[int, float]:
-    """``{seed: score}`` of one summary entry; seeds whose score is missing or NaN (an empty
-    size bin) are left out, so they drop out of a pairing."""
-    values = {int(sd): float(s.get(key, math.nan)) for sd, s in zip(entry["seeds"], entry["per_seed"])}
-    return {sd: v for sd, v in values.items() if not math.isnan(v)}
-
-
-def headline_difference(summary: Mapping[str, Mapping[str, Any]], baseline: str, other: str, schedule: str,
-                        confidence: float = 0.95) -> dict[str, float] | None:
-    """``other`` minus ``baseline`` in validation mIoU, paired by seed
-    (:func:`orandnet_lib.core.stats.paired_difference`), or None when either was not trained
-    with ``schedule``."""
-    a, b = summary.get(baseline, {}).get(schedule), summary.get(other, {}).get(schedule)
-    if a is None or b is None:
-        return None
-    return paired_difference(per_seed_miou(a), per_seed_miou(b), confidence)
-
-
-def headline_pairs(sets: Sequence[str]) -> list[tuple[str, str]]:
-    """Every pair (baseline, other) among the headline sets, each compared as other - baseline:
-    the headline (last set against the first: ORANDNet against the single CNN) first, then each
-    later set against each earlier one (the control against the baseline, ORANDNet against the
-    control)."""
-    if len(sets) < 2:
-        return []
-    head = (sets[0], sets[-1])
-    return [head, *(q for q in itertools.combinations(sets, 2) if q != head)]
 
 
 def paired_comparisons(summary: Mapping[str, Mapping[str, Any]], p: Params) -> list[dict[str, Any]]:

@@ -32,9 +32,9 @@ from ..core.identity import ArtifactKey
 from ..core.stats import describe_difference, ols
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore
-from ..methods.ensemble import Variant
+from ..methods.ensemble import Variant, recorded_variants
 from ..methods.refine import REFINEMENTS
-from . import s5_segmentation as s5
+from ..methods.results import GROUND_TRUTH, headline_difference, headline_pairs, written_pseudo_masks
 
 STAGE = "06_precision_vs_miou"
 # Stage 6 writes no artifact (tables, fits and figures are recomputed every run), so every
@@ -100,8 +100,8 @@ def load(stage: Any) -> Inputs:
         refinement = {v: {k: s for k, s in levels.items() if k != "rw_fixed"} for v, levels in m4["pseudo_masks"].items()}
     names = list(u4.params.get("refinements") or dict.fromkeys(k for levels in refinement.values() for k in levels))
     heads = list(u5.params.get("headline_sets", ()))
-    baseline, other = s5.headline_pairs(heads)[0] if len(heads) >= 2 else (None, None)
-    return Inputs(refinement, s5.written_pseudo_masks(m4), u5.metrics["segmentation"], names, dict(u4.params),
+    baseline, other = headline_pairs(heads)[0] if len(heads) >= 2 else (None, None)
+    return Inputs(refinement, written_pseudo_masks(m4), u5.metrics["segmentation"], names, dict(u4.params),
                   baseline, other, u5.params.get("headline_schedule", ""),
                   dict(u5.metrics.get("pseudo_masks_by_replicate", {})), int(u5.metrics.get("replicates", 1)))
 
@@ -133,7 +133,7 @@ def points_table(inp: Inputs) -> pd.DataFrame:
     for tset, by in inp.segmentation.items():
         for sched, entry in by.items():
             for i, sd in enumerate(entry["seeds"]):
-                r = int(sd) if inp.replicates > 1 and tset != s5.GROUND_TRUTH else 0
+                r = int(sd) if inp.replicates > 1 and tset != GROUND_TRUTH else 0
                 q = (inp.by_replicate.get(str(r), {}) if r else inp.pseudo_masks).get(tset)
                 q = q if q and "miou" in q else None  # unscored (a train split without masks)
                 rows.append({"training set": tset, "schedule": sched, "seed": sd, "replicate": r,
@@ -160,7 +160,7 @@ def aggregate(points: pd.DataFrame) -> pd.DataFrame:
 
 def ground_truth_mious(inp: Inputs) -> list[float]:
     """DeepLab on the ground truth, one mIoU per schedule (the dashed reference lines)."""
-    return [e["miou"] for e in inp.segmentation.get(s5.GROUND_TRUTH, {}).values()]
+    return [e["miou"] for e in inp.segmentation.get(GROUND_TRUTH, {}).values()]
 
 
 FIT_MODELS = {"precision": ["precision"], "mIoU": ["miou"], "precision + recall": ["precision", "recall"]}
@@ -245,7 +245,7 @@ def comparison(inp: Inputs, p: Params) -> tuple[pd.DataFrame, dict[str, float] |
         return (entry["miou"], entry.get("miou_std", math.nan)) if entry else (math.nan, math.nan)
 
     (base_m, base_s), (orn_m, orn_s) = seg(inp.baseline), seg(inp.other)
-    gain = (s5.headline_difference(inp.segmentation, inp.baseline, inp.other, sched)
+    gain = (headline_difference(inp.segmentation, inp.baseline, inp.other, sched)
             if inp.baseline and inp.other else None)
     ours = {"baseline pseudo-mask mIoU (train)": inp.pseudo_masks.get(inp.baseline, {}).get("miou", math.nan),
             "baseline segmentation mIoU (val)": base_m, "ORANDNet segmentation mIoU (val)": orn_m,
@@ -299,10 +299,8 @@ def teaching_panels(stage: Any, p: Params, inp: Inputs) -> teaching.MaskPanels:
     each ``widget_variants`` (stage 2's variants rebuilt from its record, others from their
     stores), each refinement (``widget_refinements``, or every one stage 4 scored), each
     background score; the random walk uses stage 4's boundary maps and settings."""
-    from . import s2_ensembles
-
     ds = VOCDataset(stage.data_root, p.train_split)
-    cams = VariantCams(stage, p.train_split, s2_ensembles.variants_from(stage.upstream("02_or_and_ensembles")),
+    cams = VariantCams(stage, p.train_split, recorded_variants(stage.upstream("02_or_and_ensembles").metrics["ensemble"]),
                        p.widget_variants)
     ids = [i for i in ds.ids if len(cams.class_ids(i)) > 0][: p.widget_images]
     boundary_of = relation_net_maps(stage.upstream("04_refinement"))
