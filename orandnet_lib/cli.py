@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{stage}  (reads: {deps})")
                 for name, value in params.items():
                     print(f"    {name} = {value!r}")
+        sys.stdout.flush()  # a pipe buffers the output: write it here, where a closed reader is caught
     except RunInterrupted as e:
         print(f"orandnet: {e}", file=sys.stderr)
         return 130
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orandnet: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, StageFailed) else 2
     except BrokenPipeError:  # the output piped into head or a pager that closed it: not an error
-        sys.stderr.close()
+        # what is still buffered would fail again when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as e:  # RunInterrupted says where; a bare one came before any stage ran
         print(f"orandnet: {e}" if str(e) else "orandnet: interrupted before any stage ran", file=sys.stderr)
