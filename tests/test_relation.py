@@ -98,7 +98,12 @@ def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
                       freeze_backbone=True, input_scale=2).train()
     base = pseudo.BoundarySet(CamStore(tiny_voc.parent / "cams"), ds, net.stride, 0.3, 0.05, use_crf=False,
                               progress=False, workers=1)
+    decoded: list[str] = []
+    load_image = ds.load_image
+    ds.load_image = lambda image_id: decoded.append(image_id) or load_image(image_id)  # type: ignore[method-assign]
     cached = pseudo.FrozenFeatures(base, net, progress=False)
+    ds.load_image = load_image  # type: ignore[method-assign]
+    assert sorted(decoded) == sorted(ds.ids), "each image is decoded once, for both flips"
     assert net.training and not net.features.training, "the cache leaves the net's modes as they were"
     for epoch in (0, 1, 2):
         cached.set_epoch(epoch)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from .cams import CamStore, to_tensor
 from ..core.parallel import imap
 from ..core.progress import bar as progress_bar
-from ..core.identity import ArtifactKey, write_identity
+from ..core.keys import ArtifactKey, write_key
 from .refine import REFINEMENTS, RefineInputs, confident_labels
 from ..nets.boundary import BoundaryNet, affinity_loss, downsample_labels
 from ..data.voc import VOCDataset, VOCWriter
@@ -86,23 +86,23 @@ class FrozenFeatures(Dataset):
                  progress: bool = True):
         self.base = base
         ids = base.dataset.ids
-        shapes = {base.dataset.load_image(i).shape for i in ids[:1]}
-        self.levels: dict[bool, list[torch.Tensor]] = {}
+        shapes: set[tuple[int, ...]] = set()
+        chunks: dict[bool, list[list[torch.Tensor]]] = {False: [], True: []}
         was_training = net.training
         net.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for flip in (False, True):
-                chunks: list[list[torch.Tensor]] = []
-                for start in progress_bar(range(0, len(ids), batch_size), desc=f"relation-net features (flip {flip})",
-                                          disable=not progress, leave=False):
-                    images = [base.dataset.load_image(i) for i in ids[start : start + batch_size]]
-                    shapes |= {im.shape for im in images}
-                    if len(shapes) > 1:
-                        raise ValueError(f"{base.dataset.split_file}: images of several sizes {sorted(shapes)[:3]}; "
-                                         "cached features need one size (set feature_cache = false)")
-                    x = to_tensor(np.stack(images))
-                    chunks.append(net.backbone_features(x.flip(-1) if flip else x))
-                self.levels[flip] = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+            for start in progress_bar(range(0, len(ids), batch_size), desc="relation-net features",
+                                      disable=not progress, leave=False):
+                images = [base.dataset.load_image(i) for i in ids[start : start + batch_size]]  # decoded once
+                shapes |= {im.shape for im in images}
+                if len(shapes) > 1:
+                    raise ValueError(f"{base.dataset.split_file}: images of several sizes {sorted(shapes)[:3]}; "
+                                     "cached features need one size (set feature_cache = false)")
+                x = to_tensor(np.stack(images))
+                for flip in (False, True):
+                    chunks[flip].append(net.backbone_features(x.flip(-1) if flip else x))
+        self.levels: dict[bool, list[torch.Tensor]] = {
+            flip: [torch.cat([c[k] for c in parts]) for k in range(len(parts[0]))] for flip, parts in chunks.items()}
         net.train(was_training)
 
     def set_epoch(self, epoch: int) -> None:
@@ -183,7 +183,7 @@ def refined_cams(refinement: str, store: CamStore, dataset: VOCDataset, *, backg
     items = ((refinement, RefineInputs(dataset.load_image(i), cams, ids, background,
                                        boundaries[i] if needs_boundary and boundaries is not None else None, settings))
              for i in dataset.ids for cams, ids in [store[i]])
-    refined = imap(refine_one, items, 1 if entry.attrs.get("identity") else workers)
+    refined = imap(refine_one, items, 1 if entry.attrs.get("unrefined") else workers)
     for image_id, (cams, ids) in progress_bar(zip(dataset.ids, refined), total=len(dataset), desc=entry.label,
                                               disable=not progress):
         yield image_id, cams, ids
@@ -221,5 +221,5 @@ def write_pseudo_masks(root: str | os.PathLike[str], dataset: VOCDataset,
         for image_id, mask in masks:
             writer.add_mask(split, image_id, mask, dataset.image_path(image_id))
         if key is not None:
-            write_identity(writer.staging_dir, key)
+            write_key(writer.staging_dir, key)
     return Path(root)
