@@ -5,11 +5,13 @@ The folders follow the pipeline, data in to book out; each imports only the laye
 
 - ``data/``     the one data path: VOC-layout reader/writer, the embedded benchmark, dataset statistics
 - ``nets/``     networks: CAM classifiers, ORANDNet's encoder-decoder, IRN's boundary net, DeepLab
-- ``methods/``  the WSSS algorithms the stages compose: CAM methods and stores, ensemble operators,
-                refinements (CRF, random walk), pseudo-masks, segmentation training data and evaluation
+- ``methods/``  the WSSS algorithms the stages compose: CAM methods and stores, a CAM classifier's
+                recipe, ensemble operators, refinements (CRF, random walk), pseudo-masks, the
+                auxiliary pretraining, segmentation training data and evaluation, reading recorded
+                results; what two stages share lives here, so no stage imports another
 - ``stages/``   one module per stage, ``s0_dataset`` ... ``s6_precision``: its parameters, the keys of
                 its artifacts and its recipe, read top to bottom (the notebooks call these)
-- ``core/``     shared machinery: artifact store and identities, registries, the training loop,
+- ``core/``     shared machinery: artifact store and keys (``core.keys``), registries, the training loop,
                 metrics, statistics, the paper's numbers, worker pool, progress, errors
 - ``book/``     the runner, stage context, profiles, generated pages, plots and teaching widgets
 

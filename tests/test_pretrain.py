@@ -71,11 +71,11 @@ def saved(path: Path) -> dict[str, torch.Tensor]:
 
 
 class Recorder:
-    """Stands in for synth._render_item and records the index of each item it is given."""
+    """Stands in for synth.render_item and records the index of each item it is given."""
 
     def __init__(self, items: np.ndarray):
         self.items, self.indices = items, []
-        self.real = synth._render_item
+        self.real = synth.render_item
 
     def __call__(self, item: np.ndarray, *args: Any, **kwargs: Any) -> Any:
         offset = item.__array_interface__["data"][0] - self.items.__array_interface__["data"][0]
@@ -94,7 +94,7 @@ def test_a_sample_is_deterministic_and_labelled_with_the_class_of_the_item_paste
     assert np.array_equal(first, again) and label == label_again
     assert first.shape == (recipe.image_size, recipe.image_size, 3) and first.dtype == np.uint8
     recorder = Recorder(images)
-    monkeypatch.setattr(synth, "_render_item", recorder)
+    monkeypatch.setattr(synth, "render_item", recorder)
     drawn = [pretrain.aux_sample(i, "train", recipe, photos, images, pools)[1] for i in range(40)]
     assert [int(labels[i]) for i in recorder.indices] == drawn
     assert len(set(drawn)) > 5  # the draws cover the classes
@@ -109,7 +109,7 @@ def test_the_val_split_pastes_only_held_out_items_and_train_never_does(monkeypat
         assert np.all((indices % 10 == 0) == held_out)
         assert all(np.all(labels[pool] == c) for c, pool in pools.items())
         recorder = Recorder(images)
-        monkeypatch.setattr(synth, "_render_item", recorder)
+        monkeypatch.setattr(synth, "render_item", recorder)
         _, targets = pretrain.aux_images(pretrain.AUX_RECIPES.get(RECIPE), split, progress=False, n=30)
         drawn = np.array(recorder.indices)
         assert len(drawn) == 30 and np.all((drawn % 10 == 0) == held_out)
@@ -219,15 +219,15 @@ def test_a_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(cnn_file):
 def test_identity_names_the_recipes_settings_without_reading_a_file(monkeypatch):
     monkeypatch.setattr(pretrain, "weights_file", lambda *a, **k: pytest.fail("identity trained or read weights"))
     for setting in ("", "timm", "weights/some-file.pt"):
-        assert pretrain.identity(setting, "cnn", "resnet18", SHAPE) == setting
-    base = pretrain.identity(RECIPE, "cnn", "resnet18", SHAPE)
+        assert pretrain.keyed_setting(setting, "cnn", "resnet18", SHAPE) == setting
+    base = pretrain.keyed_setting(RECIPE, "cnn", "resnet18", SHAPE)
     assert base == f"{RECIPE}:{pretrain.weights_key(RECIPE, 'cnn', 'resnet18', SHAPE).digest}"
-    assert pretrain.identity(RECIPE, "cnn", "resnet18", {**SHAPE, "layers": [2, 1, 1, 1]}) != base
-    assert pretrain.identity(RECIPE, "vit", "resnet18", SHAPE) != base
+    assert pretrain.keyed_setting(RECIPE, "cnn", "resnet18", {**SHAPE, "layers": [2, 1, 1, 1]}) != base
+    assert pretrain.keyed_setting(RECIPE, "vit", "resnet18", SHAPE) != base
     entry = pretrain.AUX_RECIPES.entry(RECIPE)
     monkeypatch.setitem(pretrain.AUX_RECIPES._entries, RECIPE,
                         dataclasses.replace(entry, obj=dataclasses.replace(entry.obj, epochs=entry.obj.epochs + 1)))
-    assert pretrain.identity(RECIPE, "cnn", "resnet18", SHAPE) != base
+    assert pretrain.keyed_setting(RECIPE, "cnn", "resnet18", SHAPE) != base
 
 
 @pytest.mark.parametrize("module, params, name", [

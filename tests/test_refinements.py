@@ -48,7 +48,7 @@ def test_the_refinements_are_the_wrapped_numerics():
 
 
 def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
-    from orandnet_lib.core.identity import ArtifactKey, read_identity
+    from orandnet_lib.core.keys import ArtifactKey, read_key
     from orandnet_lib.data.voc import VOCDataset
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
     from orandnet_lib.stages import s4_refinement as s4
@@ -72,7 +72,7 @@ def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
                               workers=2,
                               progress=False)
         assert set(r.scores) == {"cam", "square"} and r.pseudo_masks["refinement"] == "square"
-        assert read_identity(tmp_path / "pm")["digest"] == key.digest
+        assert read_key(tmp_path / "pm")["digest"] == key.digest
         p = s4.Params(variants=("cnn",), refinements=("cam", "square"), pseudo_mask_refinement="square")
         assert s4.artifact_keys(p, {"train": "d"}, {"cams:cnn_train": "u"})["pseudo_masks:cnn"].spec == \
             {"refinement": "square", "background": 0.25, "threshold_rule": "fixed", "reference_background": 0.15,

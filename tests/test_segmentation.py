@@ -152,11 +152,11 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
     spec = SegmenterSpec(backbone="resnet18", backbone_kwargs=TINY, head="aspp", rates=(1, 2), dropout=0.0,
                          flip=False, epochs=15, batch_size=4, optimizer="adamw", lr=0.02, weight_decay=0.0,
                          head_lr_mult=1.0)
-    from orandnet_lib.core.identity import ArtifactKey, spec_dict
+    from orandnet_lib.core.keys import ArtifactKey, spec_dict
 
     key = ArtifactKey("deeplab", spec_dict(spec), data="shapes", seed=0)
     ckpt = key.path(tmp_path, "tiny")
-    trained = train_segmenter(spec, ds, ckpt, seed=0, identity=key, val=ds, progress=False)
+    trained = train_segmenter(spec, ds, ckpt, seed=0, key=key, val=ds, progress=False)
     losses = [h["loss"] for h in trained.history]
     mious = [h["val_miou"] for h in trained.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -165,12 +165,12 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
     assert ev.summary()["miou"] == pytest.approx(mious[-1])
     assert kept[ds.ids[0]].shape == ds.load_mask(ds.ids[0]).shape
     # a second call finds the finished checkpoint and trains nothing more
-    again = train_segmenter(spec, ds, ckpt, seed=0, identity=key, progress=False)
+    again = train_segmenter(spec, ds, ckpt, seed=0, key=key, progress=False)
     assert again.history == trained.history
     # the file of this key is never resumed by another run
     other = ArtifactKey("deeplab", spec_dict(spec), data="other masks", seed=0)
     with pytest.raises(ValueError, match="belongs to another artifact"):
-        train_segmenter(spec, ds, ckpt, seed=0, identity=other, progress=False)
+        train_segmenter(spec, ds, ckpt, seed=0, key=other, progress=False)
 
 
 def test_runs_are_summarised_per_set_and_schedule_with_seed_spread():

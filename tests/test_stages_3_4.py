@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from orandnet_lib.book.stage import Stage
-from orandnet_lib.core import store as files
-from orandnet_lib.core.identity import ArtifactKey, read_identity
+from orandnet_lib.core.store import MANIFEST, write_json
+from orandnet_lib.core.keys import ArtifactKey, read_key
 from orandnet_lib.core.train import TrainConfig, fit, load_checkpoint
 from orandnet_lib.data.voc import VOCDataset
 from orandnet_lib.methods.cams import CamStore, CamStoreWriter
@@ -42,7 +42,7 @@ def write_run(run_dir: Path, ds: VOCDataset, variant: str = "cnn") -> None:
             ids = np.flatnonzero(ds.load(i).labels) + 1
             cams = np.stack([np.clip((mask == k) * 0.6 + rng.random(mask.shape) * 0.35, 0, 1) for k in ids])
             w.add(i, cams.astype(np.float32), ids)
-    files.write_json(stage1 / files.MANIFEST, {"params": {}, "metrics": {}})
+    write_json(stage1 / MANIFEST, {"params": {}, "metrics": {}})
 
 
 def tiny_params(**changes) -> s4.Params:
@@ -106,7 +106,7 @@ def test_the_old_checkpoint_name_reused_the_stale_network(tiny_voc, tmp_path):
     # With the key's identity the resume is refused instead.
     key = ArtifactKey("boundary_net", {"fg_threshold": 0.2}, data="tiny")
     with pytest.raises(ValueError, match="another artifact"):
-        fit(net, labels, pseudo.boundary_loss(5), cfg, checkpoint=old_name, identity=key, progress=False)
+        fit(net, labels, pseudo.boundary_loss(5), cfg, checkpoint=old_name, key=key, progress=False)
 
 
 def test_every_boundary_setting_names_another_checkpoint():
@@ -169,12 +169,12 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
     assert set(r.timings) == {"cam_ms_per_image", "crf_ms_per_image", "rw_ms_per_image"}
     assert len(r.examples) == 2
     folder = out / "pseudo_masks" / "cnn"
-    assert read_identity(folder)["digest"] == inputs.keys["pseudo_masks:cnn"].digest
+    assert read_key(folder)["digest"] == inputs.keys["pseudo_masks:cnn"].digest
     written = VOCDataset(folder, "train")
     for image_id, refined, ids in r.examples:
         from orandnet_lib.core.metrics import cam_to_mask
 
-        np.testing.assert_array_equal(written.load_mask(image_id), cam_to_mask(refined, ids, p.rw_background))
+        np.testing.assert_array_equal(written.load_mask(image_id), cam_to_mask(refined, ids, p.pseudo_mask_background))
     table = s4.score_table(results)
     assert list(table.index.get_level_values("refinement")) == ["CAM", "dense CRF", "random walk",
                                                                 "random walk, written"]
@@ -265,7 +265,7 @@ def test_per_variant_trains_one_relation_net_per_variant_and_saves_each_nets_map
         assert all(np.array_equal(widget[i], vit[i]) for i in ds.ids)  # the widget's file: the first variant's net
     results = s4.refine_variants(p, inputs, boundaries, out, progress=False)
     for v in p.variants:
-        assert read_identity(out / "pseudo_masks" / v)["upstream"]["boundary_net"] == \
+        assert read_key(out / "pseudo_masks" / v)["upstream"]["boundary_net"] == \
             inputs.keys[f"boundary_net:{v}"].digest
     assert set(results) == {"vit", "cnn"}
 
@@ -274,15 +274,15 @@ def test_the_relative_rule_moves_irns_thresholds_to_the_cams_operating_point():
     p = s4.Params(threshold_rule="relative")
     # At IRN's own operating point the rule gives IRN's numbers.
     at_ref = s4.thresholds(p, 0.15)
-    assert (at_ref.fg, at_ref.bg, at_ref.rw_background) == pytest.approx((0.30, 0.05, 0.25))
+    assert (at_ref.fg, at_ref.bg, at_ref.pseudo_mask_background) == pytest.approx((0.30, 0.05, 0.25))
     # Hand-computed at 0.48: fg 0.48 + 0.52 * 0.15 / 0.85, bg 0.05 * 0.48 / 0.15, walk 0.48 + 0.52 * 0.10 / 0.85.
     th = s4.thresholds(p, 0.48)
     assert th.fg == pytest.approx(0.571765, abs=1e-6) and th.bg == pytest.approx(0.16)
-    assert th.rw_background == pytest.approx(0.541176, abs=1e-6) and th.operating_point == 0.48
+    assert th.pseudo_mask_background == pytest.approx(0.541176, abs=1e-6) and th.operating_point == 0.48
     assert s4.moved(0.0, 0.15, 0.48) == 0.0 and s4.moved(1.0, 0.15, 0.48) == 1.0  # the ends stay put
     # The fixed rule ignores the operating point.
     fixed = s4.thresholds(s4.Params(), 0.48)
-    assert (fixed.fg, fixed.bg, fixed.rw_background) == (0.30, 0.05, 0.25)
+    assert (fixed.fg, fixed.bg, fixed.pseudo_mask_background) == (0.30, 0.05, 0.25)
     with pytest.raises(ValueError, match="threshold_rule"):
         s4.thresholds(s4.Params(threshold_rule="quantile"), 0.48)
     with pytest.raises(ValueError, match="reference_background"):
@@ -336,7 +336,7 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     assert all(np.array_equal(relations["cnn"].labels.labels[i], expected[i]) for i in ds.ids)
     boundaries = s4.boundary_maps(p, relations, inputs, out, progress=False)
     r = s4.refine_variants(p, inputs, boundaries, out, progress=False)["cnn"]
-    assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.rw_background)
+    assert r.pseudo_masks["threshold"] == pytest.approx(100 * th.pseudo_mask_background)
     # the CAM row is the stage's one sweep of the store (its best score an oracle, for description)
     assert r.scores["cam"]["threshold"] == pytest.approx(100 * inputs.sweeps["cnn"].best_score)
     assert r.cam_background == th.operating_point  # what the refinements that read a background score get

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orandnet_lib.core.identity import ArtifactKey, write_identity
+from orandnet_lib.core.keys import ArtifactKey, write_key
 from orandnet_lib.core.stats import paired_difference
 from orandnet_lib.data.voc import VOCDataset
 from orandnet_lib.methods.refine import REFINEMENTS
@@ -81,9 +81,9 @@ def test_training_masks_are_identified_by_their_artifact_key_or_content(tiny_voc
     im.putpalette(voc_palette().ravel().tolist())
     im.save(ds.mask_path(ds.ids[0]))
     assert s5.training_data_fingerprint("cnn", VOCDataset(folder, "train")) != by_content
-    write_identity(folder, ArtifactKey("pseudo_masks", {"refinement": "rw"}, data="d"))
+    write_key(folder, ArtifactKey("pseudo_masks", {"refinement": "rw"}, data="d"))
     keyed = s5.training_data_fingerprint("cnn", VOCDataset(folder, "train"))
-    write_identity(folder, ArtifactKey("pseudo_masks", {"refinement": "crf"}, data="d"))
+    write_key(folder, ArtifactKey("pseudo_masks", {"refinement": "crf"}, data="d"))
     assert s5.training_data_fingerprint("cnn", VOCDataset(folder, "train")) != keyed
 
 
@@ -210,7 +210,7 @@ class FakeStage:
 def test_stage5_recipe_end_to_end_on_a_tiny_set(tiny_voc, tmp_path):
     pm = tmp_path / "pm_cnn"
     shutil.copytree(tiny_voc, pm)
-    write_identity(pm, ArtifactKey("pseudo_masks", {"variant": "cnn"}, data="d"))
+    write_key(pm, ArtifactKey("pseudo_masks", {"variant": "cnn"}, data="d"))
     stage = FakeStage(tmp_path / "05", tiny_voc, {"cnn": pm, "orandnet": pm}, (0.01, 0.2))
     p = s5.Params(training_sets=("gt", "cnn", "orandnet"), schedule_sets=("cnn",), seeds=(0, 1),
                   headline_sets=("cnn", "orandnet"),

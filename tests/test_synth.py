@@ -77,8 +77,8 @@ def test_masks_are_exact(monkeypatch):
     exactly where the mask is foreground."""
     cfg = synth.SceneConfig(image_size=64, n_train=1, n_val=0, noise_std=0, background_blur=0,
                             distractors_per_scene=(0, 0), objects_per_scene=(2, 3))
-    src = synth._load_sources(["train"])
-    monkeypatch.setattr(synth, "_background", lambda *a: np.zeros((64, 64, 3), np.float32))
+    src = synth.load_sources(["train"])
+    monkeypatch.setattr(synth, "background", lambda *a: np.zeros((64, 64, 3), np.float32))
     for i in range(20):
         image, mask, meta = synth.make_scene(i, "train", cfg, src)
         np.testing.assert_array_equal(image.max(axis=2) > 0, mask > 0)
@@ -90,7 +90,7 @@ def test_masks_are_exact(monkeypatch):
 
 @requires_fashion_mnist
 def test_context_bias_extremes_pick_the_background(monkeypatch):
-    src = synth._load_sources(["train"])
+    src = synth.load_sources(["train"])
     always = synth.SceneConfig(image_size=32, context_bias=1.0)
     never = synth.SceneConfig(image_size=32, context_bias=0.0)
     for i in range(30):
@@ -103,6 +103,6 @@ def test_a_scene_does_not_depend_on_the_scenes_made_before_it(smoke_benchmark):
     """Scene 7 made alone equals scene 7 made after scenes 0-6 (each scene has its own generator)."""
     cfg = synth.SceneConfig(image_size=48, n_train=12, n_val=4, seed=3)  # the smoke_benchmark fixture's config
     ds = VOCDataset(smoke_benchmark, "train")
-    _, mask, meta = synth.make_scene(7, "train", cfg, synth._load_sources(["train"]))
+    _, mask, meta = synth.make_scene(7, "train", cfg, synth.load_sources(["train"]))
     np.testing.assert_array_equal(mask, ds.load_mask("train_00007"))
     assert meta == synth.read_scenes(smoke_benchmark)["train_00007"]

@@ -38,6 +38,7 @@ from .. import __version__
 from . import profiles
 from ..core import progress
 from ..core import runlock, store
+from ..core import paths
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, RunInterrupted, StageFailed
 from .stage import METRICS_FILE, replicate_dir
@@ -268,7 +269,7 @@ class Runner:
         self.profile = profiles.apply_overrides(base, self.overrides)
         self.data_override = data_root
         self.run_dir = Path(run_dir).resolve() if run_dir else self.root / "runs" / self.profile["name"]
-        self.notebook_dir = self.root / "notebooks"
+        self.notebook_dir = paths.notebook_dir(self.root)
         self.book_dir = Path(book_dir) if book_dir else self.root / "book" / "executed"
         # A book comes from one run: the profile's own run folder publishes, an experiment in
         # another folder does not (unless asked to, or given its own book folder).
@@ -391,7 +392,7 @@ class Runner:
         }
         store.write_json(out_dir / store.MANIFEST, manifest)
 
-    def run_identity(self, data_fp: str) -> dict[str, str]:
+    def run_stamp(self, data_fp: str) -> dict[str, str]:
         """What makes a run one run: its folder, profile and data (a book shows exactly one)."""
         try:
             folder = str(self.run_dir.relative_to(self.root))
@@ -430,7 +431,7 @@ class Runner:
 
         src = self.stage_dir(stage) / f"{stage}.ipynb"
         manifest = store.read_manifest(self.stage_dir(stage)) or {}
-        identity = self.run_identity(data_fp)
+        identity = self.run_stamp(data_fp)
         stamp = {**identity, "commit": _commit(self.root), "executed_at": manifest.get("started_at", "")}
         nb = nbformat.read(src, as_version=4)
         nb.metadata["orandnet_run"] = stamp

@@ -32,7 +32,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "ORANDNet's main model trained with the official softmax loss: the precision and mIoU of its maps against "
         "the per-pixel loss (images with a single class give the softmax loss no gradient)."),
     "04_refinement": Experiment(
-        "04_refinement.rw_background", "0.4",
+        "04_refinement.pseudo_mask_background", "0.4",
         "a higher background score after the random walk: the written pseudo-masks gain precision and lose recall; "
         "chapter 5 then shows what that trade does to the segmentation model."),
     "05_segmentation_curriculum": Experiment(

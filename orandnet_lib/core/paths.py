@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 
@@ -19,6 +20,15 @@ def project_root(start: str | os.PathLike[str] | None = None) -> Path:
         if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
             return folder
     return here
+
+
+def notebook_dir(root: Path) -> Path:
+    """The stage notebooks: the project's ``notebooks/``, else the copy an installed wheel keeps
+    under ``<prefix>/share/orandnet/notebooks`` (so an installed ``orandnet`` runs from any folder,
+    writing its data and runs there)."""
+    own = Path(root) / "notebooks"
+    installed = Path(sysconfig.get_path("data")) / "share" / "orandnet" / "notebooks"
+    return installed if not own.is_dir() and installed.is_dir() else own
 
 
 def display_path(path: str | os.PathLike[str], root: Path | None = None) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import store
-from .identity import ArtifactKey
+from .keys import ArtifactKey
 from .progress import bar as progress_bar
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -173,13 +173,13 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         checkpoint: str | Path | None = None, param_groups: Sequence[dict[str, Any]] | None = None,
         evaluate: EvalFn | None = None, collate: Callable[[list[Any]], Any] | None = None,
         progress: bool = True, desc: str = "training", stop_after_steps: int | None = None,
-        identity: ArtifactKey | None = None) -> list[dict[str, float]]:
+        key: ArtifactKey | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place and return the per-epoch history.
 
     ``loss_fn(model, batch)`` returns the loss and scalars to log; ``evaluate(model, epoch)``
     returns validation scalars after each epoch. With ``checkpoint`` set, training resumes
-    from that file when it exists, and saves to it periodically and at the end. ``identity``
-    (the artifact key that names the checkpoint, see :mod:`orandnet_lib.core.identity`) is
+    from that file when it exists, and saves to it periodically and at the end. ``key``
+    (the artifact key that names the checkpoint, see :mod:`orandnet_lib.core.keys`) is
     written into it and must match on resume: a file never continues another run.
     """
     dist = torch.distributed
@@ -216,9 +216,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
         if state["config"] != learning_config(cfg):
             raise ValueError(f"{ckpt_path}: checkpoint was written with another training config; "
                              f"delete it to start afresh\n  saved: {state['config']}\n  now:   {learning_config(cfg)}")
-        if identity is not None and state.get("identity") != identity.to_dict():
+        if key is not None and state.get("identity") != key.to_dict():
             raise ValueError(f"{ckpt_path}: checkpoint belongs to another artifact; delete it to start afresh\n"
-                             f"  saved: {state.get('identity')}\n  now:   {identity.to_dict()}")
+                             f"  saved: {state.get('identity')}\n  now:   {key.to_dict()}")
         load_weights(model, ckpt_path, state)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -232,7 +232,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": step, "history": history, "config": learning_config(cfg),
                 "epoch_sums": sums, "epoch_count": count,
-                **({"identity": identity.to_dict()} if identity is not None else {}),
+                **({"identity": key.to_dict()} if key is not None else {}),
             })
 
     bar = progress_bar(total=total_steps, initial=step, desc=desc, disable=not progress or rank != 0, leave=True)

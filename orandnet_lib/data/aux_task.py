@@ -8,7 +8,7 @@ that matplotlib ships, the photographs are scikit-image's (:data:`synth.PHOTOS`)
 
 An item is an (h, w, 3) float RGB patch with its exact mask, ready to paste. Fashion-MNIST items,
 glyphs and shapes are intensity maps tinted and textured as the benchmark's objects
-(``synth._render_item``); a texture item is a blob filled with a crop of its photograph, untinted,
+(``synth.render_item``); a texture item is a blob filled with a crop of its photograph, untinted,
 since its colours and grain are the class.
 """
 
@@ -213,7 +213,7 @@ def texture_patch(photo: np.ndarray, side: int, rng: np.random.Generator) -> tup
     crop = max(crop, 4)
     y = int(rng.integers(0, photo.shape[0] - crop + 1))
     x = int(rng.integers(0, photo.shape[1] - crop + 1))
-    patch = synth._resize(photo[y : y + crop, x : x + crop], (side, side), Image.Resampling.BILINEAR)
+    patch = synth.resize(photo[y : y + crop, x : x + crop], (side, side), Image.Resampling.BILINEAR)
     patch = np.clip(patch * rng.uniform(0.8, 1.2), 0, 255).astype(np.float32)
     return patch, _blob_mask(side, rng)
 
@@ -240,4 +240,4 @@ def render(cls: AuxClass, item: np.ndarray | None, side: int, cfg: synth.SceneCo
     if cls.source == "texture":
         return texture_patch(photos[cls.ref], side, rng)
     assert item is not None
-    return synth._render_item(item, side, cfg, rng)
+    return synth.render_item(item, side, cfg, rng)

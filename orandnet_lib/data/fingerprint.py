@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import store
-from ..core.identity import read_identity
+from ..core.keys import read_key
 from . import synth
 
 
@@ -17,7 +17,7 @@ def data_fingerprint(path: Path) -> str:
     config = synth.read_config(path)
     if config is not None and "fingerprint" in config:
         return f"embedded:{config['fingerprint']}"
-    identity = read_identity(path)  # a folder this project wrote (pseudo-masks): its artifact key
+    identity = read_key(path)  # a folder this project wrote (pseudo-masks): its artifact key
     if identity is not None:
         return f"artifact:{identity['digest']}"
     parts: dict[str, str] = {}

@@ -63,7 +63,7 @@ def _upsample(rgb: np.ndarray, min_side: int) -> np.ndarray:
     if min(h, w) >= min_side:
         return rgb
     scale = min_side / min(h, w)
-    return synth._resize(rgb, (round(h * scale), round(w * scale)), Image.Resampling.BICUBIC)
+    return synth.resize(rgb, (round(h * scale), round(w * scale)), Image.Resampling.BICUBIC)
 
 
 def load_backgrounds() -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def paint(mask: np.ndarray, side: int, rng: np.random.Generator) -> tuple[np.nda
     with a darker outline. Returns (h, w, 3) float RGB and the (h, w) bool mask."""
     scale = side / max(mask.shape)
     h, w = max(2, round(mask.shape[0] * scale)), max(2, round(mask.shape[1] * scale))
-    mask = synth._resize(mask.astype(np.float32), (h, w), Image.Resampling.BILINEAR) > 0.5
+    mask = synth.resize(mask.astype(np.float32), (h, w), Image.Resampling.BILINEAR) > 0.5
     a, b = (np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.5, 1.0)),
                      dtype=np.float32) * 255 for _ in range(2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -181,7 +181,7 @@ def make_scene(index: int, split: str, cfg: HeldoutConfig, backgrounds: dict[str
     size = cfg.image_size
     scene_cfg = synth.SceneConfig(image_size=size, max_overlap=cfg.max_overlap, background_blur=1.0)
     names = sorted(backgrounds)
-    canvas = synth._background(synth._Sources(photos=backgrounds, items={}),
+    canvas = synth.background(synth.Sources(photos=backgrounds, items={}),
                                names[int(rng.integers(0, len(names)))], scene_cfg, rng)
     mask = np.zeros((size, size), dtype=np.uint8)
     occupied = np.zeros((size, size), dtype=bool)
@@ -190,7 +190,7 @@ def make_scene(index: int, split: str, cfg: HeldoutConfig, backgrounds: dict[str
         c = int(rng.integers(0, len(CLASSES)))
         side = max(6, round(size * float(np.exp(rng.uniform(lo, hi)))))
         patch, item_mask = paint(object_mask(CLASSES[c], rng), side, rng)
-        placed = synth._paste(canvas, occupied, patch, item_mask, scene_cfg, rng)
+        placed = synth.paste(canvas, occupied, patch, item_mask, scene_cfg, rng)
         if placed is not None:
             y, x, visible = placed
             h, w = visible.shape

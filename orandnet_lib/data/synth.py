@@ -99,7 +99,7 @@ class SceneConfig:
 
 
 @dataclass
-class _Sources:
+class Sources:
     photos: dict[str, np.ndarray]  # name -> (H, W, 3) float32 in [0, 255]
     items: dict[str, np.ndarray]  # split -> (N, 28, 28) uint8
     by_class: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # split -> fm class -> indices
@@ -121,8 +121,8 @@ def load_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def _load_sources(splits: Sequence[str]) -> _Sources:
-    src = _Sources(photos=load_photos(), items={})
+def load_sources(splits: Sequence[str]) -> Sources:
+    src = Sources(photos=load_photos(), items={})
     for split in splits:
         images, labels = fashion_mnist.load(FMNIST_SPLIT[split])
         src.items[split] = images
@@ -130,7 +130,7 @@ def _load_sources(splits: Sequence[str]) -> _Sources:
     return src
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+def resize(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """Resize an (H, W) or (H, W, 3) float array to size=(height, width) with PIL."""
     h, w = size
     if array.ndim == 2:
@@ -139,20 +139,20 @@ def _resize(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling
     return np.stack(channels, axis=-1)
 
 
-def _background(src: _Sources, photo: str, cfg: SceneConfig, rng: np.random.Generator) -> np.ndarray:
+def background(src: Sources, photo: str, cfg: SceneConfig, rng: np.random.Generator) -> np.ndarray:
     image = src.photos[photo]
     side = int(min(image.shape[:2]) * rng.uniform(0.35, 1.0))
     y = int(rng.integers(0, image.shape[0] - side + 1))
     x = int(rng.integers(0, image.shape[1] - side + 1))
     crop = image[y : y + side, x : x + side]
-    out = _resize(crop, (cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
+    out = resize(crop, (cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
     if cfg.background_blur > 0:
         pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
         out = np.asarray(pil.filter(ImageFilter.GaussianBlur(cfg.background_blur)), dtype=np.float32)
     return out
 
 
-def _texture(shape: tuple[int, int], rng: np.random.Generator, probability: float) -> np.ndarray:
+def texture(shape: tuple[int, int], rng: np.random.Generator, probability: float) -> np.ndarray:
     """(H, W) multiplicative texture in [0.6, 1]: stripes, checks or speckle, or flat."""
     h, w = shape
     if rng.random() >= probability:
@@ -170,7 +170,7 @@ def _texture(shape: tuple[int, int], rng: np.random.Generator, probability: floa
     return (0.8 + 0.2 * wave).astype(np.float32)
 
 
-def _render_item(item: np.ndarray, side: int, cfg: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_item(item: np.ndarray, side: int, cfg: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A Fashion-MNIST item scaled so its longer side is ``side`` pixels, tinted and textured.
 
     Returns the RGB patch (h, w, 3) float32 and its exact mask (h, w) bool.
@@ -179,15 +179,15 @@ def _render_item(item: np.ndarray, side: int, cfg: SceneConfig, rng: np.random.G
     item = item[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
     scale = side / max(item.shape)
     h, w = max(2, round(item.shape[0] * scale)), max(2, round(item.shape[1] * scale))
-    intensity = np.clip(_resize(item, (h, w), Image.Resampling.BILINEAR), 0, 255) / 255.0
+    intensity = np.clip(resize(item, (h, w), Image.Resampling.BILINEAR), 0, 255) / 255.0
     mask = intensity > 0.08
     hue, sat, val = rng.random(), rng.uniform(0.25, 1.0), rng.uniform(0.55, 1.0)
     tint = np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float32) * 255.0
-    shade = (0.35 + 0.65 * intensity) * _texture((h, w), rng, cfg.texture_probability)
+    shade = (0.35 + 0.65 * intensity) * texture((h, w), rng, cfg.texture_probability)
     return shade[..., None] * tint[None, None, :], mask
 
 
-def _paste(canvas: np.ndarray, occupied: np.ndarray, patch: np.ndarray, mask: np.ndarray,
+def paste(canvas: np.ndarray, occupied: np.ndarray, patch: np.ndarray, mask: np.ndarray,
            cfg: SceneConfig, rng: np.random.Generator, attempts: int = 12) -> tuple[int, int, np.ndarray] | None:
     """Paste the patch *behind* the objects already placed, at a spot where at most
     ``max_overlap`` of it is hidden; so every labelled object stays mostly visible.
@@ -206,7 +206,7 @@ def _paste(canvas: np.ndarray, occupied: np.ndarray, patch: np.ndarray, mask: np
     return None
 
 
-def make_scene(index: int, split: str, cfg: SceneConfig, src: _Sources) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def make_scene(index: int, split: str, cfg: SceneConfig, src: Sources) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One scene: image (S, S, 3) uint8, mask (S, S) uint8 and its metadata."""
     rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
     size = cfg.image_size
@@ -215,7 +215,7 @@ def make_scene(index: int, split: str, cfg: SceneConfig, src: _Sources) -> tuple
     anchor = classes[0]
     preferred = bool(rng.random() < cfg.context_bias)
     photo = PHOTOS[anchor] if preferred else PHOTOS[int(rng.integers(0, len(PHOTOS)))]
-    canvas = _background(src, photo, cfg, rng)
+    canvas = background(src, photo, cfg, rng)
     mask = np.zeros((size, size), dtype=np.uint8)
     occupied = np.zeros((size, size), dtype=bool)
     fm_index = {name: i for i, name in enumerate(fashion_mnist.CLASS_NAMES)}
@@ -231,8 +231,8 @@ def make_scene(index: int, split: str, cfg: SceneConfig, src: _Sources) -> tuple
         pool = src.by_class[split][fm_class]
         item = src.items[split][pool[int(rng.integers(0, len(pool)))]]
         side = max(4, round(size * float(np.exp(rng.uniform(lo, hi)))))
-        patch, item_mask = _render_item(item, side, cfg, rng)
-        corner = _paste(canvas, occupied, patch, item_mask, cfg, rng)
+        patch, item_mask = render_item(item, side, cfg, rng)
+        corner = paste(canvas, occupied, patch, item_mask, cfg, rng)
         if corner is None:
             continue
         y, x, visible = corner
@@ -275,7 +275,7 @@ def generate(root: str | Path, cfg: SceneConfig, progress: bool = True,
         return root
     start = time.perf_counter()
     splits = {"train": cfg.n_train, "val": cfg.n_val}
-    src = _load_sources([s for s, n in splits.items() if n > 0])
+    src = load_sources([s for s, n in splits.items() if n > 0])
     scenes: dict[str, dict[str, Any]] = {}
     with VOCWriter(root, cfg.class_names, jpeg_quality=cfg.jpeg_quality) as writer:
         for split, count in splits.items():

@@ -20,7 +20,7 @@ from . import pretrain
 from .cams import compute_store
 from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from ..core import store
-from ..core.identity import ArtifactKey, spec_dict
+from ..core.keys import ArtifactKey, spec_dict
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
@@ -99,11 +99,11 @@ def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) ->
     checkpoint holds the per-epoch validation history) and the seed."""
     train = spec_dict(learning_config(spec.train_config(seed)))
     architecture = {k: v for k, v in spec_dict(spec).items() if k != "cam_method"}
-    architecture["pretrained"] = pretrain.identity(spec.pretrained, spec.kind, spec.backbone, spec.shape())
+    architecture["pretrained"] = pretrain.keyed_setting(spec.pretrained, spec.kind, spec.backbone, spec.shape())
     if not spec.stem:
         del architecture["stem"]  # keys from before the field existed stay valid
     else:
-        architecture["stem"] = {**spec.stem, "pretrained": pretrain.identity(
+        architecture["stem"] = {**spec.stem, "pretrained": pretrain.keyed_setting(
             spec.stem.get("pretrained", ""), "cnn", spec.stem["backbone"],
             backbone_shape("cnn", spec.stem.get("backbone_kwargs")))}
     return ArtifactKey("classifier", {"classifier": architecture, "train": train, "val_data": val_data},
@@ -168,7 +168,7 @@ def train_classifier(name: str, spec: ClassifierSpec, train: VOCDataset, val: VO
         scores = classification_scores(*predict(m, val_set, device=device))
         return {"val_map": scores["map"], "val_f1": scores["f1"]}
 
-    history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt, identity=key,
+    history = fit(model, train_set, multilabel_loss, spec.train_config(seed), checkpoint=ckpt, key=key,
                   param_groups=model.param_groups(spec.head_lr_mult), evaluate=evaluate, progress=progress,
                   desc=f"training {name}")
     seconds = sum(h["seconds"] for h in history)  # epochs only, also when resumed from a checkpoint

@@ -218,7 +218,7 @@ class CamStore:
         artifacts put in their own keys; a store written without one is keyed by its meta."""
         identity = self.meta.get("identity")
         if identity is not None:
-            from ..core.identity import ArtifactKey
+            from ..core.keys import ArtifactKey
 
             return ArtifactKey.from_dict(identity).digest
         return store.hash_obj(self.meta)[:16]
@@ -267,7 +267,7 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     Images of equal size are batched; memory stays bounded by one batch whatever the split size.
     Gradient methods (``gradcam``, ``attribution``) run with autograd enabled; the others under
     inference mode.
-    ``meta`` should hold ``"identity"``: the store's :class:`~orandnet_lib.core.identity.ArtifactKey`
+    ``meta`` should hold ``"identity"``: the store's :class:`~orandnet_lib.core.keys.ArtifactKey`
     as a dict (its :attr:`CamStore.digest` keys what is made from the store).
     """
     model.eval().to(device)

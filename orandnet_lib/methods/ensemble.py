@@ -24,7 +24,7 @@ import numpy as np
 
 from .cams import CamStore, CamStoreWriter
 from ..core.errors import DataError
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..core.registry import Registry
 from ..core.metrics import SweepResult, ThresholdSweep
 from ..core.progress import bar as progress_bar
@@ -116,14 +116,14 @@ def fused_cams(stores: Mapping[str, CamStore], ids: Sequence[str], op: str,
 
 
 def write_fused_store(stores: Mapping[str, CamStore], ids: Sequence[str], op: str, path: str | Path,
-                      offsets: Mapping[str, float] | None = None, identity: ArtifactKey | None = None) -> Path:
+                      offsets: Mapping[str, float] | None = None, key: ArtifactKey | None = None) -> Path:
     """Write the ensemble of ``stores`` as a CAM store of its own (same format as stage 1's);
-    ``identity`` (the store's artifact key) goes into its meta."""
+    ``key`` (the store's artifact key) goes into its meta."""
     OPERATORS.entry(op)  # an unknown operator fails before anything is written
     meta = {"source": f"{op}({', '.join(stores)})", "operator": op, "inputs": [str(s.path) for s in stores.values()],
             "offsets": dict(offsets or {})}
-    if identity is not None:
-        meta["identity"] = identity.to_dict()
+    if key is not None:
+        meta["identity"] = key.to_dict()
     first = next(iter(stores.values()))
     meta.update({k: first.meta[k] for k in ("split", "data", "num_classes", "class_names") if k in first.meta})
     with CamStoreWriter(path, meta) as writer:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..core import store
-from ..core.identity import ArtifactKey, spec_dict
+from ..core.keys import ArtifactKey, spec_dict
 from ..core.paths import project_root
 from ..core.progress import bar as progress_bar
 from ..core.registry import Registry
@@ -112,7 +112,7 @@ def _procedural(size: int, rng: np.random.Generator) -> np.ndarray:
     kind = int(rng.integers(0, 4))
     if kind < 3:
         # synth's object textures, at a coarser period, as a mixing weight in [0, 1]
-        weight = (synth._texture((size, size), rng, 1.0) - 0.6) / 0.4
+        weight = (synth.texture((size, size), rng, 1.0) - 0.6) / 0.4
     else:
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         angle = rng.uniform(0, 2 * np.pi)
@@ -130,14 +130,14 @@ def aux_sample(index: int, split: str, recipe: AuxRecipe, photos: Mapping[str, n
     if rng.random() < recipe.texture_background:
         canvas = _procedural(recipe.image_size, rng)
     else:
-        canvas = synth._background(synth._Sources(photos=dict(photos), items={}),
+        canvas = synth.background(synth.Sources(photos=dict(photos), items={}),
                                    synth.PHOTOS[int(rng.integers(0, len(synth.PHOTOS)))], cfg, rng)
     item = aux_task.draw_item(classes[label], rng, items, by_class)
     lo, hi = np.log(recipe.object_size[0]), np.log(recipe.object_size[1])
     side = max(4, round(recipe.image_size * float(np.exp(rng.uniform(lo, hi)))))
     patch, mask = aux_task.render(classes[label], item, side, cfg, rng, photos)
     occupied = np.zeros(canvas.shape[:2], dtype=bool)
-    synth._paste(canvas, occupied, patch, mask, cfg, rng)
+    synth.paste(canvas, occupied, patch, mask, cfg, rng)
     canvas = canvas + rng.normal(0, cfg.noise_std, size=canvas.shape)  # the benchmark's sensor noise
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), label
 
@@ -211,7 +211,7 @@ def weights_key(recipe_name: str, kind: str, backbone: str, shape: Mapping[str, 
                                       "shape": spec_dict(shape)})
 
 
-def identity(pretrained: str, kind: str, backbone: str, shape: Mapping[str, Any]) -> str:
+def keyed_setting(pretrained: str, kind: str, backbone: str, shape: Mapping[str, Any]) -> str:
     """What a network's ``pretrained`` setting means, for the key of an artifact trained from it:
     the setting itself, unless it names a recipe: then ``"<recipe>:<weights key digest>"``, so a
     changed recipe setting changes the key. Pure: no file is read or trained."""
@@ -295,7 +295,7 @@ def _train(recipe_name: str, kind: str, backbone: str, shape: dict[str, Any], ke
     cfg = recipe.train_config(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.pt")  # fit's own checkpoint: a killed run resumes from it
-    history = fit(model, train, _loss(recipe.label_smoothing), cfg, checkpoint=partial, identity=key,
+    history = fit(model, train, _loss(recipe.label_smoothing), cfg, checkpoint=partial, key=key,
                   param_groups=model.param_groups(1.0), evaluate=lambda m, e: {"val_accuracy": accuracy(m, val)},
                   progress=progress, desc=f"pretraining {kind} ({backbone}) on the auxiliary task")
     with store.atomic_path(path) as tmp:

@@ -16,7 +16,7 @@ plots it, the results page and the teaching widget list it::
 Attributes of an entry: ``settings`` (the names in ``RefineInputs.settings`` it reads: they
 key the pseudo-masks it writes), ``needs_boundary`` (it reads the relation network's
 boundary map), ``uses_background`` (it reads the background score, so written pseudo-masks
-are refined again at the fixed score), ``identity`` (it returns the CAM unchanged).
+are refined again at the fixed score), ``unrefined`` (it returns the CAM unchanged).
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ Refinement = Callable[[RefineInputs], np.ndarray]  # -> refined scores (K, H, W)
 REFINEMENTS: Registry[Refinement] = Registry("refinement")
 
 
-@REFINEMENTS.register("cam", label="CAM", settings=(), identity=True)
+@REFINEMENTS.register("cam", label="CAM", settings=(), unrefined=True)
 def refine_cam(x: RefineInputs) -> np.ndarray:
     """The CAM itself: the baseline every refinement is compared with."""
     return x.cams

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..core import store
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..core.metrics import ConfusionMatrix
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, fit
@@ -356,10 +356,10 @@ class TrainedSegmenter:
 
 
 def train_segmenter(spec: SegmenterSpec, train: VOCDataset, checkpoint: str | Path, seed: int = 0, *,
-                    identity: ArtifactKey | None = None, val: VOCDataset | None = None, progress: bool = True,
+                    key: ArtifactKey | None = None, val: VOCDataset | None = None, progress: bool = True,
                     desc: str = "training DeepLab") -> TrainedSegmenter:
     """Train DeepLab on ``train``'s masks into ``checkpoint`` (or resume, or reload when
-    finished). ``identity`` is the checkpoint's artifact key (stage 5 takes it from
+    finished). ``key`` is the checkpoint's artifact key (stage 5 takes it from
     ``s5_segmentation.artifact_keys``): a file of another key is never resumed. With ``val``,
     its mIoU is logged after every epoch (the training curve)."""
     if train.num_classes < 2:
@@ -379,5 +379,5 @@ def train_segmenter(spec: SegmenterSpec, train: VOCDataset, checkpoint: str | Pa
 
     history = fit(model, data, segmentation_loss, cfg, checkpoint=checkpoint,
                   param_groups=model.param_groups(spec.head_lr_mult), evaluate=per_epoch, progress=progress,
-                  desc=desc, identity=identity)
+                  desc=desc, key=key)
     return TrainedSegmenter(model, history, sum(h["seconds"] for h in history), Path(checkpoint))

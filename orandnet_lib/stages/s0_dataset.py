@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..book import plots, profiles
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..data import stats as datastats
 from ..data import synth
 from ..data.voc import VOCDataset

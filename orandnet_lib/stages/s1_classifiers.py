@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..book import plots
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..core.metrics import SweepResult, cam_to_mask
 from ..data import aux_task
 from ..data.fingerprint import dataset_fingerprint
@@ -82,7 +82,7 @@ class Params:
     n_examples: int = 6
 
     @property
-    def training_split(self) -> str:
+    def classifier_split(self) -> str:
         """The split the classifiers train on."""
         return self.fit_split or self.train_split
 
@@ -118,7 +118,7 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
 def recipes(p: Params) -> dict[str, ClassifierRecipe]:
     """Each classifier as a later stage repeats it (stage 3's third classifier): recorded in
     the stage's metrics as ``recipes``."""
-    return {name: ClassifierRecipe(spec, p.training_split, p.val_split, tuple(p.cam_scales), p.cam_flip,
+    return {name: ClassifierRecipe(spec, p.classifier_split, p.val_split, tuple(p.cam_scales), p.cam_flip,
                                    p.cam_batch_size) for name, spec in classifier_specs(p).items()}
 
 
@@ -127,7 +127,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     and validation splits. ``data[split]``: a split's fingerprint; no upstream artifact."""
     keys: dict[str, ArtifactKey] = {}
     for name, spec in classifier_specs(p).items():
-        clf = keys[f"classifier:{name}"] = classifier_key(spec, p.seed, data[p.training_split], data[p.val_split])
+        clf = keys[f"classifier:{name}"] = classifier_key(spec, p.seed, data[p.classifier_split], data[p.val_split])
         for split in (p.train_split, p.val_split):
             keys[f"cams:{name}_{split}"] = cam_key(spec.cam_method, p.cam_scales, p.cam_flip, data[split], clf.digest)
     return keys

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..book import plots
 from ..core.errors import ConfigError
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..core.metrics import SweepResult, cam_to_mask, equal_recall
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
@@ -238,7 +238,7 @@ def write_stores(stage: Any, p: Params, stores: Mapping[str, CamStore], train: V
         v = chosen[name]
         write_fused_store({s: stores[s] for s in v.sources}, train.ids, v.op,
                           stage.dir / "cams" / f"{name}_{p.train_split}", offsets=dict(v.offsets),
-                          identity=keys[f"cams:{name}_{p.train_split}"])
+                          key=keys[f"cams:{name}_{p.train_split}"])
     return keys
 
 

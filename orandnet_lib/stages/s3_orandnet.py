@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from ..core.identity import ArtifactKey, spec_dict
+from ..core.keys import ArtifactKey, spec_dict
 from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
 from ..core.progress import bar as progress_bar
 from ..core.train import TrainConfig, config_from, fit, learning_config
@@ -175,7 +175,7 @@ def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: V
     model = ORANDNet(encoder, use_image=use_image, widths=widths, pretrained=pretrained)
     data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
     checkpoint = key.path(out_dir, name)
-    history = fit(model, data, loss_fn(loss), cfg, checkpoint=checkpoint, identity=key, collate=collate,
+    history = fit(model, data, loss_fn(loss), cfg, checkpoint=checkpoint, key=key, collate=collate,
                   desc=f"training {name}", progress=progress)
     tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..core import store
-from ..core.identity import ArtifactKey, spec_dict
+from ..core.keys import ArtifactKey, spec_dict
 from ..core.metrics import ConfusionMatrix, SweepResult, cam_to_mask
 from ..core.parallel import default_workers
 from ..core.train import config_from, fit, learning_config
@@ -94,7 +94,7 @@ class Params:
     radius: int = 5  # affinity radius, in cells of the boundary grid
     beta: float = 10.0  # affinity exponent
     exp_times: int = 8  # IRN's: the transition matrix raised to 2 ** exp_times (256 steps)
-    rw_background: float = 0.25  # IRN's background score for the written pseudo-masks (fixed)
+    pseudo_mask_background: float = 0.25  # IRN's background score for the written pseudo-masks (fixed)
     crf_iterations: int = 10
     refinements: tuple[str, ...] = ("cam", "crf", "rw")  # each scored on train_split by a sweep
     pseudo_mask_refinement: str = "rw"  # the refinement whose masks are written
@@ -120,11 +120,11 @@ class Thresholds:
 
     fg: float
     bg: float
-    rw_background: float
+    pseudo_mask_background: float
     operating_point: float  # the CAM's background score by the mask-free operating_point_rule
 
     def as_dict(self) -> dict[str, float]:
-        return {"fg_threshold": self.fg, "bg_threshold": self.bg, "rw_background": self.rw_background,
+        return {"fg_threshold": self.fg, "bg_threshold": self.bg, "pseudo_mask_background": self.pseudo_mask_background,
                 "operating_point": self.operating_point}
 
 
@@ -148,11 +148,11 @@ def thresholds(p: Params, operating_point: float) -> Thresholds:
     check_rule(p)
     if p.threshold_rule == FIXED:
         fg, bg = with_band(p.fg_threshold, p.bg_threshold, p.min_ignore_band)
-        return Thresholds(fg, bg, p.rw_background, operating_point)
+        return Thresholds(fg, bg, p.pseudo_mask_background, operating_point)
     r = p.reference_background
     fg, bg = with_band(moved(p.fg_threshold, r, operating_point), moved(p.bg_threshold, r, operating_point),
                        p.min_ignore_band)
-    return Thresholds(fg, bg, moved(p.rw_background, r, operating_point), operating_point)
+    return Thresholds(fg, bg, moved(p.pseudo_mask_background, r, operating_point), operating_point)
 
 
 def with_band(fg: float, bg: float, band: float) -> tuple[float, float]:
@@ -205,7 +205,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     of the net that refined it). ``data[train_split]``: the split's fingerprint;
     ``upstream["cams:<variant>_<split>"]``: the CAM stores' digests."""
     spec = {"backbone": p.boundary_backbone, "backbone_kwargs": dict(p.boundary_backbone_kwargs),
-            "pretrained": pretrain.identity(p.boundary_pretrained, "cnn", p.boundary_backbone,
+            "pretrained": pretrain.keyed_setting(p.boundary_pretrained, "cnn", p.boundary_backbone,
                                             backbone_shape("cnn", p.boundary_backbone_kwargs)),
             "freeze_backbone": p.boundary_freeze_backbone, "image_scale": p.image_scale, "fg_threshold": p.fg_threshold,
             "bg_threshold": p.bg_threshold, **_rule_spec(p),
@@ -217,7 +217,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
             for src in boundary_sources(p)}
     attrs = _attrs(p.pseudo_mask_refinement)
     settings = refinement_settings(p)
-    spec = {"refinement": p.pseudo_mask_refinement, "background": p.rw_background, **_rule_spec(p),
+    spec = {"refinement": p.pseudo_mask_refinement, "background": p.pseudo_mask_background, **_rule_spec(p),
             **{k: settings[k] for k in attrs.get("settings", ())}}
     for v in p.variants:
         inputs = {"cams": upstream[f"cams:{v}_{p.train_split}"]}
@@ -314,7 +314,7 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
     if uses_feature_cache(p):
         data = pseudo.FrozenFeatures(labels, net, bf16=p.bf16, batch_size=p.batch_size, progress=progress)
         loss = pseudo.boundary_loss_from_features(p.radius)
-    history = fit(net, data, loss, config_from(p), checkpoint=checkpoint, identity=key,
+    history = fit(net, data, loss, config_from(p), checkpoint=checkpoint, key=key,
                   desc=f"training the relation network ({source})", progress=progress)
     return RelationNet(source, net, history, labels, label_seconds, checkpoint)
 
@@ -414,7 +414,7 @@ def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, ke
     for name in refinements:
         attrs = REFINEMENTS.entry(name).attrs
         start = time.perf_counter()
-        if attrs.get("identity"):
+        if attrs.get("unrefined"):
             sweep = reference
         else:
             items = pseudo.refined_cams(name, store, dataset, background=cam_background, settings=settings,
@@ -423,7 +423,7 @@ def refine_variant(store: CamStore, dataset: VOCDataset, out_dir: str | Path, ke
                 items = kept = list(items)  # the written masks are these, at the fixed background
             sweep = sweep_stream(items, dataset)
         scores[name] = _scores(sweep.best())
-        seconds = reference_seconds if attrs.get("identity") else time.perf_counter() - start
+        seconds = reference_seconds if attrs.get("unrefined") else time.perf_counter() - start
         timings[f"{name}_ms_per_image"] = 1000 * seconds / len(dataset)
     if kept is None:
         kept = list(pseudo.refined_cams(pseudo_mask_refinement, store, dataset, background=background,
@@ -461,7 +461,7 @@ def refine_variants(p: Params, inputs: Inputs, boundaries: Boundaries, out_dir: 
     return {v: refine_variant(inputs.stores[v], inputs.train, Path(out_dir) / "pseudo_masks" / v,
                               inputs.keys[f"pseudo_masks:{v}"], refinements=p.refinements,
                               pseudo_mask_refinement=p.pseudo_mask_refinement,
-                              background=inputs.thresholds[v].rw_background,
+                              background=inputs.thresholds[v].pseudo_mask_background,
                               operating_point=inputs.thresholds[v].operating_point, settings=refinement_settings(p), boundaries=boundaries.of(v), keep=p.n_examples,
                               workers=p.workers, progress=progress, cam_sweep=inputs.sweeps.get(v))
             for v in p.variants}
@@ -597,7 +597,7 @@ def example_figure(p: Params, inputs: Inputs, relations: Mapping[str, RelationNe
                      plots.colorize(upsampled_labels(relations[src], image_id, sample.image.shape[:2])),
                      plt.get_cmap("gray_r")(boundaries.maps[src][image_id])[..., :3],
                      plots.overlay(sample.image, cam_to_mask(cams, cam_ids, r.cam_background)),
-                     plots.overlay(sample.image, cam_to_mask(refined, ids, inputs.thresholds[v0].rw_background))])
+                     plots.overlay(sample.image, cam_to_mask(refined, ids, inputs.thresholds[v0].pseudo_mask_background))])
     label = REFINEMENTS.label(p.pseudo_mask_refinement)
     truth_title = ["ground truth"] if inputs.train.has_masks else []
     return plots.image_grid(grid, titles=["image", *truth_title, f"confident labels ({src})",
@@ -649,11 +649,11 @@ def walk_text(p: Params) -> str:
             f"2^{p.exp_times} = {2 ** p.exp_times} (exp_times = {p.exp_times}; IRN squares a dense matrix "
             f"{p.exp_times} times, here the sparse matrix takes {2 ** p.exp_times} single steps, the same power); "
             f"the walked maps are upsampled and divided by their maximum over all classes and pixels of the image, "
-            f"and the written pseudo-masks put the background at {rule_text(p, 'rw_background')}.")
+            f"and the written pseudo-masks put the background at {rule_text(p, 'pseudo_mask_background')}.")
 
 
 def rule_text(p: Params, name: str) -> str:
-    """Where the threshold ``name`` (fg_threshold, bg_threshold, rw_background) came from, in words."""
+    """Where the threshold ``name`` (fg_threshold, bg_threshold, pseudo_mask_background) came from, in words."""
     value = getattr(p, name)
     if p.threshold_rule == FIXED:
         return f"IRN's fixed score {name} = {value:g}"
@@ -677,7 +677,7 @@ def record(stage: Any, p: Params, inputs: Inputs, relations: Mapping[str, Relati
     nets = {"boundary_source": p.boundary_source, "refines": dict(boundaries.source_of),
             "files": {src: path.name for src, path in boundaries.paths.items()}, "widget_file": BOUNDARIES_FILE}
     walk = {"exp_times": p.exp_times, "steps": 2 ** p.exp_times, "beta": p.beta, "radius": p.radius,
-            "rw_background": p.rw_background}
+            "pseudo_mask_background": p.pseudo_mask_background}
     cuts = {"rule": p.threshold_rule, "operating_point_rule": p.operating_point_rule,
             "min_ignore_band": p.min_ignore_band,
             "per_variant": {v: {**th.as_dict(), **({"best_score_oracle": inputs.sweeps[v].best_score}
@@ -741,7 +741,7 @@ def findings(p: Params, inputs: Inputs, relations: Mapping[str, RelationNet], qu
                  f"are written (the `{p.train_split}` split has no masks to score them).")
         lines.append(f"- **{v}** (boundaries of the {boundaries.source_of[v]} net): "
                      + ("; ".join(moves) + ". " if moves else "")
-                     + f"At the written background score {inputs.thresholds[v].rw_background:.2f} the pseudo-masks "
+                     + f"At the written background score {inputs.thresholds[v].pseudo_mask_background:.2f} the pseudo-masks "
                        f"({label}) {score}")
     if limit:
         lines.append(_limit_line(limit, results[limit["variant"]].scores))

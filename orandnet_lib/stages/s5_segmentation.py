@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..core import store
 from ..core import paper
-from ..core.identity import ArtifactKey, read_identity, spec_dict
+from ..core.keys import ArtifactKey, read_key, spec_dict
 from ..core.stats import describe_difference, paired_difference
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
@@ -177,7 +177,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     keys = {}
     for tset, sched, sd in plan(p):
         spec = {**spec_dict(segmenter_spec(p, sched)), "curve_split": data[p.val_split],
-                "pretrained": pretrain.identity(p.pretrained, "cnn", p.backbone,
+                "pretrained": pretrain.keyed_setting(p.pretrained, "cnn", p.backbone,
                                                 backbone_shape("cnn", p.backbone_kwargs))}
         data_name = training_data_name(tset, p.train_split, replicate_of(p, tset, sd))
         keys[f"deeplab:{run_name(tset, sched, sd)}"] = ArtifactKey("deeplab", spec, data=data[data_name], seed=sd)
@@ -194,7 +194,7 @@ def training_data_fingerprint(training_set: str, dataset: VOCDataset) -> str:
     """A training set's identity: the dataset fingerprint of the split (for stage 4's
     pseudo-masks it holds their artifact key, from the folder's identity.json); a pseudo-mask
     folder that records no identity is fingerprinted by its masks' content."""
-    if training_set != GROUND_TRUTH and read_identity(dataset.root) is None:
+    if training_set != GROUND_TRUTH and read_key(dataset.root) is None:
         return _masks_fingerprint(dataset)
     return dataset_fingerprint(dataset)
 
@@ -306,7 +306,7 @@ def train_and_evaluate(s: Setup, p: Params, training_set: str, schedule: str, se
     key = s.keys[f"deeplab:{run_name(training_set, schedule, seed)}"]
     checkpoint = key.path(s.checkpoints, f"deeplab-{training_set}-{schedule}-s{seed}")
     masks = s.masks(training_set, replicate_of(p, training_set, seed))
-    trained = train_segmenter(s.specs[schedule], masks, checkpoint, seed, identity=key,
+    trained = train_segmenter(s.specs[schedule], masks, checkpoint, seed, key=key,
                               val=s.val, progress=progress,
                               desc=f"training DeepLab on {run_name(training_set, schedule, seed)}")
     start = time.perf_counter()

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..book import teaching
 from ..core import paper
-from ..core.identity import ArtifactKey
+from ..core.keys import ArtifactKey
 from ..core.stats import describe_difference, ols
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore

@@ -57,11 +57,11 @@ def spec_dict(obj: Any) -> dict[str, Any]:
     return store._jsonable(dict(obj))
 
 
-def write_identity(folder: str | os.PathLike[str], key: ArtifactKey) -> None:
+def write_key(folder: str | os.PathLike[str], key: ArtifactKey) -> None:
     """Record a folder artifact's key (its content is then fingerprinted by it)."""
     store.write_json(Path(folder) / IDENTITY_FILE, {**key.to_dict(), "digest": key.digest})
 
 
-def read_identity(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_key(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(folder) / IDENTITY_FILE
     return store.read_json(path) if path.exists() else None
