@@ -1,6 +1,7 @@
 """The real stage notebooks executed by papermill through the runner and the CLI."""
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +132,42 @@ def test_executed_chapters_print_nothing_to_stderr(smoke_run):
         printed = ["".join(o["text"]) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
                    if o["output_type"] == "stream" and o["name"] == "stderr"]
         assert not printed, f"{path.name} printed to stderr: {printed[0][:500]}"
+
+
+# Measured on this run, not computed from the data: these may differ between two executions.
+_VOLATILE = ("seconds", "ms_per_image", "timings", "rss_mb")
+
+
+def _stable(value: Any) -> Any:
+    """A summary as its manifest reads back (tuples as lists, NaN as null), without what was measured."""
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items() if not str(k).endswith(_VOLATILE)}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
+    """``sN.run(stage, p)`` is the recipe in the notebook's order: run on a copy of the smoke
+    run (its checkpoints and stores reused by key), every stage records the summary its
+    notebook recorded."""
+    import importlib
+    import shutil
+
+    from orandnet_lib.book.stage import open_stage
+
+    _, base = smoke_run
+    runs = tmp_path / "runs"
+    shutil.copytree(base / "runs", runs)
+    modules = {m.STAGE: m for m in (importlib.import_module(f"orandnet_lib.stages.{name}") for name in
+               ("s0_dataset", "s1_classifiers", "s2_ensembles", "s3_orandnet", "s4_refinement", "s5_segmentation",
+                "s6_precision"))}
+    for name, module in modules.items():
+        manifest = store.read_manifest(runs / name)
+        params = manifest["params"]
+        stage = open_stage(name, params["profile"], params["data_root"], runs, params["seed"])
+        p = stage.params(module.Params, params)
+        record = module.run(stage, p)
+        assert _stable(record["summary"]) == _stable(manifest["summary"]), name

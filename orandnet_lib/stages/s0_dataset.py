@@ -302,3 +302,16 @@ def findings(summary: Mapping[str, Any], stats: ClassStatistics, ctx: Context) -
             f"{weakest['p_preferred']:.2f})."
         )
     return "\n".join(lines)
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    the benchmark, its statistics, size bins, context bias and representation limits, recorded.
+    Returns the record."""
+    data = open_benchmark(stage, p)
+    stats = class_statistics(data)
+    size_edges, size_share = size_bins(stats, size_split(data, p.splits[0]))
+    summary = summarise(stage, data, stats, size_edges, size_share, context_bias(data), representation_limits(data))
+    return stage.record(metrics=summary["dataset"], summary=summary)

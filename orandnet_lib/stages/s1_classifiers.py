@@ -504,3 +504,19 @@ def findings(p: Params, summary: Mapping[str, Any], chance: float) -> str:
         f"and {shared['fn_jaccard_mean']:.0%} of their false negatives (per class, shared / union)."
     )
     return "\n".join(lines)
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    the pretrained starting points, the two classifiers, their CAM stores and sweeps, the
+    representation limits and the shared errors, recorded. Returns the record."""
+    splits = load_splits(stage, p)
+    pretrained = pretrained_backbones(p)
+    trained = train_classifiers(stage, p, splits)
+    stores = compute_cams(stage, p, trained, splits)
+    sweeps = sweep_cams(stores, splits)
+    limits = representation_limits(p, trained, splits)
+    overlap = shared_errors(p, stores, splits.train, sweeps)
+    return record(stage, p, splits, trained, summarise(p, trained, sweeps, overlap, limits, pretrained))

@@ -313,3 +313,18 @@ def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice)
 
 def _verdict(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    the offset by its rule, the variants, their sweeps and the stores ORANDNet reads, recorded.
+    Returns the record."""
+    train = VOCDataset(stage.data_root, p.train_split)
+    stores = source_stores(stage, p)
+    choice = choose_offset(p, stores)
+    chosen = variants(p, choice.offset)
+    sweeps = sweep(stores, train, chosen)
+    keys = write_stores(stage, p, stores, train, chosen, choice)
+    return record(stage, p, summarise(sweeps), keys, choice)

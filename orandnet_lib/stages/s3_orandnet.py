@@ -452,3 +452,17 @@ def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sou
     lines.append(f"- One run of this stage (seed {p.seed}); chapter 5 and the What-reproduces page pair the headline "
                  "over whole-pipeline replicates where the profile runs them.")
     return "\n".join(lines)
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    ORANDNet and its ablations, their sweeps and read-outs, the third classifier, recorded.
+    Returns the record."""
+    inputs = open_inputs(stage, p)
+    trained = train_orandnets(p, inputs, stage.dir)
+    sweeps = compare(p, inputs, trained)
+    readouts = readout_comparison(inputs, trained)
+    n_way = third_classifier(stage, p, inputs)
+    return record(stage, inputs, trained, sweeps, n_way, readouts)

@@ -770,3 +770,18 @@ def _limit_line(limit: Mapping[str, Any], scores: Mapping[str, Mapping[str, floa
                        f"boundaries take all of them (its walk is {rw - best:.1f} above the true boundaries' one).")
     return head + (f"the walk itself can gain {best - cam:.1f} points on this grid, and the relation network's "
                    f"boundaries leave {best - rw:.1f} of them.")
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    the relation networks, the confident labels' quality, the boundary maps, each refinement of
+    each variant with its pseudo-masks, the walk's limit, recorded. Returns the record."""
+    inputs = open_inputs(stage, p)
+    relations = train_boundary_nets(p, inputs, stage.dir)
+    qualities = seed_quality(p, inputs)
+    boundaries = boundary_maps(p, relations, inputs, stage.dir)
+    results = refine_variants(p, inputs, boundaries, stage.dir)
+    limit = walk_limit(p, inputs, relations)
+    return record(stage, p, inputs, relations, qualities, boundaries, results, limit)

@@ -572,3 +572,20 @@ def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], pairs: Sequenc
     lines.append(f"- {len(runs)} models, {total / 60:.1f} min of training on this machine; peak resident memory "
                  f"{peak_rss_mb / 1024:.2f} GB.")
     return "\n".join(lines)
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    every DeepLab of the plan, their summary, the paired comparisons, per-class IoU and recall by
+    object size of the first seed, recorded. Returns the record."""
+    p = for_data(stage, p)
+    setup_ = setup(stage, p)
+    runs = train_and_evaluate_all(setup_, p)
+    summary = summarise_runs(runs, setup_.size_edges)
+    first = at_seed(runs, p.seed)
+    pairs = paired_comparisons(summary, p)
+    ious = class_iou_table(first, setup_.val.class_names)
+    by_size = object_recall(first, setup_.size_edges)
+    return record(stage, p, setup_, runs, summary, by_size, ious, pairs, schedule_comparisons(summary, p))

@@ -375,3 +375,16 @@ def findings(p: Params, fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.Data
     if gain is not None:
         lines.append(f"- **Against the paper.** {against_paper(gain, inp)}")
     return "\n".join(lines)
+
+
+# -- the stage in order --------------------------------------------------------------------------
+
+def run(stage: Any, p: Params) -> dict[str, Any]:
+    """The stage's recipe in the order the notebook runs it, without its tables and figures:
+    pseudo-mask against final scores, the fits and the comparison with the paper, recorded.
+    Returns the record."""
+    inputs = load(stage)
+    points = points_table(inputs)
+    fits, _ = fit_relations(points, p.fit_schedule)
+    comparison_, gain = comparison(inputs, p)
+    return record(stage, p, fits, points, comparison_, gain, inputs)
