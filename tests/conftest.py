@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,19 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory):
     runner = Runner("smoke", root=REPO, run_dir=base / "runs", book_dir=base / "book" / "executed",
                     progress=True, log=lambda m: None)
     return runner.run(), base
+
+
+# Keys of what a run measured rather than computed from its data (times, memory): two executions differ there.
+MEASURED = ("seconds", "time_s", "_ms", "ms_per_image", "timings", "rss_mb")
+
+
+def stable(value: Any, drop: tuple[str, ...] = ()) -> Any:
+    """A summary as its manifest reads back (tuples as lists, NaN as null), without what was
+    measured and without the keys in ``drop``: what two executions of one seed must share."""
+    if isinstance(value, dict):
+        return {str(k): stable(v, drop) for k, v in value.items() if not str(k).endswith(MEASURED) and k not in drop}
+    if isinstance(value, (list, tuple)):
+        return [stable(v, drop) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -1,23 +1,15 @@
 """Same seed, same profile, same machine: the same numbers. Two full smoke runs in separate
-folders (nothing shared: every model is trained twice) must give identical summaries, up to
-the timings and memory figures."""
+folders (every stage's model trained twice; the pretrained backbones come from the session's
+cache, so a pretraining's own determinism is tested beside it) must give identical summaries, up
+to the timings and memory figures."""
 
 import pytest
 
 from orandnet_lib.book.runner import Runner
 
-from conftest import REPO
+from conftest import REPO, stable
 
 pytestmark = pytest.mark.slow
-VOLATILE = ("time", "seconds", "_ms", "rss", "ms_per_image")
-
-
-def _stable(value):
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k != "stages" and not any(t in k for t in VOLATILE)}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def test_two_smoke_runs_with_one_seed_give_identical_summaries(smoke_run, tmp_path):
@@ -25,7 +17,27 @@ def test_two_smoke_runs_with_one_seed_give_identical_summaries(smoke_run, tmp_pa
     second = Runner("smoke", root=REPO, run_dir=tmp_path / "runs", book_dir=tmp_path / "book", progress=False,
                     log=lambda m: None).run()
     assert second.executed == first.executed
-    a, b = _stable(first.summary), _stable(second.summary)
+    a, b = stable(first.summary, drop=("stages",)), stable(second.summary, drop=("stages",))
     assert set(a) == set(b)
     for key in a:
         assert a[key] == b[key], f"summary section {key!r} differs between two runs of one seed"
+
+
+def test_a_pretraining_twice_gives_the_same_weights(tmp_path, monkeypatch):
+    """Two pretrainings of one recipe on one machine, each into its own cache: the same bytes of
+    weights, so a cache built on one machine and rebuilt on another hold the same starting point."""
+    import torch
+
+    from orandnet_lib.methods import pretrain
+
+    shape = {"channels": [8, 16, 24, 32], "layers": [1, 1, 1, 1]}
+    states = []
+    for run in ("first", "second"):
+        monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / run))
+        path = pretrain.weights_file("aux-broad-smoke", "cnn", "resnet18", shape, progress=False, log=lambda m: None)
+        states.append(torch.load(path, weights_only=False))
+    a, b = states
+    assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name

@@ -1,7 +1,6 @@
 """The real stage notebooks executed by papermill through the runner and the CLI."""
 
 import json
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from orandnet_lib.core import store
 from orandnet_lib.book.runner import Runner
 from orandnet_lib.data.voc import save_mask_png
 
-from conftest import REPO, requires_fashion_mnist
+from conftest import REPO, requires_fashion_mnist, stable
 
 pytestmark = pytest.mark.slow
 
@@ -134,21 +133,6 @@ def test_executed_chapters_print_nothing_to_stderr(smoke_run):
         assert not printed, f"{path.name} printed to stderr: {printed[0][:500]}"
 
 
-# Measured on this run, not computed from the data: these may differ between two executions.
-_VOLATILE = ("seconds", "ms_per_image", "timings", "rss_mb")
-
-
-def _stable(value: Any) -> Any:
-    """A summary as its manifest reads back (tuples as lists, NaN as null), without what was measured."""
-    if isinstance(value, dict):
-        return {str(k): _stable(v) for k, v in value.items() if not str(k).endswith(_VOLATILE)}
-    if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
     """``sN.run(stage, p)`` is the recipe in the notebook's order: run on a copy of the smoke
     run (its checkpoints and stores reused by key), every stage records the summary its
@@ -170,4 +154,4 @@ def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
         stage = open_stage(name, params["profile"], params["data_root"], runs, params["seed"])
         p = stage.params(module.Params, params)
         record = module.run(stage, p)
-        assert _stable(record["summary"]) == _stable(manifest["summary"]), name
+        assert stable(record["summary"]) == stable(manifest["summary"]), name
