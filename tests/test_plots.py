@@ -35,3 +35,9 @@ def test_shaded_table_leaves_a_column_without_values_plain_and_warns_nothing():
     assert "30.0" in html and html.count("background-color") == 2  # the two tshirt cells only
     assert ">-<" in html.replace(" ", "")  # a missing value reads "-"
     assert plots.shaded_table(table, ["trouser"]).to_html().count("background-color") == 0
+    # a missing value inside a shaded column is left plain, not painted the colour map's black
+    partial = pd.DataFrame({"dress": [32.0, np.nan, 7.5]}, index=["cnn", "and", "vit"])
+    html = plots.shaded_table(partial).to_html()
+    rule = {r: html.split(f"_row{r}_col0 {{", 1)[1].split("}", 1)[0] for r in range(3)}  # each cell's CSS
+    assert rule[1].strip().split(";")[-2].strip() == "color: inherit" and "background-color: transparent" in rule[1]
+    assert all("transparent" not in rule[r] for r in (0, 2))

@@ -41,7 +41,12 @@ def shaded_table(table: "pd.DataFrame", columns: Sequence[str] | None = None, cm
     warning into the page."""
     shade = [c for c in (table.columns if columns is None else columns) if table[c].notna().any()]
     styler = table.style.format(f"{{:.{digits}f}}", na_rep="-")
-    return styler.background_gradient(subset=shade, axis=0, cmap=cmap) if shade else styler
+    if not shade:
+        return styler
+    # a missing value in a shaded column would take the colour map's "bad" colour (black): left plain
+    plain = "background-color: transparent; color: inherit"
+    return (styler.background_gradient(subset=shade, axis=0, cmap=cmap)
+            .map(lambda v: plain if v != v else "", subset=shade))
 
 
 def class_legend(fig: plt.Figure, class_names: Sequence[str], include_background: bool = False) -> None:
