@@ -37,7 +37,7 @@ def test_a_pretraining_twice_gives_the_same_weights(tmp_path, monkeypatch):
         path = pretrain.weights_file("aux-broad-smoke", "cnn", "resnet18", shape, progress=False, log=lambda m: None)
         states.append(torch.load(path, weights_only=False))
     a, b = states
-    assert a["history"] == [{**h, "seconds": a["history"][i]["seconds"]} for i, h in enumerate(b["history"])]
+    assert stable(a["history"]) == stable(b["history"])  # every epoch's loss and accuracy, times aside
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name

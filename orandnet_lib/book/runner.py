@@ -431,8 +431,7 @@ class Runner:
 
         src = self.stage_dir(stage) / f"{stage}.ipynb"
         manifest = store.read_manifest(self.stage_dir(stage)) or {}
-        identity = self.run_stamp(data_fp)
-        stamp = {**identity, "commit": _commit(self.root), "executed_at": manifest.get("started_at", "")}
+        stamp = {**self.run_stamp(data_fp), "commit": _commit(self.root), "executed_at": manifest.get("started_at", "")}
         nb = nbformat.read(src, as_version=4)
         nb.metadata["orandnet_run"] = stamp
         line = (f"*From run {self._shown(str(self.run_dir))}: profile `{stamp['profile']}`, data `{stamp['data'][:24]}`, "
