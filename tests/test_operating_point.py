@@ -56,10 +56,10 @@ def test_calibration_record_reads_every_pilot_as_measured():
     import json
     from importlib import resources
 
-    from orandnet_lib.stages import s0_dataset
+    from orandnet_lib.book.chapters import dataset
 
     raw = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
-    about, table = s0_dataset.calibration_record()
+    about, table = dataset.calibration_record()
     assert about == raw["about"] and len(table) == len(raw["pilots"])
     assert list(table.columns) == ["Lever", "Setting", "Quantity", "Value", "Seconds"]
     first = table.iloc[0]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from orandnet_lib.book import prose
 from orandnet_lib.book.stage import Upstream
 from orandnet_lib.core.errors import ConfigError
 from orandnet_lib.core.train import load_checkpoint
@@ -109,8 +110,9 @@ def test_stage0_statistics_on_a_folder_not_generated_here(tiny_voc):
     assert s0.artifact_keys(p, {}, {}) == {}
     data = s0.open_benchmark(stage, p)
     assert data.generator is None and list(data.datasets) == ["train", "val"]
-    text, config = s0.overview(stage, data)
-    assert "an existing VOC-layout folder" in text and "3 train, 2 val images" in text and config is None
+    facts, config = s0.overview(stage, data)
+    assert not facts["generated"] and facts["images"] == {"train": 3, "val": 2} and config is None
+    assert facts["classes"] == ["disc", "bar"] and facts["unmasked"] == []
     stats = s0.class_statistics(data)
     edges, share = s0.size_bins(stats, "train")
     context = s0.context_bias(data)
@@ -120,10 +122,13 @@ def test_stage0_statistics_on_a_folder_not_generated_here(tiny_voc):
     assert d["images"] == {"train": 3, "val": 2} and d["objects"] == 8 and "context_bias_measured" not in d
     assert abs(sum(d["size_share"].values()) - 1) < 1e-9
     assert d["size_edges"] == list(edges)
-    text = s0.findings(summary, stats, context)
-    assert text.startswith("- 8 labelled objects over the 5 images with masks (train, val)") and "Context bias" not in text
+    facts = s0.findings(summary, stats, context)
+    assert (facts["objects"], facts["scored_images"], facts["scored_splits"]) == (8, 5, ["train", "val"])
+    assert facts["context"] is None and facts["small_below"] == edges[0]
     assert d["masks"] == {"train": True, "val": True} and d["labels_source"] == "labels.csv"  # VOCWriter writes it
-    assert "not generated here" in s0.calibration_notes(data)
+    assert s0.generator_facts(data) == {"generator": None}
+    for name, f in [("overview", s0.overview(stage, data)[0]), ("findings", facts), ("calibration", s0.generator_facts(data))]:
+        assert prose.render(f"00_dataset/{name}", f)  # every name the template uses is in the facts
 
 
 def test_the_variant_table_says_what_each_precision_leaves_out():
