@@ -156,3 +156,33 @@ def test_a_registered_operator_is_used_by_fuse_and_the_standard_variants(geometr
     np.testing.assert_array_equal(sweeps["geo"].matrices, alone.matrices)
     OPERATORS.remove("geo")
     assert "geo" not in standard_variants(["cnn", "vit"])
+
+
+def test_and_and_or_are_compared_with_each_source_at_its_own_recall(tmp_path, tiny_voc):
+    """Without an offset the plain AND and OR are compared; each source's best-mIoU recall is
+    where AND's precision is read, None where AND's curve does not reach it."""
+    from orandnet_lib.core.metrics import equal_recall
+    from orandnet_lib.methods.ensemble import compare_to_sources, standard_variants, sweep_variants
+
+    ds = VOCDataset(tiny_voc, "train")
+    rng = np.random.default_rng(4)
+    items = {"cnn": [], "vit": []}
+    for image_id in ds.ids:
+        ids = np.flatnonzero(ds.load(image_id).labels) + 1
+        for k, scale in (("cnn", 1.0), ("vit", 0.5)):
+            items[k].append((image_id, scale * rng.random((len(ids), 20, 24)), ids))
+    stores = {k: _store(tmp_path / k, v) for k, v in items.items()}
+    sweeps = sweep_variants(stores, ds, standard_variants(["cnn", "vit"]), progress=False)
+    facts = compare_to_sources(sweeps, ["cnn", "vit"])
+    best = {n: s.best() for n, s in sweeps.items()}
+    assert (facts["and_name"], facts["or_name"]) == ("and", "or")
+    assert facts["top"] == max(best, key=lambda n: best[n]["miou"]) and facts["top_miou"] == best[facts["top"]]["miou"]
+    assert {facts["weak"], facts["top_single"]} == {"cnn", "vit"}
+    assert facts["weak_miou"] <= facts["top_single_miou"] and facts["and_miou"] == best["and"]["miou"]
+    for a in facts["at_recall"]:
+        expected = equal_recall(sweeps["and"], sweeps[a["source"]])
+        assert a["recall"] == best[a["source"]]["recall"] == expected["recall"]
+        assert a["precision"] == (None if np.isnan(expected["precision"]) else expected["precision"])
+    assert facts["and_more_precise"] == all(equal_recall(sweeps["and"], sweeps[n])["difference"] > 0 for n in ("cnn", "vit"))
+    assert facts["or_highest_recall"] == facts["highest_recall"].startswith("or")
+    assert facts["highest_recall_value"] == max(b["recall"] for b in best.values())

@@ -18,6 +18,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch.utils.data import TensorDataset
 
+from orandnet_lib.book import prose
+from orandnet_lib.book.chapters import classifiers as chapter
 from orandnet_lib.core.train import TrainConfig, fit
 from orandnet_lib.data import fashion_mnist, synth
 from orandnet_lib.methods import pretrain
@@ -253,14 +255,19 @@ def test_chapter_one_shows_each_pretrained_backbone(cnn_file, vit_file, monkeypa
                   vit_backbone_kwargs=VIT["backbone_kwargs"], vit_patch_size=VIT["patch_size"],
                   vit_stem_widths=VIT["stem_widths"], vit_pretrained=RECIPE)
     pretrained = s1.pretrained_backbones(p, progress=False)
-    table = s1.pretraining_table(pretrained)
+    table = chapter.pretraining_table(pretrained)
     assert list(table.index) == ["cnn", "vit"]
     assert list(table["cached file"]) == [cnn_file[0].name, vit_file.name]
     assert table.loc["cnn", "val accuracy (%)"] == pretrain.summary(cnn_file[0])["val_accuracy"]
-    fig = s1.pretraining_examples(pretrained, n=6)
+    fig = chapter.pretraining_examples(pretrained, n=6)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 6 and set(titles) <= set(fashion_mnist.CLASS_NAMES)
     assert min(ax.title.get_fontsize() for ax in fig.axes) >= 9 and fig.get_figwidth() <= 7.2
-    assert "auxiliary task" in s1.pretraining_text(p, pretrained)
-    assert s1.pretraining_text(s1.Params(cnn_pretrained="timm"), {}).count("ImageNet") == 1
+    facts = s1.pretraining_facts(p, pretrained)
+    assert [c["start"] for c in facts["classifiers"]] == [{"kind": "recipe", "setting": RECIPE}] * 2
+    assert [r["name"] for r in facts["recipes"]] == [RECIPE]  # one recipe, said once
+    assert facts["recipes"][0]["n_val"] == pretrain.AUX_RECIPES.get(RECIPE).n_val
+    assert prose.render("01_classifiers_and_cams/pretraining", facts)
+    timm = s1.pretraining_facts(s1.Params(cnn_pretrained="timm"), {})
+    assert timm["classifiers"][0]["start"]["kind"] == "timm" and timm["recipes"] == []
 

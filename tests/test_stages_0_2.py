@@ -2,6 +2,7 @@
 leaves for later stages, and the dataset chapter's statistics on a tiny folder."""
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,9 +13,13 @@ from orandnet_lib.book import prose
 from orandnet_lib.book.stage import Upstream
 from orandnet_lib.core.errors import ConfigError
 from orandnet_lib.core.train import load_checkpoint
-from orandnet_lib.methods.cam_classifier import build
+from orandnet_lib.data import synth
+from orandnet_lib.data.voc import VOCDataset
+from orandnet_lib.methods import pretrain
+from orandnet_lib.methods.cam_classifier import build, limits_summary
 from orandnet_lib.methods.cams import CamStore
-from orandnet_lib.methods.ensemble import OPERATORS
+from orandnet_lib.methods.classification import chance_map
+from orandnet_lib.methods.ensemble import OPERATORS, OffsetChoice, recorded_variants
 from orandnet_lib.stages import s0_dataset as s0
 from orandnet_lib.stages import s1_classifiers as s1
 from orandnet_lib.stages import s2_ensembles as s2
@@ -64,10 +69,81 @@ def test_stage1_representation_limits_use_each_networks_own_stride(tiny_voc):
                                   ("deeplab", 8, 1.0)]
     assert list(limits["grid at 20x24 px"]) == ["2x2", "3x3", "5x6", "10x12", "3x3"]
     assert limits.loc[("cnn", 16, 2.0), "train limit mIoU (%)"] == limits.loc[("deeplab", 8, 1.0), "train limit mIoU (%)"]
-    summary = s1.limits_summary(limits)
+    summary = limits_summary(limits)
     assert set(summary) == {"cnn", "vit", "deeplab"} and summary["vit"]["stride"] == 4
     assert summary["cnn"]["finest"] == {"scale": 2.0, **summary["cnn"]["scales"]["2"]}
     assert summary["deeplab"]["finest"]["val"] == limits.loc[("deeplab", 8, 1.0), "val limit mIoU (%)"]
+
+
+def test_stages_1_and_2_run_on_a_tiny_folder_and_state_their_findings(tiny_voc, tmp_path):
+    """``run`` of stage 1, then of stage 2 on its stores; the findings' facts are the recorded
+    numbers with the verdicts they imply, and every name the templates use is in them."""
+    p1, p2 = tiny_params(), s2.Params()
+    stage1 = SimpleNamespace(dir=tmp_path / "s1", data_root=tiny_voc, record=lambda **kw: kw)
+    summary = s1.run(stage1, p1)["summary"]
+    assert set(summary) == {"classifiers", "cams", "error_overlap", "cams_limit"}  # no pretrained backbone
+    facts = s1.findings(p1, summary, chance_map(VOCDataset(tiny_voc, "val")))
+    assert [c["name"] for c in facts["classifiers"]] == ["cnn", "vit"] and 0 < facts["chance"] < 100
+    for c in facts["classifiers"]:
+        cam, recorded = c["cam"], summary["cams"][c["name"]]
+        assert (cam["miou"], c["val_miou"]) == (recorded["miou"], recorded["val"]["miou"])
+        assert cam["mode"] == ("over-spread" if cam["recall"] > cam["precision"] else "under-covering")
+        finest = summary["cams_limit"][c["name"]]["finest"]
+        assert c["ceiling"] == {"value": finest["train"], "split": "train", "stride": summary["cams_limit"][c["name"]]["stride"],
+                                "scale": 1.0}
+    assert facts["deeplab"]["stride"] == 8 and facts["shared"]["fp"] == summary["error_overlap"]["fp_jaccard_mean"]
+    assert prose.render("01_classifiers_and_cams/findings", facts)
+    unscored = {"classifiers": summary["classifiers"], "cams": {n: {"val": c["val"]} for n, c in summary["cams"].items()}}
+    facts = s1.findings(p1, unscored, 50.0)  # a train split without masks: no CAM scores there, no limits
+    assert [c["cam"] for c in facts["classifiers"]] == [None, None] and facts["deeplab"] is facts["shared"] is None
+    assert prose.render("01_classifiers_and_cams/findings", facts)
+
+    stage2 = SimpleNamespace(dir=tmp_path / "s2", data_root=tiny_voc, record=lambda **kw: kw,
+                             upstream=lambda name: SimpleNamespace(dir=stage1.dir))
+    cams = s2.run(stage2, p2)["summary"]["cams"]
+    choice = s2.choose_offset(p2)
+    sweeps = s2.sweep(s2.source_stores(stage2, p2), VOCDataset(tiny_voc, "train"), s2.variants(p2, choice.offset))
+    facts = s2.findings(p2, sweeps, choice)
+    assert facts["scored"] and (facts["and_name"], facts["or_name"]) == ("and+offset", "or+offset")
+    assert facts["top_miou"] == max(c["miou"] for c in cams.values()) and facts["top"] in cams
+    assert facts["weak_miou"] == min(cams[n]["miou"] for n in p2.sources)
+    assert [a["source"] for a in facts["at_recall"]] == ["cnn", "vit"]
+    assert facts["and_more_precise"] == all(a["precision"] is not None and a["precision"] > a["baseline_precision"]
+                                            for a in facts["at_recall"])
+    assert facts["or_highest_recall"] == (max(cams, key=lambda n: cams[n]["recall"]).startswith("or"))
+    assert prose.render("02_or_and_ensembles/findings", facts)
+    unscored = s2.findings(p2, {}, choice)  # a train split without masks: the offset alone
+    assert not unscored["scored"] and "top" not in unscored and unscored["rule"] == "fixed"
+    assert prose.render("02_or_and_ensembles/findings", unscored)
+
+
+def test_stage2_states_the_offset_that_ran_and_its_rule():
+    p = s2.Params()
+    assert s2.offset_facts(p, s2.choose_offset(p)) == {"rule": "fixed", "offset": 0.15, "offset_source": "vit",
+                                                       "train_split": "train", "thresholds": {}, "other": None}
+    aligned = s2.offset_facts(p, OffsetChoice("align", -0.12, {"cnn": 0.41, "vit": 0.53}))
+    assert aligned["other"] == "cnn" and aligned["thresholds"] == {"cnn": 0.41, "vit": 0.53}
+    for facts in (s2.offset_facts(p, s2.choose_offset(p)), aligned):
+        assert prose.render("02_or_and_ensembles/offset", facts)
+
+
+def test_stage1_says_where_each_classifier_starts():
+    """A hybrid ViT on the CNN's pretrained ResNet: its own weights from scratch, its stem from
+    the CNN's recipe; the broad recipe without the benchmark's garments (no weights are read)."""
+    p = s1.Params(cnn_pretrained="aux-broad-minus", vit_stem="resnet")
+    used = {"cnn": pretrain.Pretrained("aux-broad-minus", "cnn", "resnet18", Path("w.pt"), {})}
+    facts = s1.pretraining_facts(p, used)
+    cnn, vit = facts["classifiers"]
+    assert cnn == {"name": "cnn", "start": {"kind": "recipe", "setting": "aux-broad-minus"}, "stem": None}
+    assert vit["start"] == {"kind": "scratch", "setting": ""}
+    assert vit["stem"] == {"backbone": "resnet18", "stride": 8, "start": {"kind": "recipe", "setting": "aux-broad-minus"}}
+    (recipe,) = facts["recipes"]
+    assert recipe["catalogue"] == "broad" and recipe["exclude"] == list(synth.SceneConfig().classes)
+    assert sum(recipe["sources"].values()) == len(recipe["classes"]) and recipe["hold_out_every"] == 10
+    assert prose.render("01_classifiers_and_cams/pretraining", facts)
+    timm = s1.pretraining_facts(s1.Params(cnn_pretrained="timm", vit_pretrained="weights/vit.pt"), {})
+    assert [c["start"]["kind"] for c in timm["classifiers"]] == ["timm", "file"] and timm["recipes"] == []
+    assert prose.render("01_classifiers_and_cams/pretraining", timm)
 
 
 def test_stage2_reads_the_stores_stage1_names():
@@ -86,13 +162,13 @@ def test_later_stages_rebuild_stage2s_variants_from_its_record():
     p = s2.Params(offset=0.2)
     choice = s2.choose_offset(p)
     recorded = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p, choice)}})
-    assert s2.variants_from(recorded) == s2.variants(p, 0.2)
-    assert s2.variants_from(recorded)["and+offset"].offsets == (("vit", 0.2),)
+    assert recorded_variants(recorded.metrics["ensemble"]) == s2.variants(p, 0.2)
+    assert recorded_variants(recorded.metrics["ensemble"])["and+offset"].offsets == (("vit", 0.2),)
     OPERATORS.add("geo", lambda stack: stack.prod(axis=0) ** (1 / len(stack)), standard=True)
     try:
-        assert "geo" not in s2.variants_from(recorded)  # what stage 2 built, not what is registered now
+        assert "geo" not in recorded_variants(recorded.metrics["ensemble"])  # what stage 2 built, not what is registered now
         with_geo = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": s2.ensemble_record(p, choice)}})
-        assert "geo" in s2.variants_from(with_geo) and "geo" in s2.variants(p, 0.2)
+        assert "geo" in recorded_variants(with_geo.metrics["ensemble"]) and "geo" in s2.variants(p, 0.2)
     finally:
         OPERATORS.remove("geo")
 
@@ -133,10 +209,11 @@ def test_stage0_statistics_on_a_folder_not_generated_here(tiny_voc):
 
 def test_the_variant_table_says_what_each_precision_leaves_out():
     """Beside each precision: the classes never predicted at that score and the empty class maps."""
+    from orandnet_lib.book.chapters import ensembles
     from orandnet_lib.core.metrics import ThresholdSweep
 
     sweep = ThresholdSweep(3, [0.2, 0.6])
     sweep.update(np.array([[[0.9, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]), [1, 2], np.array([[1, 1, 2, 0]]))
-    table = s2.variant_table({"and": sweep.result()})
+    table = ensembles.variant_table({"and": sweep.result()})
     row = table.loc[("best mIoU", "and")]
     assert row["empty maps %"] == 50.0 and row["unpredicted"] == 1  # class 2's map is empty: never predicted

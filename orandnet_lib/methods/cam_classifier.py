@@ -8,16 +8,18 @@ from the :class:`ClassifierRecipe` stage 1 records, so neither stage imports the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from . import pretrain
-from .cams import compute_store
+from .cams import compute_store, grid_limits, grid_shape
 from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from ..core import store
 from ..core.keys import ArtifactKey, spec_dict
@@ -192,3 +194,53 @@ def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_di
             meta={"source": trained.name, "checkpoint": trained.checkpoint.name, "identity": key.to_dict()},
             desc=f"CAMs {trained.name} {split}")
     return paths
+
+
+# -- what the classifiers' maps can reach, and where they fail together ----------------------------
+
+def deeplab_stride() -> int:
+    """The output stride of stage 5's DeepLab: its constructor's default, which stage 5 keeps."""
+    import inspect
+
+    from ..nets.deeplab import DeepLab
+
+    return int(inspect.signature(DeepLab).parameters["output_stride"].default)
+
+
+def limits_table(outputs: Sequence[tuple[str, int, float]], datasets: Mapping[str, VOCDataset]) -> pd.DataFrame:
+    """The best mIoU (%) a map on each output grid can reach on each split: the true masks
+    shrunk to the grid (area-weighted class shares per cell) and scaled back (bilinear,
+    arg-max), as :func:`~orandnet_lib.methods.cams.grid_limits`. ``outputs``: (name, output
+    stride, scale) per row, in the order given; ``datasets``: the splits with masks."""
+    per_split = {split: grid_limits(ds, [(st, sc) for _, st, sc in outputs]) for split, ds in datasets.items()}
+    first = next(iter(datasets.values()))
+    h, w = first.load_mask(first.ids[0]).shape
+    rows = [{"output": name, "stride": st, "scale": sc, f"grid at {h}x{w} px": "x".join(map(str, grid_shape(h, w, st, sc))),
+             **{f"{split} limit mIoU (%)": limits[(st, sc)] for split, limits in per_split.items()}}
+            for name, st, sc in outputs]
+    return pd.DataFrame(rows).set_index(["output", "stride", "scale"])
+
+
+def limits_summary(limits: pd.DataFrame) -> dict[str, Any]:
+    """Per output of :func:`limits_table`: its stride, per scale the limit on each split
+    (percent), and ``finest``: the limit at its largest scale, the finest grid its multi-scale
+    sum resolves (the rows of each output in increasing scale)."""
+    out: dict[str, Any] = {}
+    cols = [c for c in limits.columns if c.endswith(" limit mIoU (%)")]
+    for (name, stride, scale), row in limits.iterrows():
+        entry = out.setdefault(str(name), {"stride": int(stride), "scales": {}})
+        scores = {c.removesuffix(" limit mIoU (%)"): float(row[c]) for c in cols}
+        entry["scales"][f"{scale:g}"] = scores
+        entry["finest"] = {"scale": float(scale), **scores}  # rows are in increasing scale
+    return out
+
+
+def overlap_summary(overlap: pd.DataFrame, names: Sequence[str]) -> dict[str, Any]:
+    """The mean per-class share of false-positive and of false-negative pixels two classifiers
+    both make (shared / union, foreground classes), and of each one's foreground false-positive
+    pixels the share the other makes too. ``overlap``: ``ErrorOverlap.table()`` per class, the
+    background first; ``names``: the two classifiers, in the table's order (a, b)."""
+    fg = overlap.iloc[1:]
+    return {"fp_jaccard_mean": float(np.nanmean(fg["fp_jaccard"])), "fn_jaccard_mean": float(np.nanmean(fg["fn_jaccard"])),
+            "fp_shared_of": {name: float(fg["fp_shared"].sum() / max(1, fg[col].sum()))
+                             for name, col in zip(names, ("fp_a", "fp_b"))}}

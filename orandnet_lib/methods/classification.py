@@ -91,3 +91,8 @@ def classification_scores(scores: np.ndarray, targets: np.ndarray) -> dict[str, 
     ap, f1 = average_precision(scores, targets), multilabel_f1(scores, targets)
     return {"map": 100 * float(np.nanmean(ap)), "f1": 100 * float(np.nanmean(f1)),
             "ap_per_class": (100 * ap).tolist(), "f1_per_class": (100 * f1).tolist()}
+
+
+def chance_map(val: VOCDataset) -> float:
+    """The mAP of a random ranking, in percent: the share of positive image-class pairs."""
+    return 100 * float(np.mean([np.stack([s.labels for s in val]).mean(0)]))

@@ -11,6 +11,9 @@ clipped to [0, 1], so the probabilistic operators stay probabilities.
 
 For maps in [0, 1]: or >= max >= mean >= min >= and, pixel by pixel. The operators live in the
 registry ``OPERATORS``; an unknown name is a ConfigError listing the known ones.
+
+Also here: the keys of fused stores, the mask-free choice of the offset (:class:`OffsetChoice`)
+and the comparison of AND and OR with the single sources (:func:`compare_to_sources`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import score_rules
 from .cams import CamStore, CamStoreWriter
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.keys import ArtifactKey
 from ..core.registry import Registry
-from ..core.metrics import SweepResult, ThresholdSweep
+from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
 from ..core.progress import bar as progress_bar
 from ..data.voc import VOCDataset
 
@@ -198,3 +202,79 @@ def sweep_variants(stores: Mapping[str, CamStore], dataset: VOCDataset, variants
         for name, variant in variants.items():
             sweeps[name].update(variant.compute(by_name), class_ids, gt)
     return {name: s.result() for name, s in sweeps.items()}
+
+
+def fused_store_key(name: str, variant: Variant | None, split: str, data: Mapping[str, str],
+                    upstream: Mapping[str, str], rule: Mapping[str, Any] | None = None,
+                    rule_inputs: Mapping[str, str] | None = None) -> ArtifactKey:
+    """A fused CAM store: operator, offsets and sources, the split, and the keys of the source
+    stores; for an offset variant under a rule other than ``fixed``, ``rule`` (its name, and
+    the offset when known) and ``rule_inputs`` (the digests of what chose the offset)."""
+    if variant is None:  # not a standard variant: the recipe refuses it; the key only names it
+        return ArtifactKey("cams", {"variant": name}, data=data[split])
+    spec: dict[str, Any] = {"operator": variant.op, "offsets": dict(variant.offsets), "sources": list(variant.sources)}
+    inputs = {f"cams:{s}_{split}": upstream[f"cams:{s}_{split}"] for s in variant.sources}
+    if variant.offsets and rule is not None:
+        spec.update(rule)
+        inputs.update(rule_inputs or {})
+    return ArtifactKey("cams", spec, data=data[split], upstream=inputs)
+
+
+# -- the offset on one source ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OffsetChoice:
+    """The offset applied to the offset source, the rule that chose it and, under ``align``,
+    each source's mask-free operating point on the train split (fractions)."""
+
+    rule: str
+    offset: float
+    thresholds: dict[str, float]
+
+
+def align_offset(thresholds: Mapping[str, float], offset_source: str) -> float:
+    """The offset that moves ``offset_source``'s operating point onto the other source's: the
+    other's minus its own (rounded to 1e-6, the score grid is 1e-2)."""
+    others = [name for name in thresholds if name != offset_source]
+    if offset_source not in thresholds or len(others) != 1:
+        raise ConfigError(f"offset_rule 'align' needs two sources, one of them the offset source "
+                          f"{offset_source!r}; got {list(thresholds)}")
+    return round(thresholds[others[0]] - thresholds[offset_source], 6)
+
+
+def source_points(stores: Mapping[str, CamStore], rule: str = "otsu") -> dict[str, float]:
+    """Each source's operating point on its train-split store, by a mask-free score rule."""
+    return {name: score_rules.operating_point(((c, i) for _, c, i in store), rule) for name, store in stores.items()}
+
+
+# -- AND and OR against the single sources ----------------------------------------------------------
+
+def compare_to_sources(sweeps: Mapping[str, SweepResult], sources: Sequence[str]) -> dict[str, Any]:
+    """The paper's two claims on these sweeps, as values: is AND (with the offset when there is
+    one) more precise than each source at that source's best-mIoU recall, and does an OR have
+    the highest recall at the best-mIoU scores; with the best variant and the weaker source
+    (the one an AND loses object pixels to). Percent; a precision the AND's curve never
+    reaches is None."""
+    best = {name: s.best() for name, s in sweeps.items()}
+    singles = {name: best[name] for name in sources}
+    top_single = max(singles, key=lambda n: singles[n]["miou"])
+    weak = min(singles, key=lambda n: singles[n]["miou"])
+    and_name = "and+offset" if "and+offset" in best else "and"
+    or_name = "or+offset" if "or+offset" in best else "or"
+    at = {n: equal_recall(sweeps[and_name], sweeps[n]) for n in sources}
+    highest_recall = max(best, key=lambda n: best[n]["recall"])
+    top = max(best, key=lambda n: best[n]["miou"])
+    return {
+        "and_name": and_name, "or_name": or_name,
+        "and_more_precise": all(a["difference"] > 0 for a in at.values()),
+        "at_recall": [{"source": n, "recall": a["recall"], "baseline_precision": a["baseline_precision"],
+                       "precision": None if np.isnan(a["precision"]) else a["precision"]} for n, a in at.items()],
+        "and_empty_share": sweeps[and_name].empty_share, "and_unpredicted": best[and_name]["unpredicted"],
+        "and_miou": best[and_name]["miou"],
+        "or_highest_recall": highest_recall.startswith("or"), "highest_recall": highest_recall,
+        "highest_recall_value": best[highest_recall]["recall"], "or_recall": best[or_name]["recall"],
+        "top": top, "top_miou": best[top]["miou"],
+        "top_single": top_single, "top_single_miou": singles[top_single]["miou"],
+        "top_single_recall": singles[top_single]["recall"],
+        "weak": weak, "weak_miou": singles[weak]["miou"], "weak_recall": singles[weak]["recall"],
+    }

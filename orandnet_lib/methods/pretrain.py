@@ -102,6 +102,22 @@ def is_recipe(pretrained: str) -> bool:
     return pretrained in AUX_RECIPES
 
 
+def setting_kind(pretrained: str) -> str:
+    """What a network's ``pretrained`` setting names: "recipe" (an auxiliary recipe), "timm"
+    (ImageNet weights through timm), "file" (a weights file) or "scratch" (random weights)."""
+    return "recipe" if is_recipe(pretrained) else "timm" if pretrained == "timm" else "file" if pretrained else "scratch"
+
+
+def recipe_facts(name: str) -> dict[str, Any]:
+    """Recipe ``name``'s task as plain values (for the book's prose): its classes and how many
+    each source gives, what it leaves out, its images and epochs."""
+    r = AUX_RECIPES.get(name)
+    return {"name": name, "catalogue": r.catalogue, "classes": [c.name for c in r.classes],
+            "sources": aux_task.source_counts(r.classes), "exclude": list(r.exclude), "n_train": r.n_train,
+            "n_val": r.n_val, "image_size": r.image_size, "texture_background": r.texture_background,
+            "epochs": r.epochs, "hold_out_every": HOLD_OUT_EVERY}
+
+
 # ----------------------------------------------------------------------------- the task's images
 
 def _procedural(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -312,3 +328,20 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a cached weights file says about itself (no tensors)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     return {k: state[k] for k in ("identity", "history", "val_accuracy", "seconds", "train_config")}
+
+
+@dataclass
+class Pretrained:
+    """A network's backbone pretrained on an auxiliary task: the recipe, the network's kind and
+    timm backbone, the cached weights and what they say of themselves (:func:`summary`)."""
+
+    recipe: str
+    kind: str
+    backbone: str
+    path: Path
+    summary: dict[str, Any]  # history, val_accuracy, seconds, ...
+
+    def record(self) -> dict[str, Any]:
+        """What a stage records of it: the recipe, held-out accuracy, seconds and cached file."""
+        return {"recipe": self.recipe, "val_accuracy": self.summary["val_accuracy"], "seconds": self.summary["seconds"],
+                "file": self.path.name}
