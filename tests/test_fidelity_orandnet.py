@@ -18,7 +18,10 @@ import timm
 import torch
 
 from orandnet_lib.book.stage import Upstream
+from orandnet_lib.book import prose
 from orandnet_lib.core.errors import ConfigError
+from orandnet_lib.methods.ensemble import OffsetChoice, align_offset, recorded_variants
+from orandnet_lib.methods.orandnet_maps import PERFECT, ReadoutScore, Trained, empty_map_share, perfect_logits, readout_scores
 from orandnet_lib.nets.orandnet import (LOSSES, READOUTS, ORANDNet, collate, make_inputs, normalise, orand_loss, predict,
                                         readout_of)
 from orandnet_lib.stages import s2_ensembles as s2
@@ -71,7 +74,7 @@ def test_a_perfect_bce_network_reproduces_the_and_sweep_and_relu_truncates_it_at
         ids = np.flatnonzero(ds.load(image_id).labels) + 1
         and_maps = rng.random((len(ids), 20, 24)).astype(np.float32) * 0.9
         and_maps[:, 0, 0] = 1.0  # each class map peaks at 1, as a max-normalised AND of two peaked maps can
-        logits = s3.perfect_logits(torch.from_numpy(and_maps))
+        logits = perfect_logits(torch.from_numpy(and_maps))
         gt = ds.load_mask(image_id)
         sweeps["and"].update(and_maps, ids, gt)
         for r in ("sigmoid_max", "relu_max"):
@@ -127,9 +130,8 @@ def test_the_read_out_comparison_scores_the_perfect_network_as_and_over_its_maxi
         with CamStoreWriter(tmp_path / name) as w:
             for i in ds.ids:
                 w.add(i, maps[i] * scale, np.flatnonzero(ds.load(i).labels) + 1)
-    inputs = s3.Inputs(ds, {}, {}, CamStore(tmp_path / "or"), CamStore(tmp_path / "and"), None, {})  # type: ignore[arg-type]
-    scores = s3.readout_comparison(inputs, {}, progress=False)
-    assert set(scores) == {(s3.PERFECT, "relu_max"), (s3.PERFECT, "sigmoid_max")}
+    scores = readout_scores(ds, CamStore(tmp_path / "or"), CamStore(tmp_path / "and"), {}, progress=False)
+    assert set(scores) == {(PERFECT, "relu_max"), (PERFECT, "sigmoid_max")}
     expected = ThresholdSweep(ds.num_classes)
     mae, n = 0.0, 0
     for i in ds.ids:
@@ -137,11 +139,21 @@ def test_the_read_out_comparison_scores_the_perfect_network_as_and_over_its_maxi
         over = a / a.reshape(len(a), -1).max(axis=1)[:, None, None]
         expected.update(over, np.flatnonzero(ds.load(i).labels) + 1, ds.load_mask(i))
         mae, n = mae + float(np.abs(over - a).sum()), n + a.size
-    got = scores[s3.PERFECT, "sigmoid_max"]
+    got = scores[PERFECT, "sigmoid_max"]
     np.testing.assert_array_equal(got.sweep.matrices, expected.result().matrices)
     assert got.mae == pytest.approx(mae / n, rel=1e-4) and got.empty == 0.0
     # uniform in [0, 0.8): each map has pixels above 0.5, so ReLU / max leaves none empty here
-    assert scores[s3.PERFECT, "relu_max"].empty == 0.0
+    assert scores[PERFECT, "relu_max"].empty == 0.0
+    assert got.describe() == {**got.sweep.best(), "empty_maps": 0.0, "mae": got.mae}
+    # the chapter's table: the perfect network is read as binary cross-entropy logits (its own read-out sigmoid / max)
+    from orandnet_lib.book.chapters import orandnet as chapter
+
+    table = chapter.readout_table({}, scores)
+    assert table.loc[(PERFECT, "sigmoid / max"), "own read-out"] == "yes"
+    assert table.loc[(PERFECT, "ReLU / max"), "own read-out"] == "no"
+    assert table.loc[(PERFECT, "sigmoid / max"), "mIoU"] == got.sweep.best()["miou"]
+    curves = chapter.own_readout_sweeps({}, scores, expected.result(), "and")
+    assert list(curves) == [f"{PERFECT} (sigmoid / max)", "and (target)"] and curves[f"{PERFECT} (sigmoid / max)"] is got.sweep
 
 
 def test_softmax_loss_over_one_class_channel_has_exactly_zero_gradient():
@@ -174,31 +186,31 @@ def test_align_moves_the_offset_sources_operating_point_onto_the_others(tmp_path
               "vit": write_bimodal_store(tmp_path / "vit", 0.25, 0.875)}
     p = s2.Params(offset_rule="align", offset=0.5)  # `offset` is not used under "align"
     choice = s2.choose_offset(p, stores)
-    assert choice == s2.OffsetChoice("align", 0.25, {"cnn": 0.51, "vit": 0.26})
+    assert choice == OffsetChoice("align", 0.25, {"cnn": 0.51, "vit": 0.26})
     assert s2.variants(p, choice.offset)["and+offset"].offsets == (("vit", 0.25),)
     swapped = s2.choose_offset(p, {"cnn": stores["vit"], "vit": stores["cnn"]})
     assert swapped.offset == -0.25
     zero = s2.choose_offset(p, {"cnn": stores["cnn"], "vit": stores["cnn"]})
     assert zero.offset == 0.0 and s2.variants(p, 0.0)["or+offset"].offsets == (("vit", 0.0),)
     # fixed: the parameter, whatever the stores hold
-    assert s2.choose_offset(s2.Params(), stores) == s2.OffsetChoice("fixed", 0.15, {})
+    assert s2.choose_offset(s2.Params(), stores) == OffsetChoice("fixed", 0.15, {})
     with pytest.raises(ConfigError, match="offset_rule must be one of"):
         s2.choose_offset(s2.Params(offset_rule="best-on-orandnet"))
     with pytest.raises(ConfigError, match="needs two sources"):
-        s2.align_offset({"cnn": 0.4, "vit": 0.2, "cnn2": 0.3}, "vit")
+        align_offset({"cnn": 0.4, "vit": 0.2, "cnn2": 0.3}, "vit")
     with pytest.raises(ConfigError, match="needs the sources' CAM stores"):
         s2.choose_offset(p)
 
 
 def test_later_stages_read_the_offset_that_ran():
     p = s2.Params(offset_rule="align")
-    choice = s2.OffsetChoice("align", 0.15, {"cnn": 0.41, "vit": 0.26})
+    choice = OffsetChoice("align", 0.15, {"cnn": 0.41, "vit": 0.26})
     record = s2.ensemble_record(p, choice)
     assert record["offset"] == 0.15 and record["offset_rule"] == "align"
     assert record["offset_thresholds"] == {"cnn": 0.41, "vit": 0.26}
     upstream2 = Upstream("02_or_and_ensembles", None, {"params": {}, "metrics": {"ensemble": record}})
-    assert s2.variants_from(upstream2) == s2.variants(p, 0.15)
-    assert s2.variants_from(upstream2)["or+offset"].offsets == (("vit", 0.15),)
+    assert recorded_variants(upstream2.metrics["ensemble"]) == s2.variants(p, 0.15)
+    assert recorded_variants(upstream2.metrics["ensemble"])["or+offset"].offsets == (("vit", 0.15),)
 
 
 def test_align_keys_hold_the_applied_offset_and_the_stores_that_chose_it():
@@ -269,14 +281,40 @@ def test_stage3_findings_compare_precision_at_equal_recall():
     p = s3.Params(ablate_image=False, ablate_loss=False)
     sweeps = {"cnn": sweep(10, 9, 1), "vit": sweep(20, 4, 2), "or+offset": sweep(30, 10, 5),
               "and+offset": sweep(5, 3, 0), "orandnet": sweep(1, 8, 0)}
-    text = s3.findings(p, sweeps, {}, ["cnn", "vit"], single_class=39.5)
+    facts = s3.findings(p, sweeps, {}, ["cnn", "vit"], single_class=39.5)
     base = sweeps["cnn"].best()
     assert base["threshold"] == 60.0
-    a = s3.equal_recall(sweeps["orandnet"], sweeps["cnn"])
-    assert a["recall"] == base["recall"] and a["precision"] > a["baseline_precision"]
-    assert f"At cnn's recall ({base['recall']:.1f} %" in text and "(higher;" in text
-    assert "25.0 % of its class maps empty" in text
-    assert "(39.5 % of the train images with a class)" in text and "sigmoid / max" in text
+    assert facts["top_single"] == "cnn" and facts["recall"] == base["recall"]
+    assert facts["precision"] > facts["baseline_precision"] == base["precision"] and facts["higher"]
+    assert facts["empty_share"] == 25.0 and facts["kept"] and facts["orandnet"]["miou"] > facts["top"]["miou"]
+    assert facts["single_class"] == 39.5 and facts["readout_label"] == "sigmoid / max"
+    assert facts["main"] is None and facts["n_way"] is None and facts["ablations"] == {} and facts["empty_maps"] == {}
+    assert prose.render("03_orandnet/findings", facts)  # every name the template uses is in the facts
+
+    # with the read-outs, an ablation, maps left empty and the N-way sweeps, every branch of the template
+    p = s3.Params(ablate_image=False)
+    sweeps["orandnet (softmax)"] = sweep(2, 7, 1)
+    n_way = {n: sweep(4, 5, 1) for n in ("cnn2", "or (cnn, vit)", "and (cnn, vit)", "or (cnn, cnn2)",
+                                          "and (cnn, cnn2)", "or (3-way)", "and (3-way)")}
+    n_way["and (3-way)"] = sweep(0, 3, 0)
+    readouts = {(m, r): ReadoutScore(sweeps["orandnet"], e, 0.1) for m in ("orandnet", PERFECT)
+                for r, e in (("relu_max", 50.0), ("sigmoid_max", 0.0))}
+    facts = s3.findings(p, sweeps, n_way, ["cnn", "vit"], None, {"orandnet": 0.0, "orandnet (softmax)": 12.5}, readouts)
+    assert facts["main"] == {"empty": 0.0, "mae": 0.1, "miou": sweeps["orandnet"].best()["miou"]}
+    assert facts["other_readouts"] == {"ReLU / max": {"miou": sweeps["orandnet"].best()["miou"], "empty": 50.0}}
+    assert set(facts["perfect"]) == {"ReLU / max", "sigmoid / max"} and list(facts["ablations"]) == ["orandnet (softmax)"]
+    assert facts["empty_maps"] == {"orandnet": 0.0, "orandnet (softmax)": 12.5}
+    assert facts["n_way"]["and3"]["precision"] > facts["n_way"]["and_pair"]["precision"]
+    assert facts["n_way"]["first"] == base and (facts["n_way"]["a"], facts["n_way"]["c"]) == ("cnn", "vit")
+    assert prose.render("03_orandnet/findings", facts)
+
+
+def test_stage3_findings_without_masks_say_only_what_needs_none():
+    p = s3.Params()
+    facts = s3.findings(p, {}, {}, ["cnn", "vit"], readouts={("orandnet", "sigmoid_max"): ReadoutScore(None, 12.5, 0.25)})
+    assert not facts["scored"] and facts["main"] == {"empty": 12.5, "mae": 0.25} and "top_single" not in facts
+    assert prose.render("03_orandnet/findings", facts)
+    assert s3.findings(p, {}, {}, ["cnn", "vit"])["main"] is None
 
 
 def test_stage3_counts_the_class_maps_left_empty_by_the_relu(tmp_path):
@@ -285,5 +323,5 @@ def test_stage3_counts_the_class_maps_left_empty_by_the_relu(tmp_path):
     with CamStoreWriter(tmp_path / "s") as w:
         w.add("a", np.array([[[0.0, 0.0]], [[0.0, 0.5]]], np.float32), np.array([1, 2]))
         w.add("b", np.array([[[0.0, 0.0]]], np.float32), np.array([3]))
-    trained = {"orandnet": s3.Trained([], CamStore(tmp_path / "s"), tmp_path / "x.pt")}
-    assert s3.empty_map_share(trained) == {"orandnet": pytest.approx(200 / 3)}  # 2 of 3 maps
+    trained = {"orandnet": Trained([], CamStore(tmp_path / "s"), tmp_path / "x.pt")}
+    assert empty_map_share(trained) == {"orandnet": pytest.approx(200 / 3)}  # 2 of 3 maps

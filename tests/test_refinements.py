@@ -51,6 +51,7 @@ def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
     from orandnet_lib.core.keys import ArtifactKey, read_key
     from orandnet_lib.data.voc import VOCDataset
     from orandnet_lib.methods.cams import CamStore, CamStoreWriter
+    from orandnet_lib.methods.refinement import refine_variant
     from orandnet_lib.stages import s4_refinement as s4
 
     ds = VOCDataset(tiny_voc, "train")
@@ -67,10 +68,9 @@ def test_a_new_refinement_is_scored_and_written_by_stage_4(tiny_voc, tmp_path):
 
     try:
         key = ArtifactKey("pseudo_masks", {"refinement": "square"}, data="tiny")
-        r = s4.refine_variant(store, ds, tmp_path / "pm", key, refinements=("cam", "square"),
-                              pseudo_mask_refinement="square", background=0.25, operating_point=0.5, settings={},
-                              workers=2,
-                              progress=False)
+        r = refine_variant(store, ds, tmp_path / "pm", key, refinements=("cam", "square"),
+                           pseudo_mask_refinement="square", background=0.25, operating_point=0.5, settings={},
+                           workers=2, progress=False)
         assert set(r.scores) == {"cam", "square"} and r.pseudo_masks["refinement"] == "square"
         assert read_key(tmp_path / "pm")["digest"] == key.digest
         p = s4.Params(variants=("cnn",), refinements=("cam", "square"), pseudo_mask_refinement="square")

@@ -23,9 +23,13 @@ from orandnet_lib.core.train import TrainConfig, fit, load_checkpoint
 from orandnet_lib.data.voc import VOCDataset
 from orandnet_lib.methods.cams import CamStore, CamStoreWriter
 from orandnet_lib.methods import pseudo
+from orandnet_lib.methods.orandnet_maps import train_orandnet
 from orandnet_lib.nets.boundary import BoundaryNet
 from orandnet_lib.stages import s3_orandnet as s3
 from orandnet_lib.stages import s4_refinement as s4
+from orandnet_lib.book import prose
+from orandnet_lib.book.chapters import refinement as chapter4
+from orandnet_lib.methods.refinement import moved, with_band
 
 SMALL = {"channels": [8, 16, 16, 32], "layers": [1, 1, 1, 1]}
 
@@ -175,7 +179,7 @@ def test_stage_4_end_to_end_on_tiny_data(tiny_voc, tmp_path):
         from orandnet_lib.core.metrics import cam_to_mask
 
         np.testing.assert_array_equal(written.load_mask(image_id), cam_to_mask(refined, ids, p.pseudo_mask_background))
-    table = s4.score_table(results)
+    table = chapter4.score_table(results)
     assert list(table.index.get_level_values("refinement")) == ["CAM", "dense CRF", "random walk",
                                                                 "random walk, written"]
     # Writing the CAM itself instead: another key, no relation network in it.
@@ -226,7 +230,7 @@ def test_the_third_classifier_repeats_the_cnn_stage_1_recorded(tmp_path):
         s3.stage1_cnn(SimpleNamespace(metrics={"classifiers": {}}, dir=tmp_path))
 
 
-def test_train_variant_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_path):
+def test_train_orandnet_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_path):
     ds = VOCDataset(tiny_voc, "train")
     rng = np.random.default_rng(0)
     stores = {}
@@ -238,8 +242,8 @@ def test_train_variant_names_its_checkpoint_and_store_by_the_key(tiny_voc, tmp_p
         stores[name] = CamStore(tmp_path / name)
     cfg = TrainConfig(epochs=1, batch_size=3, optimizer="adamw", lr=0.01)
     key = ArtifactKey("orandnet", {"loss": "bce"}, data="tiny", upstream={"or": "o", "and": "a"})
-    t = s3.train_variant("orandnet (bce, +image)", stores["or"], stores["and"], ds, cfg, tmp_path, key,
-                         use_image=True, widths=(4, 8, 8), progress=False)
+    t = train_orandnet("orandnet (bce, +image)", stores["or"], stores["and"], ds, cfg, tmp_path, key,
+                       use_image=True, widths=(4, 8, 8), progress=False)
     assert t.checkpoint == key.path(tmp_path, "orandnet (bce, +image)") and t.checkpoint.exists()
     assert t.store.path == tmp_path / "cams" / "orandnet__bce___image_train"
     assert t.store.digest == key.digest
@@ -279,7 +283,7 @@ def test_the_relative_rule_moves_irns_thresholds_to_the_cams_operating_point():
     th = s4.thresholds(p, 0.48)
     assert th.fg == pytest.approx(0.571765, abs=1e-6) and th.bg == pytest.approx(0.16)
     assert th.pseudo_mask_background == pytest.approx(0.541176, abs=1e-6) and th.operating_point == 0.48
-    assert s4.moved(0.0, 0.15, 0.48) == 0.0 and s4.moved(1.0, 0.15, 0.48) == 1.0  # the ends stay put
+    assert moved(0.0, 0.15, 0.48) == 0.0 and moved(1.0, 0.15, 0.48) == 1.0  # the ends stay put
     # The fixed rule ignores the operating point.
     fixed = s4.thresholds(s4.Params(), 0.48)
     assert (fixed.fg, fixed.bg, fixed.pseudo_mask_background) == (0.30, 0.05, 0.25)
@@ -300,7 +304,7 @@ def test_the_thresholds_always_keep_an_ignore_band():
     # fixed numbers closer than the band: bg moves down first
     close = s4.thresholds(s4.Params(fg_threshold=0.30, bg_threshold=0.25, min_ignore_band=0.1), 0.5)
     assert (close.fg, close.bg) == (0.30, pytest.approx(0.20))
-    assert s4.with_band(0.05, 0.0, 0.1) == (pytest.approx(0.1), 0.0)
+    assert with_band(0.05, 0.0, 0.1) == (pytest.approx(0.1), 0.0)
     with pytest.raises(ValueError, match="min_ignore_band"):
         s4.thresholds(s4.Params(min_ignore_band=0.0), 0.5)
 
@@ -344,30 +348,61 @@ def test_the_relative_rule_is_in_the_keys_and_cuts_the_written_masks(tiny_voc, t
     # The walk along the true boundaries, on the relation net's grid.
     limit = s4.walk_limit(p, inputs, relations, progress=False)
     assert limit["variant"] == "cnn" and limit["grid_stride"] == relations["cnn"].net.stride
-    table = s4.walk_limit_table(limit, {"cnn": r})
+    table = chapter4.walk_limit_table(limit, r.scores)
     assert list(table.index) == ["CAM", "random walk, relation-net boundaries", "random walk, true boundaries"]
     assert table.loc["random walk, true boundaries", "miou"] == limit["miou"]
+    # The chapter's facts from these results; every name a template uses is in its facts.
+    qualities = s4.seed_quality(p, inputs)
+    facts = s4.findings(p, inputs, relations, qualities, boundaries, {"cnn": r}, 1536.0, limit)
+    assert facts["threshold_rule"] == "relative" and facts["peak_rss_gb"] == 1.5 and facts["variant_names"] == ["cnn"]
+    (confident,) = facts["confident"]
+    assert (confident["fg"], confident["bg"], confident["operating_point"]) == (th.fg, th.bg, th.operating_point)
+    assert confident["best"] == inputs.sweeps["cnn"].best_score
+    assert confident["best_above_fg"] == (confident["best"] > th.fg)
+    assert confident["foreground_after_crf"] == relations["cnn"].labels.label_statistics()["foreground"]
+    (refined,) = facts["refined"]
+    assert [m["refinement"] for m in refined["moves"]] == ["random walk"] and refined["miou"] == r.pseudo_masks["miou"]
+    assert refined["background"] == th.pseudo_mask_background and refined["source"] == "cnn"
+    assert facts["limit"]["walk"] == limit["miou"] and set(facts["timings"]["cnn"]) == {"CAM", "random walk"}
+    for name, f in [("source", s4.source_facts(p)), ("walk", s4.walk_facts(p)), ("findings", facts)]:
+        assert prose.render(f"04_refinement/{name}", f)
+    # The chapter's figures draw these results: the walk figure shows 2^0 ... 2^exp_times steps.
+    import matplotlib.pyplot as plt
+
+    figures = [chapter4.seed_quality_figure(qualities, inputs.thresholds),
+               chapter4.example_figure(inputs.train, inputs.stores["cnn"], r, variant="cnn", source="cnn",
+                                       labels=relations["cnn"].labels.labels, stride=relations["cnn"].net.stride,
+                                       boundaries=boundaries.of("cnn"), background=th.pseudo_mask_background),
+               chapter4.walk_figure(inputs.train, inputs.stores["cnn"], boundaries.of("cnn"), r.examples[0][0],
+                                    source="cnn", exp_times=p.exp_times, radius=p.radius, beta=p.beta)]
+    assert figures[0].axes[0].get_title() == "cnn CAM"
+    assert [ax.get_title() for ax in figures[2].axes][2:] == ["start", "1 steps (2^0)", "2 steps (2^1)",
+                                                              "4 steps (2^2)"]
+    for fig in figures:
+        plt.close(fig)
 
 
 def test_marks_that_would_print_over_each_other_share_one_label():
     marks = [(0.18, "foreground threshold"), (0.0, "background threshold"), (0.01, "best-mIoU background score")]
-    assert s4.merged_marks(marks) == [(0.0, "background threshold = best-mIoU background score"),
-                                      (0.18, "foreground threshold")]
-    assert s4.merged_marks([(0.5, "a"), (0.2, "b")]) == [(0.2, "b"), (0.5, "a")]
+    assert chapter4.merged_marks(marks) == [(0.0, "background threshold = best-mIoU background score"),
+                                            (0.18, "foreground threshold")]
+    assert chapter4.merged_marks([(0.5, "a"), (0.2, "b")]) == [(0.2, "b"), (0.5, "a")]
 
 
-def test_the_walk_limit_line_says_whose_loss_it_is():
+def test_the_walk_limit_facts_say_whose_loss_it_is():
     scores = {"cam": {"miou": 40.0}, "rw": {"miou": 37.0}}
-    gain = s4._limit_line({"variant": "cnn", "grid_stride": 2, "miou": 46.0}, scores)
-    assert "46.0 % mIoU, against 40.0 for the CAM and 37.0" in gain
-    assert "can gain 6.0 points" in gain and "leave 9.0 of them" in gain
-    loss = s4._limit_line({"variant": "cnn", "grid_stride": 4, "miou": 35.0}, scores)
-    assert "4-pixel grid" in loss and "not the relation network's" in loss
-    assert "relation network's boundaries" not in s4._limit_line({"variant": "v", "grid_stride": 4, "miou": 45.0},
-                                                                  {"cam": {"miou": 40.0}})
-    beaten = s4._limit_line({"variant": "cnn", "grid_stride": 2, "miou": 43.0}, {"cam": {"miou": 40.0},
-                                                                                  "rw": {"miou": 44.5}})
-    assert "take all of them (its walk is 1.5 above" in beaten and "leave" not in beaten
+    leaves = s4.limit_facts({"variant": "cnn", "grid_stride": 2, "miou": 46.0}, scores)
+    assert (leaves["walk"], leaves["cam"], leaves["rw"], leaves["grid_stride"]) == (46.0, 40.0, 37.0, 2)
+    assert leaves["verdict"] == "leaves" and leaves["gain"] == 6.0 and leaves["left"] == 9.0
+    assert s4.limit_facts({"variant": "cnn", "grid_stride": 4, "miou": 35.0}, scores)["verdict"] == "no_gain"
+    alone = s4.limit_facts({"variant": "v", "grid_stride": 4, "miou": 45.0}, {"cam": {"miou": 40.0}})
+    assert alone["verdict"] == "gain" and alone["rw"] is None and alone["left"] is None and alone["gain"] == 5.0
+    beaten = s4.limit_facts({"variant": "cnn", "grid_stride": 2, "miou": 43.0}, {"cam": {"miou": 40.0},
+                                                                                 "rw": {"miou": 44.5}})
+    assert beaten["verdict"] == "takes_all" and beaten["beyond"] == 1.5
+    even = s4.limit_facts({"variant": "cnn", "grid_stride": 2, "miou": 43.0}, {"cam": {"miou": 40.0},
+                                                                               "rw": {"miou": 43.0}})
+    assert even["verdict"] == "takes_all" and even["beyond"] == 0.0
 
 
 def test_no_threshold_moves_when_the_train_masks_change(tiny_voc, tmp_path):

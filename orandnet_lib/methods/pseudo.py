@@ -20,6 +20,7 @@ from .cams import CamStore, to_tensor
 from ..core.parallel import imap
 from ..core.progress import bar as progress_bar
 from ..core.keys import ArtifactKey, write_key
+from ..core.store import atomic_path
 from .refine import REFINEMENTS, RefineInputs, confident_labels
 from ..nets.boundary import BoundaryNet, affinity_loss, downsample_labels
 from ..data.voc import VOCDataset, VOCWriter
@@ -166,6 +167,12 @@ def boundary_maps(model: BoundaryNet, dataset: VOCDataset, batch_size: int = 64,
             maps = [boundary_map(model, im) for im in images]
         out.update(zip(chunk, maps))
     return out
+
+
+def save_boundary_maps(path: str | os.PathLike[str], maps: Mapping[str, np.ndarray]) -> None:
+    """Boundary maps saved atomically to one ``.npz`` (float16, one array per image id)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{i: m.astype(np.float16) for i, m in maps.items()})
 
 
 def refined_cams(refinement: str, store: CamStore, dataset: VOCDataset, *, background: float,

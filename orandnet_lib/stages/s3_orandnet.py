@@ -8,7 +8,9 @@ the official ReLU / max, binary cross-entropy with sigmoid / max); the chapter a
 model under every read-out and the AND target itself through each read-out (a perfect
 network), so a reader sees what a read-out alone allows. It compares every model with the
 single CAMs, OR and AND on one sweep, and combines a third classifier (stage 1's CNN
-retrained with another seed) in N-way OR / AND.
+retrained with another seed) in N-way OR / AND. Training and read-outs are
+:mod:`~orandnet_lib.methods.orandnet_maps`'s; the tables, ``book/chapters/orandnet.py``'s; the
+findings' wording, ``book/prose/03_orandnet/``'s.
 """
 
 from __future__ import annotations
@@ -19,20 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..core.errors import ConfigError
 from ..core.keys import ArtifactKey, spec_dict
-from ..core.metrics import SweepResult, ThresholdSweep, equal_recall
-from ..core.progress import bar as progress_bar
-from ..core.train import TrainConfig, config_from, fit, learning_config
+from ..core.metrics import SweepResult, equal_recall
+from ..core.train import config_from, learning_config
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
 from ..methods.cam_classifier import ClassifierRecipe, cam_key, cam_stores, classifier_key, train_classifier
-from ..methods.cams import CamStore, sweep_store, to_tensor
+from ..methods.cams import CamStore, sweep_store
 from ..methods.ensemble import Variant, recorded_variants, sweep_variants
-from ..methods.orandnet_maps import OrAndSet, write_store
-from ..nets.orandnet import LOSSES, READOUTS, ORANDNet, collate, loss_fn, outputs, readout_of
+from ..methods.orandnet_maps import PERFECT, ReadoutScore, Trained, readout_scores, train_orandnet
+from ..nets.orandnet import LOSSES, READOUTS, readout_of
 
 STAGE = "03_orandnet"
 # Every parameter changes a checkpoint or store this stage writes.
@@ -155,39 +155,11 @@ def open_inputs(stage: Any, p: Params) -> Inputs:
     return Inputs(train, variants, sources, or_store, and_store, cnn, artifact_keys(p, data, upstream, cnn))
 
 
-@dataclass
-class Trained:
-    history: list[dict[str, float]]
-    store: CamStore  # its maps under its own loss's read-out
-    checkpoint: Path
-    model: ORANDNet | None = None
-    loss: str = "bce"
-
-
-def train_variant(name: str, or_store: CamStore, and_store: CamStore, dataset: VOCDataset, cfg: TrainConfig,
-                  out_dir: Path, key: ArtifactKey, *, loss: str = "bce", use_image: bool = False,
-                  encoder: str = "small", widths: Sequence[int] = (16, 32, 64), pretrained: str = "",
-                  progress: bool = True) -> Trained:
-    """Train one ORANDNet model with the one training loop (its checkpoint named and checked
-    by ``key``, resumed when it exists) and write its maps of ``dataset`` as a CAM store
-    ``out_dir/cams/<name>_<split>`` (read out as ``loss`` asks) that carries ``key`` as its identity."""
-    torch.manual_seed(cfg.seed)
-    model = ORANDNet(encoder, use_image=use_image, widths=widths, pretrained=pretrained)
-    data = OrAndSet(or_store, and_store, dataset, use_image=use_image, seed=cfg.seed)
-    checkpoint = key.path(out_dir, name)
-    history = fit(model, data, loss_fn(loss), cfg, checkpoint=checkpoint, key=key, collate=collate,
-                  desc=f"training {name}", progress=progress)
-    tag = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-    path = write_store(model, or_store, dataset, Path(out_dir) / "cams" / f"{tag}_{dataset.split}", loss,
-                       meta={"run": name, "identity": key.to_dict()}, progress=progress)
-    return Trained(history, CamStore(path), checkpoint, model, loss)
-
-
 def train_orandnets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, Trained]:
     """The main model and the ablations, in order."""
-    return {name: train_variant(name, inputs.or_store, inputs.and_store, inputs.train, config_from(p), out_dir,
-                                inputs.keys[f"orandnet:{name}"], loss=run.loss, use_image=run.use_image,
-                                encoder=p.encoder, widths=p.widths, pretrained=p.pretrained, progress=progress)
+    return {name: train_orandnet(name, inputs.or_store, inputs.and_store, inputs.train, config_from(p), out_dir,
+                                 inputs.keys[f"orandnet:{name}"], loss=run.loss, use_image=run.use_image,
+                                 encoder=p.encoder, widths=p.widths, pretrained=p.pretrained, progress=progress)
             for name, run in runs(p).items()}
 
 
@@ -202,103 +174,12 @@ def compare(p: Params, inputs: Inputs, trained: Mapping[str, Trained]) -> dict[s
     return sweeps
 
 
-PERFECT = "perfect network"  # the AND target as binary cross-entropy logits, logit(AND)
-
-
-@dataclass
-class ReadoutScore:
-    """One model's maps under one read-out: their sweep against the masks, the share of class
-    maps left empty (no positive value, so never foreground) and the per-pixel mean absolute
-    error against the AND target."""
-
-    sweep: SweepResult | None  # None for a split without masks
-    empty: float  # percent of class maps
-    mae: float  # mean |map - AND| over every pixel of every class map
-
-
-def perfect_logits(and_maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """logit(AND): what a network that minimises the binary cross-entropy against AND outputs
-    (the softmax loss has no unique optimum: any per-pixel shift of the logits is as good).
-    In float64, so that the sigmoid gives AND back to float32 precision."""
-    a = and_maps.double().clamp(eps, 1 - eps)
-    return torch.log(a) - torch.log1p(-a)
-
-
 def readout_comparison(inputs: Inputs, trained: Mapping[str, Trained], progress: bool = True
                        ) -> dict[tuple[str, str], ReadoutScore]:
-    """Every trained model under every registered read-out, and the perfect network
-    (:func:`perfect_logits`) under each, on the train split: ``{(model, read-out): score}``.
-    The network runs once per image; the masks score (when the split has them), nothing is
-    chosen on them; the empty maps and the error against AND need no mask."""
+    """Every trained model and the perfect network under every read-out, on the train split
+    (:func:`~orandnet_lib.methods.orandnet_maps.readout_scores`)."""
     models = {n: t.model for n, t in trained.items() if t.model is not None}
-    names = [*models, PERFECT]
-    ds = inputs.train
-    scored = ds.has_masks
-    sweeps = {(n, r): ThresholdSweep(ds.num_classes) for n in names for r in READOUTS}
-    empty = {k: 0 for k in sweeps}
-    err = {k: 0.0 for k in sweeps}
-    maps_seen, pixels = 0, 0
-    for image_id in progress_bar(ds.ids, desc="read-outs", disable=not progress):
-        or_cams, class_ids = inputs.or_store[image_id]
-        if len(class_ids) == 0:
-            continue
-        gt = ds.load_mask(image_id) if scored else None
-        target = torch.from_numpy(np.asarray(inputs.and_store[image_id][0], np.float32))
-        raw = {n: outputs(m, torch.from_numpy(np.asarray(or_cams, np.float32)),
-                          to_tensor(ds.load_image(image_id))[0] if m.use_image else None).cpu()
-               for n, m in models.items()}
-        raw[PERFECT] = perfect_logits(target)
-        maps_seen += len(class_ids)
-        pixels += target.numel()
-        for n, out in raw.items():
-            for r in READOUTS:
-                maps = READOUTS.get(r)(out)
-                if gt is not None:
-                    sweeps[n, r].update(maps.float().numpy(), class_ids, gt)
-                empty[n, r] += int((maps.amax(dim=(-2, -1)) <= 0).sum())
-                err[n, r] += float((maps.float() - target).abs().sum())
-    return {k: ReadoutScore(sw.result() if scored else None, 100.0 * empty[k] / max(maps_seen, 1),
-                            err[k] / max(pixels, 1)) for k, sw in sweeps.items()}
-
-
-def readout_table(p: Params, trained: Mapping[str, Trained], scores: Mapping[tuple[str, str], ReadoutScore]) -> Any:
-    """One row per (model, read-out) at the best-mIoU background score (an oracle: the masks
-    choose the score), with the empty maps and the error against AND; ``own`` marks the
-    read-out of the model's loss. The perfect network is AND's own logits."""
-    import pandas as pd
-
-    rows = []
-    for (name, r), sc in scores.items():
-        loss = trained[name].loss if name in trained else "bce"
-        nan = float("nan")
-        best = sc.sweep.best() if sc.sweep is not None else {"miou": nan, "precision": nan, "recall": nan,
-                                                             "threshold": nan}
-        rows.append({"model": name, "loss": LOSSES.label(loss), "read-out": READOUTS.label(r),
-                     "own read-out": "yes" if r == readout_of(loss) else "no",
-                     "mIoU": best["miou"], "precision": best["precision"], "recall": best["recall"],
-                     "best score": best["threshold"] / 100, "empty maps %": sc.empty, "MAE vs AND": sc.mae})
-    return pd.DataFrame(rows).set_index(["model", "read-out"])
-
-
-def own_readout_sweeps(trained: Mapping[str, Trained], scores: Mapping[tuple[str, str], ReadoutScore],
-                       and_sweep: SweepResult, and_name: str) -> dict[str, SweepResult]:
-    """Each model under its own read-out, the perfect network under sigmoid / max and the AND
-    target itself, for the side-by-side sweep figure."""
-    out = {f"{n} ({READOUTS.label(readout_of(t.loss))})": scores[n, readout_of(t.loss)].sweep
-           for n, t in trained.items() if (n, readout_of(t.loss)) in scores}
-    out[f"{PERFECT} ({READOUTS.label('sigmoid_max')})"] = scores[PERFECT, "sigmoid_max"].sweep
-    out[f"{and_name} (target)"] = and_sweep
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def comparison_table(sweeps: Mapping[str, Any]) -> Any:
-    """Each variant at its best-mIoU score and at the precision/recall crossover, with the classes
-    it never predicts there and its empty class maps (percent)."""
-    import pandas as pd
-
-    rows = [{"variant": n, "threshold rule": rule, **sc, "empty maps %": s.empty_share} for n, s in sweeps.items()
-            for rule, sc in (("best mIoU", s.best()), ("precision = recall", s.crossover()))]
-    return pd.DataFrame(rows).set_index(["threshold rule", "variant"]).sort_index(level=0, sort_remaining=False)
+    return readout_scores(inputs.train, inputs.or_store, inputs.and_store, models, progress=progress)
 
 
 def n_way_variants(a: str, b: str, third: str = "cnn2") -> dict[str, Variant]:
@@ -337,121 +218,58 @@ def cams_summary(sweeps: Mapping[str, Any], n_way: Mapping[str, Any]) -> dict[st
     return out
 
 
-def readouts_summary(scores: Mapping[tuple[str, str], ReadoutScore]) -> dict[str, dict[str, Any]]:
-    """The record's ``readouts``: ``"<model> | <read-out>"`` -> best-mIoU scores, empty maps and MAE."""
-    return {f"{n} | {r}": {**(sc.sweep.best() if sc.sweep is not None else {}), "empty_maps": sc.empty, "mae": sc.mae}
-            for (n, r), sc in scores.items()}
-
-
 def record(stage: Any, inputs: Inputs, trained: Mapping[str, Trained], sweeps: Mapping[str, Any],
            n_way: Mapping[str, Any], readouts: Mapping[tuple[str, str], ReadoutScore] | None = None
            ) -> dict[str, Any]:
     """The stage's record: ``cams`` (also in the summary), each model's loss and read-out,
-    ``readouts`` (:func:`readouts_summary`), the training histories and the keys of every
-    checkpoint and store written."""
+    ``readouts`` (``"<model> | <read-out>"`` -> :meth:`ReadoutScore.describe`), the training
+    histories and the keys of every checkpoint and store written."""
     cams = cams_summary(sweeps, n_way)
     models = {name: {"loss": t.loss, "readout": readout_of(t.loss)} for name, t in trained.items()}
-    extra = {"readouts": readouts_summary(readouts)} if readouts else {}
+    extra = {"readouts": {f"{n} | {r}": sc.describe() for (n, r), sc in readouts.items()}} if readouts else {}
     return stage.record(metrics={"cams": cams, "models": models, **extra,
                                  "history": {name: t.history for name, t in trained.items()}},
                         summary={"cams": cams, "models": models, **extra}, artifacts=inputs.keys)
 
 
-def single_class_share(inputs: Inputs) -> float:
-    """The share (percent) of the training images with a foreground class that have exactly
-    one: under the softmax loss their gradient is exactly zero."""
-    counts = [len(inputs.or_store[i][1]) for i in inputs.or_store.ids]
-    with_class = [c for c in counts if c > 0]
-    return 100.0 * sum(c == 1 for c in with_class) / max(len(with_class), 1)
-
-
-def empty_map_share(trained: Mapping[str, Trained]) -> dict[str, float]:
-    """Per model, the share (percent) of class maps with no positive value under its read-out:
-    0 everywhere, so that class is never foreground."""
-    out = {}
-    for name, t in trained.items():
-        peaks = [float(m.max()) for i in t.store.ids for m in t.store[i][0]]
-        out[name] = 100.0 * sum(v <= 0 for v in peaks) / max(len(peaks), 1)
-    return out
-
-
-def findings(p: Params, sweeps: Mapping[str, Any], n_way: Mapping[str, Any], sources: Sequence[str],
+def findings(p: Params, sweeps: Mapping[str, SweepResult], n_way: Mapping[str, SweepResult], sources: Sequence[str],
              single_class: float | None = None, empty: Mapping[str, float] | None = None,
-             readouts: Mapping[tuple[str, str], ReadoutScore] | None = None) -> str:
-    """The chapter's "What this chapter found", from the computed sweeps; ``single_class``:
-    :func:`single_class_share` of the training split; ``empty``: :func:`empty_map_share`;
-    ``readouts``: :func:`readout_comparison`. Without sweeps (a split without masks) only what
-    needs no mask: the read-out, the empty maps and the error against AND."""
+             readouts: Mapping[tuple[str, str], ReadoutScore] | None = None) -> dict[str, Any]:
+    """Facts for the chapter's closing bullets (``03_orandnet/findings.md``); ``single_class``:
+    :func:`~orandnet_lib.methods.orandnet_maps.single_class_share` of the training split; ``empty``:
+    :func:`~orandnet_lib.methods.orandnet_maps.empty_map_share`; ``readouts``: :func:`readout_comparison`.
+    Without sweeps (a split without masks) only what needs no mask: the main model's empty maps
+    and error against AND. Scores are ``SweepResult.best()`` entries (percent)."""
+    own, readouts = readout_of(p.loss), readouts or {}
+    mine = readouts.get((MAIN, own))
+    facts: dict[str, Any] = {"scored": bool(sweeps), "train_split": p.train_split, "seed": p.seed, "loss": p.loss,
+                             "loss_label": LOSSES.label(p.loss), "readout_label": READOUTS.label(own),
+                             "single_class": single_class,
+                             "main": None if mine is None else {"empty": mine.empty, "mae": mine.mae}}
     if not sweeps:
-        lines = [f"- The `{p.train_split}` split has no masks: the models were trained and their maps written "
-                 "(stage 4 refines them), and cannot be scored here."]
-        mine = (readouts or {}).get((MAIN, readout_of(p.loss)))
-        if mine is not None:
-            lines.append(f"- The main model ({LOSSES.label(p.loss)}, read by {READOUTS.label(readout_of(p.loss))}): "
-                         f"{mine.empty:.1f} % of its class maps empty, mean absolute error against AND {mine.mae:.3f}.")
-        return "\n".join(lines)
-    b = {n: s.best() for n, s in sweeps.items()}
+        return facts
+    best = {n: s.best() for n, s in sweeps.items()}
+    nb = {n: s.best() for n, s in n_way.items()}
     a, c = list(sources)[:2]
-    top_single = max((a, c), key=lambda n: b[n]["miou"])
-    m = b[MAIN]
-    at = equal_recall(sweeps[MAIN], sweeps[top_single])
-    more_precise = at["difference"] > 0
-    kept_miou = m["miou"] >= b[top_single]["miou"]
-    reached = (f"{at['precision']:.1f} % against {at['baseline_precision']:.1f} %" if not np.isnan(at["precision"])
-               else "not measurable: its curve does not reach that recall")
-    lines = [
-        f"- **Does ORANDNet ({p.loss} loss) raise precision over the best single CAM ({top_single}) without losing "
-        f"mIoU?** At {top_single}'s recall ({at['recall']:.1f} %, its best-mIoU score) ORANDNet's precision is "
-        f"{reached} ({'higher' if more_precise else 'not higher'}; {sweeps[MAIN].empty_share:.1f} % of its class maps "
-        f"empty, {m['unpredicted']} classes never predicted at its best score); best mIoU {m['miou']:.1f} % against "
-        f"{b[top_single]['miou']:.1f} % ({'kept' if kept_miou else 'lost'}). Against its own target, AND: precision "
-        f"{b[p.and_variant]['precision']:.1f} %, mIoU {b[p.and_variant]['miou']:.1f} % at its best score.",
-    ]
-    share = "" if single_class is None else f" ({single_class:.1f} % of the {p.train_split} images with a class)"
-    own = READOUTS.label(readout_of(p.loss))
-    lines.append(
-        f"- **Read-out**: each model is read as its loss trained it; the main model ({LOSSES.label(p.loss)}) by "
-        f"{own}, each class map divided by its own maximum. Under the softmax loss, single-class images"
-        f"{share} give exactly zero gradient, so that model learns from the multi-class images only; and since a "
-        "softmax cannot see a shift common to all channels of a pixel, it does not train the level of the outputs "
-        "that its ReLU read-out reads.")
-    if readouts:
-        other = [r for r in READOUTS if r != readout_of(p.loss)]
-        mine = readouts.get((MAIN, readout_of(p.loss)))
-        if mine is not None:
-            alt = "; ".join(f"read by {READOUTS.label(r)} instead it scores {readouts[MAIN, r].sweep.best()['miou']:.1f} % "  # type: ignore[union-attr]
-                            f"with {readouts[MAIN, r].empty:.1f} % of its class maps empty" for r in other
-                            if (MAIN, r) in readouts)
-            perfect = "; ".join(f"{READOUTS.label(r)} {readouts[PERFECT, r].sweep.best()['miou']:.1f} %"  # type: ignore[union-attr]
-                                for r in READOUTS if (PERFECT, r) in readouts)
-            lines.append(
-                f"- **What the read-out allows**: the main model scores {mine.sweep.best()['miou']:.1f} % mIoU under "  # type: ignore[union-attr]
-                f"its own read-out ({mine.empty:.1f} % of class maps empty, mean absolute error against AND "
-                f"{mine.mae:.3f}){'; ' + alt if alt else ''}. A perfect network, AND's own logits, scores {perfect} "
-                "(best background score of each, chosen on the masks: an oracle row).")
-    if empty and any(v > 0 for v in empty.values()):
-        lines.append("- **Class maps with no positive value under their read-out** (0 everywhere, so never "
-                     "foreground): " + ", ".join(f"{n} {v:.1f} %" for n, v in empty.items())
-                     + ". A model whose maps are mostly empty is scored on the few classes it keeps; its precision "
-                     "then says little.")
-    for name in runs(p):
-        if name != MAIN:
-            lines.append(f"- Ablation **{name}**: mIoU {b[name]['miou']:.1f} %, precision {b[name]['precision']:.1f} %, "
-                         f"recall {b[name]['recall']:.1f} %.")
-    if n_way:
-        nb = {n: s.best() for n, s in n_way.items()}
-        pair, same = f"({a}, {c})", f"({a}, cnn2)"
-        lines.append(
-            f"- **N-way**: AND of three sources has precision {nb['and (3-way)']['precision']:.1f} % and recall "
-            f"{nb['and (3-way)']['recall']:.1f} % (two-way {a} + {c}: {nb['and ' + pair]['precision']:.1f} % and "
-            f"{nb['and ' + pair]['recall']:.1f} %); OR of three has recall {nb['or (3-way)']['recall']:.1f} % "
-            f"(two-way: {nb['or ' + pair]['recall']:.1f} %), each at its own best-mIoU background score. Two CNNs of "
-            f"different seeds: AND precision {nb['and ' + same]['precision']:.1f} %, mIoU "
-            f"{nb['and ' + same]['miou']:.1f} % (the first CNN alone: {b[a]['precision']:.1f} % and "
-            f"{b[a]['miou']:.1f} %).")
-    lines.append(f"- One run of this stage (seed {p.seed}); chapter 5 and the What-reproduces page pair the headline "
-                 "over whole-pipeline replicates where the profile runs them.")
-    return "\n".join(lines)
+    top = max((a, c), key=lambda n: best[n]["miou"])
+    at = equal_recall(sweeps[MAIN], sweeps[top])
+    scored = {k: sc.sweep.best() for k, sc in readouts.items() if sc.sweep is not None}
+    if mine is not None:
+        facts["main"]["miou"] = scored[MAIN, own]["miou"]
+    facts.update(
+        top_single=top, top=best[top], orandnet=best[MAIN], target=best[p.and_variant],
+        empty_share=sweeps[MAIN].empty_share, recall=at["recall"], baseline_precision=at["baseline_precision"],
+        precision=None if np.isnan(at["precision"]) else at["precision"], higher=bool(at["difference"] > 0),
+        kept=bool(best[MAIN]["miou"] >= best[top]["miou"]),
+        other_readouts={READOUTS.label(r): {"miou": scored[MAIN, r]["miou"], "empty": readouts[MAIN, r].empty}
+                        for r in READOUTS if r != own and (MAIN, r) in readouts},
+        perfect={READOUTS.label(r): scored[PERFECT, r]["miou"] for r in READOUTS if (PERFECT, r) in readouts},
+        empty_maps=dict(empty) if empty and any(v > 0 for v in empty.values()) else {},
+        ablations={name: best[name] for name in runs(p) if name != MAIN},
+        n_way=({"a": a, "c": c, "first": best[a], "and3": nb["and (3-way)"], "or3": nb["or (3-way)"],
+                "and_pair": nb[f"and ({a}, {c})"], "or_pair": nb[f"or ({a}, {c})"],
+                "and_same": nb[f"and ({a}, cnn2)"]} if n_way else None))
+    return facts
 
 
 # -- the stage in order --------------------------------------------------------------------------
