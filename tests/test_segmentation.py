@@ -174,7 +174,7 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
 
 
 def test_runs_are_summarised_per_set_and_schedule_with_seed_spread():
-    from orandnet_lib.stages.s5_segmentation import SegmentationRun, summarise_runs
+    from orandnet_lib.methods.curriculum import SegmentationRun, summarise_runs
 
     def run(tset, sched, seed, diag):
         m = ConfusionMatrix(2)

@@ -107,5 +107,7 @@ def test_the_papers_gain_carries_its_context():
 
     for words in (paper.DATASET, "ImageNet", "ResNet-50", "ViT", "one reported run", "interval"):
         assert words in paper.CONTEXT
-    assert paper.CONTEXT in paper.headline() and paper.CONTEXT in paper.gain_with_context()
+    assert paper.CONTEXT in paper.gain_with_context()
+    head = paper.headline_facts()
+    assert head["context"] == paper.CONTEXT and head["orandnet_miou"] - head["baseline_miou"] == pytest.approx(head["gain"])
     assert paper.gain_with_context().startswith("paper +6.8 (")

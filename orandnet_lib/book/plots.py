@@ -320,7 +320,7 @@ def final_against_pseudo(agg: "pd.DataFrame", reference: Sequence[float] = ()) -
 
 def difference_intervals(rows: Sequence[Mapping[str, "object"]], title: str = "") -> plt.Figure:
     """Paired differences (``comparison``, ``measure``, ``mean``, ``low``, ``high``: rows of
-    ``s5_segmentation.paired_comparisons`` / ``schedule_comparisons``), one line each: the mean
+    ``methods.curriculum.paired_comparisons`` / ``schedule_comparisons``), one line each: the mean
     difference and its 95 % interval, with zero marked (an interval across it does not
     separate the two settings)."""
     fig, ax = plt.subplots(figsize=(COLUMN, 0.9 + 0.45 * max(1, len(rows))))

@@ -63,11 +63,11 @@ CONTEXT = (f"their setting, not this run's: {DATASET} photographs, classifiers p
            "or interval")
 
 
-def headline() -> str:
-    """The paper's headline as one sentence, for prose, with its context."""
+def headline_facts() -> dict[str, object]:
+    """The paper's headline as facts for prose (``paper`` in chapter 5's findings), with its context."""
     base, orn = REPORTED[BASELINE], REPORTED[ORANDNET]
-    return (f"the paper reports {GAIN:+.1f} on {DATASET} ({BASELINE} {base.segmentation_val:.1f} -> "
-            f"ORANDNet {orn.segmentation_val:.1f} val mIoU; arXiv {ARXIV}): {CONTEXT}")
+    return {"gain": GAIN, "dataset": DATASET, "baseline": BASELINE, "arxiv": ARXIV,
+            "baseline_miou": base.segmentation_val, "orandnet_miou": orn.segmentation_val, "context": CONTEXT}
 
 
 def gain_with_context() -> str:

@@ -7,41 +7,37 @@ scheduling*, trains first on downsampled images and masks (small, often spurious
 vanish), then on larger ones; the schedule is not published, so it is a parameter and is
 compared with a constant scale, paired by seed (``schedule_sets`` over ``schedule_seeds``). The
 headline sets (the baseline, the and+offset control, ORANDNet) are repeated over ``seeds`` and
-every pair is compared paired by seed (:func:`orandnet_lib.core.stats.paired_difference`). With
+every pair is compared paired by seed (:mod:`orandnet_lib.methods.curriculum`). With
 ``replicates = 1`` the seeds vary DeepLab only: the pseudo-masks are one draw of stages 1-4, so
 every comparison holds "for these pseudo-masks". With ``replicates = N`` (the profile's, which the
 runner passes in) seed r of a pseudo-mask set is a whole-pipeline replicate: its masks come from
 stages 1-4 run again with seed r (``<run>/replicates/r<r>``; r = 0 is this run), and its DeepLab
-is seeded r, so a pairing by seed is a pairing by replicate (:func:`seeds_note`). Recipe, top to bottom: :func:`setup`,
-:func:`train_and_evaluate_all` (each run: :func:`train_and_evaluate`), :func:`summarise_runs`,
-:func:`paired_comparisons`, :func:`schedule_comparisons`, :func:`object_recall`, :func:`record`,
-:func:`findings`.
+is seeded r, so a pairing by seed is a pairing by replicate (:func:`seeds_facts`). Recipe, top to
+bottom: :func:`setup`, :func:`train_and_evaluate_all` (each run: :func:`train_and_evaluate`), the
+summary and comparisons of ``methods.curriculum``, :func:`record`, :func:`findings`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..core import store
+from ..book import prose
+from ..book.chapters import segmentation as chapter
 from ..core import paper
-from ..core.keys import ArtifactKey, read_key, spec_dict
-from ..core.stats import describe_difference, paired_difference
+from ..core.keys import ArtifactKey, spec_dict
 from ..data.fingerprint import dataset_fingerprint
 from ..data.voc import VOCDataset
-from ..methods import pretrain
-from ..methods.results import (GROUND_TRUTH, headline_difference, headline_pairs, per_seed_miou,
-                               written_pseudo_masks)
-from ..methods.segmentation import (Evaluation, ScaleSchedule, SegmenterSpec, evaluate, recall_by_size,
-                                    train_segmenter)
+from ..methods import curriculum, pretrain
+from ..methods.curriculum import SegmentationRun, difference_verdict, run_name, training_data_fingerprint
+from ..methods.results import GROUND_TRUTH, written_pseudo_masks
+from ..methods.segmentation import ScaleSchedule, SegmenterSpec, evaluate, train_segmenter
 from ..nets.backbone import backbone_shape
 
 STAGE = "05_segmentation_curriculum"
@@ -99,7 +95,7 @@ class Params:
     n_examples: int = 4
 
 
-# ----------------------------------------------------------------------------- what runs, and its keys
+# -- what runs, and its keys ---------------------------------------------------------------------
 
 def check(p: Params) -> None:
     """The parameters' cross-references (``artifact_keys`` itself never validates)."""
@@ -148,10 +144,6 @@ def plan(p: Params) -> list[tuple[str, str, int]]:
     return list(dict.fromkeys(runs))
 
 
-def run_name(training_set: str, schedule: str, seed: int) -> str:
-    return f"{training_set}/{schedule}/s{seed}"
-
-
 def replicate_of(p: Params, training_set: str, seed: int) -> int:
     """Which replicate of stages 1-4 a run's masks come from: its seed for a pseudo-mask set
     when there are replicates, else 0 (this run; the ground truth has one draw)."""
@@ -184,21 +176,6 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     return keys
 
 
-def _masks_fingerprint(dataset: VOCDataset) -> str:
-    """Content hash of a split's masks, for a mask folder that records no identity."""
-    return store.hash_obj({"classes": list(dataset.class_names), "split": dataset.split,
-                           "masks": [store.hash_file(dataset.mask_path(i)) for i in dataset.ids]})[:16]
-
-
-def training_data_fingerprint(training_set: str, dataset: VOCDataset) -> str:
-    """A training set's identity: the dataset fingerprint of the split (for stage 4's
-    pseudo-masks it holds their artifact key, from the folder's identity.json); a pseudo-mask
-    folder that records no identity is fingerprinted by its masks' content."""
-    if training_set != GROUND_TRUTH and read_key(dataset.root) is None:
-        return _masks_fingerprint(dataset)
-    return dataset_fingerprint(dataset)
-
-
 @dataclass
 class Setup:
     """What the stage reads: the validation split, each training set's masks, the DeepLab
@@ -218,20 +195,6 @@ class Setup:
     def masks(self, training_set: str, replicate: int) -> VOCDataset:
         """The masks a run trains on: replicate 0's are this run's."""
         return self.train_sets[training_set] if replicate == 0 else self.replica_sets[training_set, replicate]
-
-    @property
-    def schedules(self) -> dict[str, ScaleSchedule]:
-        return {name: ScaleSchedule(spec.schedule) for name, spec in self.specs.items()}
-
-    @property
-    def scales(self) -> list[float]:
-        """Every scale any schedule trains at, ascending."""
-        return sorted({s for sch in self.schedules.values() for _, s in sch.points})
-
-    @property
-    def example_set(self) -> str:
-        """The training set the curriculum figure shows: the first pseudo-mask set."""
-        return next((t for t in self.train_sets if t != GROUND_TRUTH), next(iter(self.train_sets)))
 
 
 def key_inputs(p: Params, val: VOCDataset, train_sets: Mapping[str, VOCDataset],
@@ -274,30 +237,7 @@ def setup(stage: Any, p: Params) -> Setup:
                  replica_sets, replica_scores)
 
 
-# ----------------------------------------------------------------------------- training and evaluation
-
-@dataclass
-class SegmentationRun:
-    """One DeepLab trained on one training set with one schedule and seed, and its scores."""
-
-    training_set: str
-    schedule: str
-    seed: int
-    history: list[dict[str, float]]
-    evaluation: Evaluation
-    examples: dict[str, np.ndarray]
-    train_seconds: float
-    eval_seconds: float
-    checkpoint: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return run_name(self.training_set, self.schedule, self.seed)
-
-    @property
-    def scores(self) -> dict[str, float]:
-        return self.evaluation.summary()
-
+# -- training and evaluation ---------------------------------------------------------------------
 
 def train_and_evaluate(s: Setup, p: Params, training_set: str, schedule: str, seed: int, *,
                        keep: Sequence[str] = (), progress: bool = True) -> SegmentationRun:
@@ -323,201 +263,38 @@ def train_and_evaluate_all(s: Setup, p: Params, progress: bool = True) -> list[S
     return [train_and_evaluate(s, p, t, sched, sd, keep=keep, progress=progress) for t, sched, sd in plan(p)]
 
 
-def at_seed(runs: Sequence[SegmentationRun], seed: int) -> dict[tuple[str, str], SegmentationRun]:
-    """The runs at the stage's seed, by (training set, schedule), in run order."""
-    return {(r.training_set, r.schedule): r for r in runs if r.seed == seed}
+# -- record and the facts the chapter states ------------------------------------------------------
 
-
-SIZE_BINS = ("small", "medium", "large")
-
-
-def per_seed_scores(run: SegmentationRun, edges: tuple[float, float] | None) -> dict[str, float]:
-    """One model's scores: mIoU, precision, recall and, with stage 0's size bins,
-    ``object_recall_<bin>`` (mean object recall % per size bin, NaN for an empty bin)."""
-    scores = {k: float(v) for k, v in run.scores.items()}
-    if edges is not None:
-        scores.update({f"object_recall_{b}": v for b, v in recall_by_size(run.evaluation, edges).items()})
-    return scores
-
-
-def summarise_runs(runs: Sequence[SegmentationRun], edges: tuple[float, float] | None = None
-                   ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{training set: {schedule: {miou, precision, recall, <each>_std, seeds, per_seed}}}``:
-    means over seeds, with the sample standard deviation where there are two or more; each
-    ``per_seed`` entry holds :func:`per_seed_scores` (object recall by size with ``edges``)."""
-    grouped: dict[tuple[str, str], list[SegmentationRun]] = {}
-    for run in runs:
-        grouped.setdefault((run.training_set, run.schedule), []).append(run)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (tset, sched), group in grouped.items():
-        group = sorted(group, key=lambda r: r.seed)
-        entry: dict[str, Any] = {"seeds": [r.seed for r in group],
-                                 "per_seed": [per_seed_scores(r, edges) for r in group]}
-        for key in ("miou", "precision", "recall"):
-            values = np.array([r.scores[key] for r in group])
-            entry[key] = float(values.mean())
-            if len(values) > 1:
-                entry[f"{key}_std"] = float(values.std(ddof=1))
-        out.setdefault(tset, {})[sched] = entry
-    return out
-
-
-def paired_comparisons(summary: Mapping[str, Mapping[str, Any]], p: Params) -> list[dict[str, Any]]:
-    """Every :func:`headline_pairs` comparison in validation mIoU with the headline schedule,
-    paired by seed: ``{baseline, other, schedule, metric, n, mean, se, t, df, p, low, high}``."""
-    rows = []
-    for a, b in headline_pairs(p.headline_sets):
-        diff = headline_difference(summary, a, b, p.headline_schedule)
-        if diff is not None:
-            rows.append({"comparison": f"{b} − {a}", "baseline": a, "other": b, "schedule": p.headline_schedule,
-                         "metric": "miou", "measure": METRIC_LABELS["miou"], **diff})
-    return rows
-
-
-METRIC_LABELS = {"miou": "mIoU", "precision": "precision", "recall": "recall",
-                 **{f"object_recall_{b}": f"{b}-object recall" for b in SIZE_BINS}}
-SCHEDULE_METRICS = ("miou", "object_recall_small")  # what the curriculum should raise, and may cost
-REFERENCE_SCHEDULE = "constant"
-
-
-def schedule_comparisons(summary: Mapping[str, Mapping[str, Any]], p: Params,
-                         metrics: Sequence[str] = SCHEDULE_METRICS) -> list[dict[str, Any]]:
-    """Each schedule against the constant scale on each of ``schedule_sets``, paired by seed,
-    in each metric: ``{training set, baseline: "constant", other: schedule, metric, n, mean,
-    se, t, df, p, low, high}`` (schedule - constant). Seeds with a NaN score (no small object
-    in the split) drop out of the pairing."""
-    rows = []
-    for t in p.schedule_sets:
-        by = summary.get(t, {})
-        if REFERENCE_SCHEDULE not in by:
-            continue
-        for sched in (s for s in p.schedules if s != REFERENCE_SCHEDULE and s in by):
-            for metric in metrics:
-                diff = paired_difference(per_seed_miou(by[REFERENCE_SCHEDULE], metric), per_seed_miou(by[sched], metric))
-                rows.append({"comparison": f"{t}: {sched} − {REFERENCE_SCHEDULE}", "training set": t,
-                             "baseline": REFERENCE_SCHEDULE, "other": sched, "metric": metric,
-                             "measure": METRIC_LABELS.get(metric, metric), **diff})
-    return rows
-
-
-def object_recall(first: Mapping[tuple[str, str], SegmentationRun], edges: tuple[float, float]
-                  ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{training set: {schedule: {small, medium, large}}}``: mean object recall (%) in
-    stage 0's object-size bins, for the runs at the stage's seed."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for (t, s), r in first.items():
-        out.setdefault(t, {})[s] = recall_by_size(r.evaluation, edges)
-    return out
-
-
-# ----------------------------------------------------------------------------- tables
-
-def scores_table(summary: Mapping[str, Mapping[str, Any]], pseudo_mask_scores: Mapping[str, Mapping[str, Any]]
-                 ) -> pd.DataFrame:
-    """One row per (training set, schedule): seeds, mean mIoU / precision / recall, the mIoU's
-    sd over seeds, and the pseudo-masks' own scores from stage 4."""
-    table = pd.DataFrame([{"training set": t, "schedule": s, "seeds": len(r["seeds"]),
-                           **{k: r[k] for k in ("miou", "precision", "recall")},
-                           "miou_std": r.get("miou_std", np.nan)} for t, by in summary.items() for s, r in by.items()])
-    pm = pd.DataFrame([{"training set": t, "pseudo-mask miou": q["miou"], "pseudo-mask precision": q["precision"],
-                        "pseudo-mask recall": q["recall"]} for t, q in pseudo_mask_scores.items()
-                       if t in summary and "miou" in q])  # a train split without masks: the sets are not scored
-    if len(pm):
-        table = table.merge(pm, on="training set", how="left")
-    return table.set_index(["training set", "schedule"])
-
-
-DIFFERENCE_COLUMNS = {"measure": "measure", "n": "seeds", "mean": "mean difference", "se": "standard error",
-                      "t": "t", "df": "df", "p": "p", "low": "95 % low", "high": "95 % high"}
-
-
-def differences_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per paired comparison (:func:`paired_comparisons`, :func:`schedule_comparisons`):
-    the measure, the number of paired seeds, the mean difference, its standard error, the
-    t-test (t, df, p) and the 95 % interval."""
-    table = pd.DataFrame([{"comparison": r["comparison"], **{v: r[k] for k, v in DIFFERENCE_COLUMNS.items()}}
-                          for r in rows], columns=["comparison", *DIFFERENCE_COLUMNS.values()])
-    return table.set_index("comparison")
-
-
-def styled_differences(rows: Sequence[Mapping[str, Any]]) -> Any:
-    """:func:`differences_table` formatted for the chapter (p with three decimals)."""
-    table = differences_table(rows)
-    return table.style.format("{:.2f}", na_rep="-", subset=["mean difference", "standard error", "t", "95 % low",
-                                                             "95 % high"]) \
-        .format("{:.3f}", na_rep="-", subset=["p"]).format("{:.0f}", na_rep="-", subset=["seeds", "df"])
-
-
-def per_seed_table(summary: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per model: training set, schedule, seed, miou, precision, recall."""
-    return pd.DataFrame([{"training set": t, "schedule": s, "seed": r["seeds"][i], **r["per_seed"][i]}
-                         for t, by in summary.items() for s, r in by.items() for i in range(len(r["seeds"]))])
-
-
-def class_iou_table(first: Mapping[tuple[str, str], SegmentationRun], class_names: Sequence[str]) -> pd.DataFrame:
-    """IoU (%) of each class (columns) for each model at the stage's seed (rows)."""
-    return pd.DataFrame({f"{t} / {s}": 100 * r.evaluation.matrix.scores().iou for (t, s), r in first.items()},
-                        index=list(class_names)).T
-
-
-def object_recall_table(by_size: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
-    return pd.DataFrame([{"training set": t, "schedule": s, **bins} for t, by in by_size.items() for s, bins in by.items()])
-
-
-def size_bins_note(edges: tuple[float, float], first: Mapping[tuple[str, str], SegmentationRun]) -> str:
-    """The object-size bins in words, with the number of validation objects binned."""
-    n = len(next(iter(first.values())).evaluation.objects) if first else 0
-    return (f"Object area bins (fraction of the image, from the dataset chapter): small <= {edges[0]:.3f} < medium "
-            f"<= {edges[1]:.3f} < large; {n} validation objects.")
-
-
-# ----------------------------------------------------------------------------- record and findings
-
-def seeds_note(p: Params) -> str:
-    """What the seeds vary: with replicates, the whole pipeline (stages 1-4 and DeepLab); else
-    DeepLab's randomness only, the pseudo-masks being one draw (one run of stages 1-4), so every
-    difference holds for these pseudo-masks."""
+def seeds_facts(p: Params) -> dict[str, Any]:
+    """What the seeds vary (``seeds.md``): with replicates, the whole pipeline (stages 1-4 and
+    DeepLab); else DeepLab's randomness only, ``drawn``, the pseudo-masks being one draw."""
     drawn = ["initialisation", "data order", "dropout", "random flips"]
     if tuple(p.scale_range) != (1.0, 1.0):
         drawn.append("random rescaling")
     if p.crop_size:
         drawn.append("random crops")
-    if p.replicates > 1:
-        return (f"Each seed of a pseudo-mask set is a whole-pipeline replicate ({p.replicates} replicates, seeds "
-                f"0-{p.replicates - 1}): seed r ran stages 1-4 again with seed r (the classifiers, the ensembles "
-                "built from their CAMs, ORANDNet, the relation networks and so the pseudo-masks) and trained DeepLab "
-                f"with seed r (its {', '.join(drawn[:-1])} and {drawn[-1]}); the data and every setting stay the "
-                "same. The differences and intervals, paired by seed, are over replicates of the whole method. "
-                "The ground-truth set has one draw of masks; its seeds vary DeepLab only.")
-    return (f"The seeds ({', '.join(map(str, p.seeds))}) vary DeepLab only: its {', '.join(drawn[:-1])} and "
-            f"{drawn[-1]}. The pseudo-masks are one draw, one run of stages 1-4 with one seed, and every seed trains "
-            "on the same masks; so the differences and intervals here measure DeepLab's variation on these "
-            "pseudo-masks, not the variation of the whole pipeline, and the claims hold for these pseudo-masks.")
+    return {"replicates": p.replicates, "seeds": list(p.seeds), "drawn": drawn}
 
 
-
-def headline_record(p: Params, pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The headline (first headline set against the last), as stages 6 and the results page
-    read it: ``{baseline, other, schedule, difference}``."""
-    head = headline_pairs(p.headline_sets)[:1]
-    row = next((r for r in pairs if head and (r["baseline"], r["other"]) == head[0]), None)
-    return {"baseline": head[0][0] if head else None, "other": head[0][1] if head else None,
-            "schedule": p.headline_schedule,
-            "difference": {k: row[k] for k in ("n", "mean", "se", "t", "df", "p", "low", "high")} if row else None}
+def size_bins_facts(edges: tuple[float, float], first: Mapping[tuple[str, str], SegmentationRun]) -> dict[str, Any]:
+    """The object-size bins (``size_bins.md``), with the number of validation objects binned."""
+    objects = len(next(iter(first.values())).evaluation.objects) if first else 0
+    return {"small_below": edges[0], "large_above": edges[1], "objects": objects}
 
 
 def record(stage: Any, p: Params, s: Setup, runs: Sequence[SegmentationRun], summary: Mapping[str, Any],
            by_size: Mapping[str, Any], ious: pd.DataFrame, pairs: Sequence[Mapping[str, Any]],
            schedule_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Write the stage's metrics and its summary sections; returns the record."""
-    headline = headline_record(p, pairs)
+    headline = curriculum.headline_record(pairs, p.headline_sets, p.headline_schedule)
+    seeds_note = prose.render(f"{STAGE}/seeds", seeds_facts(p))  # the results page quotes it
     return stage.record(
         metrics={"segmentation": summary, "object_recall_by_size": by_size, "size_edges": list(s.size_edges),
                  "replicates": p.replicates,
                  "pseudo_masks_by_replicate": {"0": s.pseudo_mask_scores,
                                                **{str(r): sc for r, sc in s.replica_scores.items()}},
                  "headline": headline, "paired": list(pairs), "schedule_differences": list(schedule_rows),
-                 "seeds_note": seeds_note(p),
+                 "seeds_note": seeds_note,
                  "histories": {r.name: r.history for r in runs},
                  "train_seconds": {r.name: r.train_seconds for r in runs},
                  "eval_seconds": {r.name: r.eval_seconds for r in runs},
@@ -525,67 +302,45 @@ def record(stage: Any, p: Params, s: Setup, runs: Sequence[SegmentationRun], sum
         summary={"segmentation": summary, "segmentation_object_recall": by_size, "segmentation_headline": headline,
                  "segmentation_replicates": p.replicates,
                  "segmentation_paired": list(pairs), "segmentation_schedules": list(schedule_rows),
-                 "segmentation_seeds": seeds_note(p)},
+                 "segmentation_seeds": seeds_note},
         artifacts={name: key for name, key in s.keys.items()})
 
 
-def _fmt(entry: Mapping[str, Any]) -> str:
-    spread = f" ± {entry['miou_std']:.1f}" if "miou_std" in entry else ""
-    return f"{entry['miou']:.1f}{spread} %"
+def _score(entry: Mapping[str, Any]) -> dict[str, float | None]:
+    return {"miou": entry["miou"], "std": entry.get("miou_std")}
 
 
 def findings(p: Params, summary: Mapping[str, Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]],
-             schedule_rows: Sequence[Mapping[str, Any]], runs: Sequence[SegmentationRun], peak_rss_mb: float) -> str:
-    """The "What this chapter found" markdown, from the numbers just computed."""
-    lines = [f"- **What the seeds vary.** {seeds_note(p)}"]
+             schedule_rows: Sequence[Mapping[str, Any]], runs: Sequence[SegmentationRun], peak_rss_mb: float
+             ) -> dict[str, Any]:
+    """Facts for "What this chapter found" (``findings.md``), from the numbers just computed."""
     hs = p.headline_schedule
-    for i, r in enumerate(pairs):
-        a, b = r["baseline"], r["other"]
-        ea, eb = summary[a][hs], summary[b][hs]
-        over = (f"{len(ea['seeds'])} whole-pipeline replicates" if p.replicates > 1 else
-                f"{len(ea['seeds'])} seeds), for these pseudo-masks")
-        lead = (f"**Headline ({hs}, {over}{')' if p.replicates > 1 else ''}.** " if i == 0
-                else f"**{b} against {a}.** ")
-        lines.append(f"- {lead}DeepLab on {b} pseudo-masks scores {_fmt(eb)} mIoU against {_fmt(ea)} on {a} "
-                     f"pseudo-masks: a paired difference of {describe_difference(r)}.")
-    if len(pairs) > 1:
-        lines.append(f"- The {len(pairs)} p-values are per comparison, not adjusted for making {len(pairs)} comparisons; "
-                     "the intervals are the honest summary.")
-    if pairs:
-        lines.append(f"- For comparison, {paper.headline()}.")
-    for r in schedule_rows:
-        lines.append(f"- **{r['training set']}, {r['other']} − {r['baseline']}** ({r['measure']}, paired by seed): "
-                     f"{describe_difference(r)}.")
-    if GROUND_TRUTH in summary:
-        gt = summary[GROUND_TRUTH]
-        g_sched = hs if hs in gt else next(iter(gt))
-        g = gt[g_sched]
-        others = [(t, summary[t][hs]["miou"]) for t in p.training_sets if t != GROUND_TRUTH and hs in summary.get(t, {})]
-        if others:
-            best_t, best_v = max(others, key=lambda x: x[1])
-            also = "; ".join(f"{name}: {e['miou']:.1f} %" for name, e in gt.items() if name != g_sched)
-            lines.append(f"- **Upper bound.** Trained on the ground truth with the {g_sched} schedule, DeepLab scores "
-                         f"{g['miou']:.1f} % mIoU{f' ({also})' if also else ''}; the best "
-                         f"pseudo-mask set ({best_t}) reaches {best_v:.1f} %, "
-                         f"{abs(g['miou'] - best_v):.1f} points {'below' if best_v <= g['miou'] else 'above'} it.")
-    total = sum(r.train_seconds for r in runs)
-    lines.append(f"- {len(runs)} models, {total / 60:.1f} min of training on this machine; peak resident memory "
-                 f"{peak_rss_mb / 1024:.2f} GB.")
-    return "\n".join(lines)
+    return {
+        **seeds_facts(p), "schedule": hs,
+        "pairs": [{"baseline": r["baseline"], "other": r["other"], "n_seeds": len(summary[r["baseline"]][hs]["seeds"]),
+                   "baseline_score": _score(summary[r["baseline"]][hs]), "other_score": _score(summary[r["other"]][hs]),
+                   "difference": difference_verdict(r)} for r in pairs],
+        "paper": paper.headline_facts(),
+        "schedule_rows": [{"training_set": r["training set"], "baseline": r["baseline"], "other": r["other"],
+                           "measure": r["measure"], "difference": difference_verdict(r)} for r in schedule_rows],
+        "upper_bound": curriculum.upper_bound(summary, p.training_sets, hs),
+        "models": len(runs), "train_minutes": sum(r.train_seconds for r in runs) / 60, "peak_rss_gb": peak_rss_mb / 1024,
+    }
 
 
 # -- the stage in order --------------------------------------------------------------------------
 
 def run(stage: Any, p: Params) -> dict[str, Any]:
-    """The stage's recipe in the order the notebook runs it, without its tables and figures:
-    every DeepLab of the plan, their summary, the paired comparisons, per-class IoU and recall by
-    object size of the first seed, recorded. Returns the record."""
+    """The stage's recipe in the order the notebook runs it, without its figures: every DeepLab
+    of the plan, their summary, the paired comparisons, per-class IoU and recall by object size
+    of the first seed, recorded. Returns the record."""
     p = for_data(stage, p)
     setup_ = setup(stage, p)
     runs = train_and_evaluate_all(setup_, p)
-    summary = summarise_runs(runs, setup_.size_edges)
-    first = at_seed(runs, p.seed)
-    pairs = paired_comparisons(summary, p)
-    ious = class_iou_table(first, setup_.val.class_names)
-    by_size = object_recall(first, setup_.size_edges)
-    return record(stage, p, setup_, runs, summary, by_size, ious, pairs, schedule_comparisons(summary, p))
+    summary = curriculum.summarise_runs(runs, setup_.size_edges)
+    first = curriculum.at_seed(runs, p.seed)
+    pairs = curriculum.paired_comparisons(summary, p.headline_sets, p.headline_schedule)
+    ious = chapter.class_iou_table(first, setup_.val.class_names)
+    by_size = curriculum.object_recall(first, setup_.size_edges)
+    schedule_rows = curriculum.schedule_comparisons(summary, p.schedule_sets, list(p.schedules))
+    return record(stage, p, setup_, runs, summary, by_size, ious, pairs, schedule_rows)
