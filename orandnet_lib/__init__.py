@@ -6,14 +6,19 @@ The folders follow the pipeline, data in to book out; each imports only the laye
 - ``data/``     the one data path: VOC-layout reader/writer, the embedded benchmark, dataset statistics
 - ``nets/``     networks: CAM classifiers, ORANDNet's encoder-decoder, IRN's boundary net, DeepLab
 - ``methods/``  the WSSS algorithms the stages compose: CAM methods and stores, a CAM classifier's
-                recipe, ensemble operators, refinements (CRF, random walk), pseudo-masks, the
-                auxiliary pretraining, segmentation training data and evaluation, reading recorded
-                results; what two stages share lives here, so no stage imports another
+                recipe, ensemble operators, refinements (CRF, random walk) and their threshold
+                rules, pseudo-masks, ORANDNet's training and read-outs, the auxiliary pretraining,
+                segmentation training data and evaluation, the curriculum comparisons, the
+                precision-vs-mIoU fits, reading recorded results; what two stages share lives
+                here, so no stage imports another
 - ``stages/``   one module per stage, ``s0_dataset`` ... ``s6_precision``: its parameters, the keys of
-                its artifacts and its recipe, read top to bottom (the notebooks call these)
+                its artifacts, its recipe and the facts its prose states, read top to bottom
+                (the notebooks call these)
 - ``core/``     shared machinery: artifact store and keys (``core.keys``), registries, the training loop,
                 metrics, statistics, the paper's numbers, worker pool, progress, errors
-- ``book/``     the runner, stage context, profiles, generated pages, plots and teaching widgets
+- ``book/``     the runner, stage context, profiles, generated pages, plots and teaching widgets;
+                ``book/chapters/`` the chapters' tables and figures, ``book/prose/`` their texts
+                (Markdown templates that ``book.prose`` fills with a stage's facts)
 
 Extension points are registries (``core.registry``): a CAM method, ensemble operator,
 refinement, classifier kind or segmentation head is one function and one registration.
