@@ -39,6 +39,7 @@ from . import profiles
 from ..core import progress
 from ..core import runlock, store
 from ..core import paths
+from ..core.precision import resolve_bf16
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, RunInterrupted, StageFailed
 from .stage import METRICS_FILE, replicate_dir
@@ -295,7 +296,9 @@ class Runner:
                   "seed": int(self.profile["seed"])}
         if stage == REPLICATE_READER and REPLICATE_READER in self.stages:
             common["replicates"] = self.replicates
-        return {**common, **self.profile["stages"].get(stage, {})}
+        params = {**common, **self.profile["stages"].get(stage, {})}
+        # "auto" precision becomes what runs here, before the notebook makes its artifact keys.
+        return {k: resolve_bf16(v) if k.endswith("bf16") else v for k, v in params.items()}
 
     def plan(self, stage: str, data_root: Path, data_fp: str) -> StagePlan:
         notebook = self.notebook_dir / f"{stage}.ipynb"
@@ -414,6 +417,9 @@ class Runner:
         for name, value in params.items():
             if f"{stage}.{name}" in from_cli or (name == "seed" and "seed" in from_cli):
                 source = "**-p override**"
+            elif name in from_profile and from_profile[name] == "auto" and name.endswith("bf16"):
+                source = (f"profile `{self.profile['name']}` (`'auto'`: this CPU "
+                          f"{'computes' if value else 'has no'} bfloat16 in hardware)")
             elif name in from_profile:
                 source = f"profile `{self.profile['name']}`"
             elif name in COMMON_PARAMETERS:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import store
+from .errors import ConfigError
 from .keys import ArtifactKey
 from .progress import bar as progress_bar
 
@@ -192,6 +193,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainConfig, *
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: one GPU per process
     use_amp = cfg.amp and device.type == "cuda"
+    if not isinstance(cfg.bf16, bool):
+        raise ConfigError(f"{desc}: bf16 must be true or false here, got {cfg.bf16!r} ('auto' is resolved by "
+                          "core.precision.resolve_bf16 before the keys are made)")
     use_bf16 = cfg.bf16 and device.type == "cpu"  # make bench: 1.2-1.7x on avx512_bf16 for the CNNs, slower for the ViT
     model.to(device)
     if cfg.channels_last:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from ..core import store
 from ..core.keys import ArtifactKey, spec_dict
 from ..core.paths import project_root
+from ..core.precision import native_bf16
 from ..core.progress import bar as progress_bar
 from ..core.registry import Registry
 from ..core.train import TrainConfig, fit, learning_config
@@ -68,8 +69,15 @@ class AuxRecipe:
     bf16_kinds: tuple[str, ...] = ("cnn",)  # make bench: bf16 speeds the ResNet up, slows the ViT down
     seed: int = 0
 
+    @property
+    def bf16_kinds_here(self) -> tuple[str, ...]:
+        """The kinds that train in bf16 on this machine: ``bf16_kinds`` where the CPU has bfloat16
+        units (:func:`core.precision.native_bf16`), none where torch would emulate it far slower."""
+        return self.bf16_kinds if native_bf16() else ()
+
     def to_dict(self) -> dict[str, Any]:
-        out = {**dataclasses.asdict(self), "version": RECIPE_VERSION}
+        """The recipe as its weights' key holds it, with the precision that trains here."""
+        out = {**dataclasses.asdict(self), "bf16_kinds": list(self.bf16_kinds_here), "version": RECIPE_VERSION}
         if self.catalogue == "fashion-mnist" and not self.exclude:  # the first recipe's keys stay what they were
             del out["catalogue"], out["exclude"]
         return out
@@ -81,7 +89,7 @@ class AuxRecipe:
     def train_config(self, kind: str = "cnn") -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adamw",
                            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, seed=self.seed,
-                           bf16=kind in self.bf16_kinds)
+                           bf16=kind in self.bf16_kinds_here)
 
 
 AUX_RECIPES: Registry[AuxRecipe] = Registry("auxiliary pretraining recipe")
