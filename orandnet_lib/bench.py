@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .core import store
+from .core.precision import native_bf16
 from .book.runner import LAST_RUN_FILE
 from .book.stage import peak_rss_mb
 
@@ -41,6 +42,14 @@ def timed(fn: Callable[[], Any], repeats: int = 3, min_seconds: float = 0.2) -> 
                 break
         best = min(best, elapsed / n)
     return best
+
+
+def _num(value: float | None, spec: str) -> str:
+    """``format(value, spec)``; a dash, as wide, for a value not measured (None)."""
+    if value is None:
+        width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+        return f"{'-':>{width or 1}}"
+    return format(value, spec)
 
 
 def _row(name: str, unit: str, fast: float, naive: float | None, per: float = 1.0, **extra: Any) -> dict[str, Any]:
@@ -249,11 +258,16 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     return out
 
 
-def matmul_peaks(n: int = 2048) -> dict[str, float]:
+def matmul_peaks(n: int = 2048, bf16: bool | None = None) -> dict[str, float | None]:
     """The machine's reference: GFLOP/s of one n x n matrix product in fp32 and in bf16, the
-    most a training step's matrix work could reach on these threads."""
-    out = {}
+    most a training step's matrix work could reach on these threads. bf16 is measured only on a
+    CPU with bfloat16 units (``bf16`` None: :func:`core.precision.native_bf16`); emulated, one
+    product takes about a minute, and it is None."""
+    out: dict[str, float | None] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not (native_bf16() if bf16 is None else bf16):
+            out[name] = None
+            continue
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         out[name] = 2 * n**3 / timed(lambda: a @ b, repeats=3) / 1e9
     return out
@@ -270,11 +284,18 @@ def step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> f
     return float(counter.get_total_flops())
 
 
-def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float | None] | None = None,
+                        bf16: bool | None = None) -> list[dict[str, Any]]:
     """One training step (forward, backward, AdamW) of each network in fp32 and under CPU
     bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px; with ``peaks``
     (:func:`matmul_peaks`), each step's counted GFLOP, its achieved GFLOP/s and their fractions
-    of the fp32 and bf16 matrix-product peaks."""
+    of the fp32 and bf16 matrix-product peaks. bf16 is timed only on a CPU with bfloat16 units
+    (``bf16`` None: :func:`core.precision.native_bf16`); elsewhere its fields are None."""
+    bf16 = native_bf16() if bf16 is None else bf16
     rows = []
     for name, (model, loss_fn, images) in _training_kernels(rng).items():
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
@@ -289,21 +310,28 @@ def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float] | None
         with torch.no_grad():
             torch.manual_seed(1)
             loss32 = float(loss_fn())
-            torch.manual_seed(1)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss16 = float(loss_fn())
-        assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 1e-3, f"{name}: bf16 loss {loss16} vs fp32 {loss32}"
+            loss16 = None
+            if bf16:
+                torch.manual_seed(1)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss16 = float(loss_fn())
+                assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 1e-3, f"{name}: bf16 loss {loss16} vs fp32 {loss32}"
         fp32 = timed(lambda: step(False), repeats=2)
-        bf16 = timed(lambda: step(True), repeats=2)
+        t16 = timed(lambda: step(True), repeats=2) if bf16 else None
         extra: dict[str, Any] = {}
         if peaks:
-            flops = step_flops(model, loss_fn)
-            extra = {"gflop_per_step": flops / 1e9, "gflops_fp32": flops / fp32 / 1e9, "gflops_bf16": flops / bf16 / 1e9,
-                     "fraction_of_fp32_peak_fp32": flops / fp32 / 1e9 / peaks["fp32"],
-                     "fraction_of_bf16_peak_bf16": flops / bf16 / 1e9 / peaks["bf16"],
-                     "fraction_of_bf16_peak_fp32": flops / fp32 / 1e9 / peaks["bf16"]}
-        rows.append(_row(f"{name} training step, batch 32 at 96 px (bf16 autocast vs fp32)", "images/s",
-                         bf16, fp32, images, loss_fp32=loss32, loss_bf16=loss16, **extra))
+            flops = step_flops(model, loss_fn) / 1e9
+            g32, g16 = flops / fp32, _ratio(flops, t16)
+            extra = {"gflop_per_step": flops, "gflops_fp32": g32, "gflops_bf16": g16,
+                     "fraction_of_fp32_peak_fp32": _ratio(g32, peaks["fp32"]),
+                     "fraction_of_bf16_peak_bf16": _ratio(g16, peaks.get("bf16")),
+                     "fraction_of_bf16_peak_fp32": _ratio(g32, peaks.get("bf16"))}
+        if bf16:
+            rows.append(_row(f"{name} training step, batch 32 at 96 px (bf16 autocast vs fp32)", "images/s",
+                             t16, fp32, images, loss_fp32=loss32, loss_bf16=loss16, **extra))
+        else:
+            rows.append(_row(f"{name} training step, batch 32 at 96 px (fp32; no bfloat16 units, bf16 not timed)",
+                             "images/s", fp32, None, images, loss_fp32=loss32, loss_bf16=None, **extra))
     return rows
 
 
@@ -383,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     kernels: list[dict[str, Any]] = []
     peaks = matmul_peaks()
-    print(f"  matrix-product peaks: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", file=sys.stderr)
+    print(f"  matrix-product peaks: fp32 {_num(peaks['fp32'], '.0f')}, bf16 {_num(peaks['bf16'], '.0f')} GFLOP/s",
+          file=sys.stderr)
 
     def bench_training_steps(r: np.random.Generator) -> list[dict[str, Any]]:
         return bench_bf16_training(r, peaks)
@@ -396,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling = bench_cam_scaling(rng)
     results: dict[str, Any] = {
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
                     "matmul_gflops": peaks},
         "stages": stage_table(args.profile), "kernels": kernels, "cam_scaling": scaling,
         "transfer": transfer(args.profile, Path(args.heldout_run)),
@@ -430,14 +460,14 @@ def format_table(results: dict[str, Any]) -> str:
     steps = [k for k in results["kernels"] if "gflop_per_step" in k]
     if steps:
         peaks = results.get("machine", {}).get("matmul_gflops", {})
-        lines += ["", f"training steps against the machine (2048^2 matrix product: fp32 {peaks.get('fp32', 0):.0f}, "
-                      f"bf16 {peaks.get('bf16', 0):.0f} GFLOP/s)",
+        lines += ["", f"training steps against the machine (2048^2 matrix product: fp32 {_num(peaks.get('fp32'), '.0f')}, "
+                      f"bf16 {_num(peaks.get('bf16'), '.0f')} GFLOP/s)",
                   f"  {'network':<16} {'GFLOP/step':>10} {'fp32 GFLOP/s':>13} {'bf16 GFLOP/s':>13} "
                   f"{'fp32/fp32 peak':>15} {'bf16/bf16 peak':>15}"]
         for k in steps:
             lines.append(f"  {k['kernel'].split(' training step')[0]:<16} {k['gflop_per_step']:10.1f} "
-                         f"{k['gflops_fp32']:13.0f} {k['gflops_bf16']:13.0f} {k['fraction_of_fp32_peak_fp32']:15.2f} "
-                         f"{k['fraction_of_bf16_peak_bf16']:15.2f}")
+                         f"{_num(k['gflops_fp32'], '13.0f')} {_num(k['gflops_bf16'], '13.0f')} "
+                         f"{_num(k['fraction_of_fp32_peak_fp32'], '15.2f')} {_num(k['fraction_of_bf16_peak_bf16'], '15.2f')}")
     lines += ["", "CAM inference by image size:"]
     lines += [f"  {r['pixels']:>7} px^2  {r['value']:8.1f} ms  {r['ns_per_pixel']:6.1f} ns/pixel" for r in results["cam_scaling"]]
     tr = results.get("transfer", {})

@@ -71,3 +71,23 @@ def test_the_training_table_sets_each_step_against_the_peaks():
     row = next(line for line in text.splitlines() if line.strip().startswith("CNN classifier ") and "15.6" in line)
     assert row.split()[-5:] == ["15.6", "156", "250", "0.50", "0.12"]
     assert "fp32 312, bf16 1997 GFLOP/s" in text
+
+
+def test_a_cpu_without_bfloat16_units_is_benchmarked_in_fp32_and_says_so(monkeypatch):
+    """Emulated bf16 would take minutes per step: its fields are None and the table shows dashes."""
+    import torch
+
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"CNN classifier": (layer, lambda: layer(x).square().mean(), 8)})
+    peaks = bench.matmul_peaks(n=64, bf16=False)
+    assert peaks["bf16"] is None and peaks["fp32"] > 0
+    [row] = bench.bench_bf16_training(np.random.default_rng(0), peaks, bf16=False)
+    assert "bf16 not timed" in row["kernel"] and "naive_value" not in row
+    assert row["gflops_bf16"] is None and row["fraction_of_bf16_peak_bf16"] is None and row["loss_bf16"] is None
+    assert row["gflop_per_step"] == 2 * (2 * 8 * 64 * 64) / 1e9  # forward and the weight's gradient
+    assert row["fraction_of_fp32_peak_fp32"] == row["gflops_fp32"] / peaks["fp32"]
+    text = bench.format_table({"stages": [], "kernels": [row], "cam_scaling": [], "machine": {"matmul_gflops": peaks}})
+    assert "bf16 - GFLOP/s" in text
+    parts = next(line for line in text.splitlines() if line.startswith("  CNN classifier ")).split()
+    assert parts[-3] == "-" and parts[-1] == "-" and parts[-2] == f"{row['fraction_of_fp32_peak_fp32']:.2f}"
