@@ -11,6 +11,7 @@ import torch
 
 from orandnet_lib.book import prose
 from orandnet_lib.book.stage import Upstream
+from orandnet_lib.core import paper
 from orandnet_lib.core.errors import ConfigError
 from orandnet_lib.core.train import load_checkpoint
 from orandnet_lib.data import synth
@@ -119,11 +120,16 @@ def test_stages_1_and_2_run_on_a_tiny_folder_and_state_their_findings(tiny_voc, 
 
 def test_stage2_states_the_offset_that_ran_and_its_rule():
     p = s2.Params()
-    assert s2.offset_facts(p, s2.choose_offset(p)) == {"rule": "fixed", "offset": 0.15, "offset_source": "vit",
-                                                       "train_split": "train", "thresholds": {}, "other": None}
+    assert s2.offset_facts(p, s2.choose_offset(p)) == {"rule": "fixed", "offset": paper.OFFICIAL_OFFSET,
+                                                       "offset_source": "vit", "train_split": "train", "thresholds": {},
+                                                       "other": None, "official_offset": paper.OFFICIAL_OFFSET,
+                                                       "official": True}
+    other = dataclasses.replace(p, offset=0.3)  # a fixed offset of one's own is not called the official one
+    assert not s2.offset_facts(other, s2.choose_offset(other))["official"]
     aligned = s2.offset_facts(p, OffsetChoice("align", -0.12, {"cnn": 0.41, "vit": 0.53}))
     assert aligned["other"] == "cnn" and aligned["thresholds"] == {"cnn": 0.41, "vit": 0.53}
-    for facts in (s2.offset_facts(p, s2.choose_offset(p)), aligned):
+    assert not aligned["official"]
+    for facts in (s2.offset_facts(p, s2.choose_offset(p)), aligned, s2.offset_facts(other, s2.choose_offset(other))):
         assert prose.render("02_or_and_ensembles/offset", facts)
 
 

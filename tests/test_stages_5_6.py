@@ -333,7 +333,9 @@ def test_stage6_gain_uses_the_paired_standard_error():
     assert facts["thesis"] == "too few" and facts["slope"] is None and facts["two_error"] is None
     against = s6.against_paper(gain, inp)["against"]
     assert facts["against"] == against and (against["paper_gain"], against["paper_context"]) == (paper.GAIN, paper.CONTEXT)
-    assert against["gain"].startswith("+2.0 ± 0.6 points") and against["replicates"] == 1  # the paired se, not +1.0
+    assert against["gain"] == curriculum.difference_verdict(gain) and against["replicates"] == 1
+    assert (against["gain"]["mean"], against["gain"]["kind"]) == (2.0, "tested")
+    assert against["gain"]["se"] == pytest.approx(1 / math.sqrt(3))  # the paired se, not that of the two means
     assert facts["best"] == {"precise_set": "orandnet", "precision": 47.0, "same": True, "set": "orandnet",
                              "schedule": "curriculum", "final": 22.0, "seeds": 3}
     assert f"paper {paper.GAIN:+.1f}" in prose.render("06_precision_vs_miou/findings", facts)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..core import paper
 from ..core.errors import ConfigError
 from ..core.keys import ArtifactKey
 from ..core.metrics import SweepResult
@@ -48,7 +49,7 @@ class Params:
     sources: tuple[str, ...] = ("cnn", "vit")  # CAM stores of stage 1
     offset_source: str = "vit"  # the source that gets the offset (the official code: the ViT)
     offset_rule: str = "fixed"  # "fixed": add `offset` | "align": align the sources' mask-free operating points
-    offset: float = 0.15  # the offset under offset_rule = "fixed" (the official code's)
+    offset: float = paper.OFFICIAL_OFFSET  # the offset under offset_rule = "fixed"
     store_variants: tuple[str, ...] = ("or+offset", "and+offset")  # written as CAM stores for ORANDNet
     n_examples: int = 5
 
@@ -154,7 +155,9 @@ def offset_facts(p: Params, choice: OffsetChoice) -> dict[str, Any]:
     ``align``, the two operating points (``other``: the source whose point it moves onto)."""
     other = next((n for n in choice.thresholds if n != p.offset_source), None)
     return {"rule": choice.rule, "offset": choice.offset, "offset_source": p.offset_source,
-            "train_split": p.train_split, "thresholds": dict(choice.thresholds), "other": other}
+            "train_split": p.train_split, "thresholds": dict(choice.thresholds), "other": other,
+            "official_offset": paper.OFFICIAL_OFFSET,
+            "official": choice.rule == "fixed" and choice.offset == paper.OFFICIAL_OFFSET}
 
 
 def findings(p: Params, sweeps: Mapping[str, SweepResult], choice: OffsetChoice) -> dict[str, Any]:

@@ -24,9 +24,9 @@ import pandas as pd
 from ..book import teaching
 from ..core import paper
 from ..core.keys import ArtifactKey
-from ..core.stats import describe_difference
 from ..data.voc import VOCDataset
 from ..methods.cams import CamStore
+from ..methods.curriculum import difference_verdict
 from ..methods.ensemble import Variant, recorded_variants
 from ..methods.precision_fit import (Recorded, comparison, comparison_schedule, fit_relations, min_sets, points_table,
                                      slope)
@@ -169,10 +169,11 @@ def fit_notes(fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.DataFrame) -> 
 
 def against_paper(gain: Mapping[str, float] | None, inp: Recorded) -> dict[str, Any]:
     """Facts for ``06_precision_vs_miou/against_paper.md``: the two gains, each with what it was
-    measured on (``gain``: this run's paired difference in words, None when not measured)."""
+    measured on (``gain``: this run's paired difference with its verdict,
+    :func:`~orandnet_lib.methods.curriculum.difference_verdict`; None when not measured)."""
     return {"against": {"baseline": inp.baseline, "other": inp.other, "paper_gain": paper.GAIN,
                         "paper_context": paper.CONTEXT, "replicates": inp.replicates,
-                        "gain": describe_difference(gain) if gain else None}}
+                        "gain": difference_verdict(gain) if gain else None}}
 
 
 def findings(p: Params, fits: Mapping[str, Mapping[str, Any]], fit_rows: pd.DataFrame, agg: pd.DataFrame,

@@ -1,5 +1,5 @@
-"""Chapter 3's tables: ORANDNet against the single CAMs and the ensembles, every model under
-every read-out beside the perfect network, and the N-way OR / AND."""
+"""Chapter 3's tables: every model under every read-out beside the perfect network, and the
+N-way OR / AND (ORANDNet against the CAMs and the ensembles is chapter 2's ``variant_table``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,6 @@ import pandas as pd
 from ...core.metrics import SweepResult
 from ...methods.orandnet_maps import PERFECT, ReadoutScore
 from ...nets.orandnet import LOSSES, READOUTS, readout_of
-
-
-def comparison_table(sweeps: Mapping[str, SweepResult]) -> pd.DataFrame:
-    """Each variant at its best-mIoU score and at the precision/recall crossover, with the classes
-    it never predicts there and its empty class maps (percent)."""
-    rows = [{"variant": n, "threshold rule": rule, **sc, "empty maps %": s.empty_share} for n, s in sweeps.items()
-            for rule, sc in (("best mIoU", s.best()), ("precision = recall", s.crossover()))]
-    return pd.DataFrame(rows).set_index(["threshold rule", "variant"]).sort_index(level=0, sort_remaining=False)
 
 
 def readout_table(losses: Mapping[str, str], scores: Mapping[tuple[str, str], ReadoutScore]) -> pd.DataFrame:
