@@ -23,7 +23,8 @@ OVERRIDES = [
     "01_classifiers_and_cams.vit_batch_size=2", "01_classifiers_and_cams.vit_warmup_steps=1",
     "01_classifiers_and_cams.cam_scales=[1.0, 0.5]", "01_classifiers_and_cams.n_examples=2",
     "02_or_and_ensembles.n_examples=2",
-    "03_orandnet.encoder='small'", "03_orandnet.pretrained=''", "03_orandnet.widths=[4, 8, 8]", "03_orandnet.epochs=1", "03_orandnet.batch_size=2",
+    "03_orandnet.encoder='small'", "03_orandnet.pretrained=''", "03_orandnet.widths=[4, 8, 8]", "03_orandnet.epochs=1",
+    "03_orandnet.batch_size=2", "03_orandnet.max_steps=20",  # the official 5000 steps of one image, as 20
     "04_refinement.boundary_backbone='resnet18'", f"04_refinement.boundary_backbone_kwargs={SMALL_RESNET}",
     "04_refinement.boundary_pretrained=''", "04_refinement.epochs=1", "04_refinement.batch_size=2",
     "04_refinement.crf_iterations=2", "04_refinement.n_examples=2", "04_refinement.workers=1",
