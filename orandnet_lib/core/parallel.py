@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -27,5 +28,13 @@ def imap(fn: Callable[[T], R], items: Iterable[T], workers: int = 0, chunksize: 
     if workers <= 1 or not hasattr(os, "fork"):
         yield from map(fn, items)
         return
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
         yield from pool.imap(fn, items, chunksize)
+
+
+def _worker_signals() -> None:
+    """A worker ends on SIGTERM (the pool's terminate) whatever handler its parent had installed
+    (the runner turns SIGTERM into KeyboardInterrupt, and a stage run in process forks from there),
+    and leaves Ctrl-C to the parent, which stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
