@@ -20,6 +20,9 @@ The folders follow the pipeline, data in to book out; each imports only the laye
                 ``book/chapters/`` the chapters' tables and figures, ``book/prose/`` their texts
                 (Markdown templates that ``book.prose`` fills with a stage's facts)
 
+Above the layers, the entry points: ``cli`` (``orandnet``), ``bench`` (``make bench``) and ``recipes``
+(the stages' ``run`` by name, which the runner is handed for ``orandnet run --in-process``).
+
 Extension points are registries (``core.registry``): a CAM method, ensemble operator,
 refinement, classifier kind or segmentation head is one function and one registration.
 """

@@ -80,14 +80,16 @@ def smoke_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory):
     """Every stage notebook of the smoke profile, run once per test session (progress on,
-    no terminal: bars go to each stage's progress.log). Returns (runner result, folder)."""
+    no terminal: bars go to each stage's progress.log), its replicate's stages in process as
+    `orandnet run` runs them. Returns (runner result, folder)."""
     if not _fashion_mnist_available():
         pytest.skip(fashion_mnist.HOW_TO_GET)
     from orandnet_lib.book.runner import Runner
+    from orandnet_lib.recipes import run_recipe
 
     base = tmp_path_factory.mktemp("smoke_run")
     runner = Runner("smoke", root=REPO, run_dir=base / "runs", book_dir=base / "book" / "executed",
-                    progress=True, log=lambda m: None)
+                    progress=True, log=lambda m: None, recipes=run_recipe)
     return runner.run(), base
 
 

@@ -56,3 +56,10 @@ def test_a_command_writes_nothing_on_stderr():
         gone.stdout.close()
         err = gone.stderr.read().decode()
         assert (gone.wait(), err) == (0, ""), unbuffered
+
+
+def test_a_run_in_process_cannot_publish_and_says_why(tmp_path, capsys):
+    code = cli.main(["run", "--profile", "smoke", "--run-dir", str(tmp_path / "runs"), "--in-process", "--publish"])
+    assert code == 2
+    assert "--in-process runs no notebooks, so there is no chapter to --publish" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -10,6 +10,7 @@ import pytest
 from orandnet_lib import cli
 from orandnet_lib.book.compare import compare_runs, format_comparison, welch_difference
 from orandnet_lib.book.runner import Runner
+from orandnet_lib.recipes import run_recipe
 
 from conftest import REPO
 
@@ -28,7 +29,7 @@ def test_two_smoke_runs_that_differ_in_one_parameter(smoke_run, tmp_path, capsys
     other = tmp_path / "epochs1"
     shutil.copytree(base / "runs", other)
     rerun = Runner("smoke", root=REPO, run_dir=other, book_dir=tmp_path / "book", progress=False, log=lambda m: None,
-                   overrides=["05_segmentation_curriculum.epochs=1"]).run()
+                   overrides=["05_segmentation_curriculum.epochs=1"], recipes=run_recipe, in_process=True).run()
     assert rerun.executed == ["05_segmentation_curriculum", "06_precision_vs_miou"]
     c = compare_runs(base / "runs", other)
     assert c.params == [("05_segmentation_curriculum", "epochs", 2, 1)]

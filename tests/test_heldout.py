@@ -66,12 +66,14 @@ def test_a_folder_written_and_read_back(tmp_path):
 def test_the_smoke_profile_runs_every_stage_on_a_held_out_folder(tmp_path, capsys):
     root = heldout.generate(tmp_path / "held", heldout.HeldoutConfig(image_size=48, n_train=24, n_val=8),
                             progress=False, log=lambda m: None)
+    # the recipes in process (the notebooks on a VOC folder are the paper profile's test)
     code = cli.main(["run", "--profile", "smoke", "--data-root", str(root), "--run-dir", str(tmp_path / "runs"),
-                     "--book-dir", str(tmp_path / "book"), "-p", "replicates=1", "--quiet"])
+                     "-p", "replicates=1", "--quiet", "--in-process"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
     assert summary["dataset"]["classes"] == ["background", *heldout.CLASSES]
     assert summary["dataset"]["images"] == {"train": 24, "val": 8}
     for name in ("cnn", "vit"):
         assert 0 <= summary["cams"][name]["miou"] <= 100
-    assert len(list((tmp_path / "book").glob("*.ipynb"))) == 7, "every chapter executed"
+    assert len(summary["stages"]) == 7, "every stage ran"
+    assert not list(tmp_path.rglob("*.ipynb")), "in process: no notebook executed, no chapter published"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "orandnet_lib"
 LAYERS = ("core", "data", "nets", "methods", "book", "stages")
-TOP = ("cli", "bench")  # entry points above every layer
+TOP = ("cli", "bench", "recipes")  # entry points above every layer
 
 
 def _module(path: Path, root: Path) -> str:

@@ -131,6 +131,10 @@ def test_a_replicate_runs_the_upstream_stages_with_its_own_seed_on_the_same_data
     assert sub.profile["data"]["generator"]["seed"] == 0  # the same scenes as replicate 0
     assert sub.run_dir == replicate_dir(root / "runs", 2) == root / "runs" / "replicates" / "r2"
     assert set(sub.stages) <= set(REPLICATED_STAGES)
+    # given the stages' recipes (as `orandnet run` is), a replicate runs them in process: its chapters are never read
+    assert not sub.in_process
+    fast = Runner(embedded, root=root, run_dir=root / "runs", progress=False, log=lambda m: None, recipes=_recipes)
+    assert not fast.in_process and fast.replicate_runner(1).in_process and fast.replicate_runner(1).recipes is _recipes
     from conftest import REPO
 
     smoke = Runner("smoke", root=REPO, progress=False, log=lambda m: None)  # the real stages: the reader gets N
@@ -160,3 +164,71 @@ def test_status_names_complete_stale_and_missing_stages_without_running_any(proj
     text = format_status(_runner(project, ["00_first.x=2"]))
     assert "00_first" in text and "1 of 2 stages complete" in text
     assert not list((project[0] / "runs").glob("*/*.tmp*")), "status writes nothing"
+
+
+def _recipes(name, params):
+    """The two notebooks above as recipes, for runs in process (what orandnet_lib.recipes is to the stages)."""
+    from orandnet_lib.book.stage import open_stage
+    from orandnet_lib.data.voc import VOCDataset
+
+    stage = open_stage(name, params["profile"], params["data_root"], params["run_dir"], params["seed"])
+    if name == "00_first":
+        n = len(VOCDataset(params["data_root"], "train"))
+        (stage.dir / "out.txt").write_text(str(params["x"] * n))
+        return stage.record(metrics={"x": params["x"]}, summary={"first": {"product": params["x"] * n}})
+    value = int((stage.upstream("00_first").dir / "out.txt").read_text())
+    if params["fail"]:
+        raise ValueError("boom in second")
+    return stage.record(summary={"second": {"value": value + params["y"]}})
+
+
+def test_a_run_in_process_computes_what_the_notebooks_do_and_leaves_no_chapter(project):
+    root = project[0]
+    inproc = _runner(project, recipes=_recipes, in_process=True).run()
+    assert inproc.executed == ["00_first", "01_second"]
+    assert inproc.summary["first"]["product"] == 3 and inproc.summary["second"]["value"] == 5
+    manifest = store.read_manifest(root / "runs" / "01_second")
+    assert manifest["execution"] == "in-process" and manifest["params"]["y"] == 2 and manifest["cpu_time_s"] >= 0
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.ipynb")) == \
+        ["notebooks/00_first.ipynb", "notebooks/01_second.ipynb"], "nothing executed or published"
+    # current for another run in process; a book needs the executed notebooks, so a notebook run re-runs both
+    assert _runner(project, recipes=_recipes, in_process=True).run().skipped == ["00_first", "01_second"]
+    book = _runner(project).run()
+    assert book.executed == ["00_first", "01_second"] and book.summary["second"]["value"] == 5
+    assert store.read_manifest(root / "runs" / "01_second")["execution"] == "notebook"
+    # a stage re-run in process drops the executed notebook it no longer matches
+    assert _runner(project, ["01_second.y=3"], recipes=_recipes, in_process=True).run().executed == ["01_second"]
+    assert not (root / "runs" / "01_second" / "01_second.ipynb").exists()
+    assert (root / "runs" / "00_first" / "00_first.ipynb").exists()
+    # a replicate shows no chapter: its stages are current by their manifests, however they ran
+    replicate = _runner(project, ["01_second.y=3"])
+    replicate.is_replicate, replicate.publishes = True, False  # as replicate_runner makes it
+    assert replicate.run().skipped == ["00_first", "01_second"]
+
+
+def test_a_recipe_that_fails_names_its_stage_and_marks_nothing_complete(project):
+    root = project[0]
+    with pytest.raises(StageFailed, match="stage 01_second failed in its recipe: ValueError: boom in second"):
+        _runner(project, ["01_second.fail=True"], recipes=_recipes, in_process=True).run()
+    assert store.read_manifest(root / "runs" / "01_second") is None
+    assert store.read_manifest(root / "runs" / "00_first") is not None
+    with pytest.raises(ConfigError, match="--in-process runs no notebooks"):
+        _runner(project, recipes=_recipes, in_process=True, publish=True)
+    with pytest.raises(ConfigError, match="needs the stages' recipes"):
+        _runner(project, in_process=True)
+
+
+def test_a_stage_in_process_measures_its_own_memory_peak():
+    import numpy as np
+
+    from orandnet_lib.book.stage import high_water_rss_mb, reset_peak_rss
+
+    big = np.ones(50_000_000)  # 400 MB, then freed: the process's peak is above what it holds now
+    del big
+    if not reset_peak_rss():
+        pytest.skip("this system does not allow resetting a process's peak memory")
+    after_reset = high_water_rss_mb()
+    block = np.ones(25_000_000)  # 200 MB
+    grown = high_water_rss_mb()
+    del block
+    assert grown - after_reset == pytest.approx(200, abs=25)

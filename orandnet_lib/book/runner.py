@@ -12,7 +12,9 @@ A profile's ``replicates = N`` (default 1) repeats stages 0-4 with seeds 1..N-1 
 ``<run>/replicates/r<r>`` before this run's stages (same data, same settings, each in its own key
 space through its seed): chapters 1-4 show each headline number beside its spread over the
 replicates, and the segmentation stage, which gets N, trains the headline sets on every
-replicate's pseudo-masks and pairs its comparisons by replicate.
+replicate's pseudo-masks and pairs its comparisons by replicate. Given the stages' recipes
+(``orandnet_lib.recipes``), a replicate runs them in process rather than executing notebooks whose
+chapters nobody reads; ``in_process`` does the same for the run's own stages (no chapters then).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from ..core import paths
 from ..core.precision import resolve_bf16
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, RunInterrupted, StageFailed
-from .stage import METRICS_FILE, replicate_dir
+from .stage import METRICS_FILE, cpu_seconds, high_water_rss_mb, replicate_dir, reset_peak_rss
 from .status_line import StatusLine
 from .try_it import try_it
 
+Recipes = Callable[[str, dict[str, Any]], dict[str, Any]]  # (stage, its parameters) -> what it recorded
 KERNEL_LOG_ENV = "ORANDNET_KERNEL_LOG"  # where the runner's kernels write their process stderr
 SUMMARY_FILE = "summary.json"
 LAST_RUN_FILE = "last_run.json"  # the stages the latest `orandnet run` executed and skipped
@@ -172,7 +175,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a worker forked by a stage run in process (a pool being terminated):
+            signal.signal(signum, signal.SIG_DFL)  # it ends as it would have without this handler
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -262,7 +271,8 @@ class Runner:
     def __init__(self, profile: str | dict[str, Any] = "smoke", *, data_root: str | os.PathLike[str] | None = None,
                  run_dir: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
                  root: str | os.PathLike[str] | None = None, book_dir: str | os.PathLike[str] | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print, publish: bool | None = None):
+                 progress: bool = True, log: Callable[[str], None] = print, publish: bool | None = None,
+                 recipes: Recipes | None = None, in_process: bool = False):
         self.root = Path(root).resolve() if root else profiles.project_root()
         base = profiles.load_profile(profile) if isinstance(profile, str) else profile
         self.overrides = list(overrides)
@@ -276,6 +286,19 @@ class Runner:
         # another folder does not (unless asked to, or given its own book folder).
         default_run = self.run_dir == self.root / "runs" / self.profile["name"]
         self.publishes = bool(publish) if publish is not None else (default_run or book_dir is not None)
+        # The stages' recipes (orandnet_lib.recipes.run_recipe, handed down by the entry point: stages sit
+        # above this layer) run a stage in this process without its notebook. The replicates' stages, whose
+        # chapters nobody reads, always run so when given; this run's own with in_process (then no chapter,
+        # nothing to publish).
+        self.recipes = recipes
+        self.in_process = in_process
+        self.is_replicate = False  # set by replicate_runner
+        if in_process:
+            if recipes is None:
+                raise ConfigError("a run in process needs the stages' recipes (orandnet_lib.recipes.run_recipe)")
+            if publish:
+                raise ConfigError("--in-process runs no notebooks, so there is no chapter to --publish")
+            self.publishes = False
         self.progress = progress
         self.log = log
         self.stages = discover_stages(self.notebook_dir)
@@ -331,31 +354,89 @@ class Runner:
         return StagePlan(stage, notebook, params, inputs, fingerprint, notebook_sha)
 
     def is_current(self, plan: StagePlan) -> bool:
+        """The stage's manifest matches the plan, and (for a notebook run) its executed notebook is there:
+        a stage run in process counts as current for another in-process run, not for a book. A replicate's
+        chapters are never shown, so its stages are current by their manifests however they ran."""
         manifest = store.read_manifest(self.stage_dir(plan.name))
         executed = self.stage_dir(plan.name) / f"{plan.name}.ipynb"
-        return manifest is not None and manifest.get("fingerprint") == plan.fingerprint and executed.exists()
+        return (manifest is not None and manifest.get("fingerprint") == plan.fingerprint
+                and (self.in_process or self.is_replicate or executed.exists()))
 
     def execute(self, plan: StagePlan) -> None:
-        import papermill
-        from papermill.exceptions import PapermillExecutionError
-
         out_dir = self.stage_dir(plan.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         last_time = (store.read_manifest(out_dir) or {}).get("wall_time_s")  # for the status line's estimate
         (out_dir / store.MANIFEST).unlink(missing_ok=True)  # incomplete until it finishes
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
-        executed = out_dir / f"{plan.name}.ipynb"
-        failed = out_dir / f"{plan.name}.failed.ipynb"
-        # The kernel inherits these: its progress bars go to the stage's progress.log (one line per update),
-        # not into the notebook, and its process stderr to the stage's kernel.log. The status line shows
-        # the latest bar in the terminal.
+        # Progress bars go to the stage's progress.log (one line per update), not into the notebook;
+        # the status line shows the latest bar in the terminal.
         progress_log = out_dir / "progress.log"
         progress_log.unlink(missing_ok=True)
-        kernel_env = {progress.ENV_VAR: f"file:{progress_log}" if self.progress else "off",
-                      KERNEL_LOG_ENV: str(out_dir / "kernel.log")}
         status = (StatusLine(plan.name, progress_log, last_time, sys.stderr) if self.progress
                   else contextlib.nullcontext())
+        progress_env = {progress.ENV_VAR: f"file:{progress_log}" if self.progress else "off"}
         started_at = _now()
+        if self.in_process:
+            wall, record = self._execute_recipe(plan, out_dir, progress_env, status)
+        else:
+            wall, record = self._execute_notebook(plan, out_dir, progress_env, status)
+        manifest = {
+            "stage": plan.name,
+            "profile": self.profile["name"],
+            "fingerprint": plan.fingerprint,
+            "params": plan.params,
+            "inputs": plan.inputs,
+            "notebook_sha256": plan.notebook_sha256 or store.hash_file(plan.notebook),
+            "execution": "in-process" if self.in_process else "notebook",
+            "versions": versions(),
+            "commit": _commit(self.root),
+            "seed": plan.params["seed"],
+            "started_at": started_at,
+            "wall_time_s": round(wall, 3),
+            "kernel_wall_time_s": round(record.get("kernel_wall_time_s", float("nan")), 3),
+            "peak_rss_mb": round(record.get("peak_rss_mb", float("nan")), 1),
+            "peak_worker_rss_mb": round(record.get("peak_worker_rss_mb", float("nan")), 1),
+            "cpu_time_s": round(record.get("cpu_time_s", float("nan")), 3),
+            "metrics": record.get("metrics", {}),
+            "summary": record.get("summary", {}),
+        }
+        store.write_json(out_dir / store.MANIFEST, manifest)
+
+    def _execute_recipe(self, plan: StagePlan, out_dir: Path, env: dict[str, str],
+                        status: Any) -> tuple[float, dict[str, Any]]:
+        """The stage's recipe in this process. Its executed notebook, if an earlier run left one, no
+        longer matches and goes; the CPU time and memory peak are this stage's own (measured around
+        the call), and the peak of its worker processes is unknown (NaN) in a process that ran others."""
+        assert self.recipes is not None
+        for stale in (f"{plan.name}.ipynb", f"{plan.name}.failed.ipynb"):
+            (out_dir / stale).unlink(missing_ok=True)
+        own_peak = reset_peak_rss()
+        cpu0, start = cpu_seconds(), time.perf_counter()
+        with _environment(env), status:
+            try:
+                self.recipes(plan.name, plan.params)
+            except (KeyboardInterrupt, RunInterrupted, ConfigError):
+                raise
+            except Exception as e:  # the traceback stays chained to it
+                raise StageFailed(f"stage {plan.name} failed in its recipe: {type(e).__name__}: {e}") from e
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        if not (out_dir / METRICS_FILE).exists():
+            raise StageFailed(f"stage {plan.name}'s recipe finished but did not call stage.record()")
+        record = store.read_json(out_dir / METRICS_FILE)
+        record.update(cpu_time_s=cpu, peak_rss_mb=high_water_rss_mb() if own_peak else float("nan"),
+                      peak_worker_rss_mb=float("nan"))
+        return wall, record
+
+    def _execute_notebook(self, plan: StagePlan, out_dir: Path, env: dict[str, str],
+                          status: Any) -> tuple[float, dict[str, Any]]:
+        """The stage's notebook, executed by papermill in a kernel of its own."""
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        executed = out_dir / f"{plan.name}.ipynb"
+        failed = out_dir / f"{plan.name}.failed.ipynb"
+        # The kernel inherits these, and writes its process stderr to the stage's kernel.log.
+        kernel_env = {**env, KERNEL_LOG_ENV: str(out_dir / "kernel.log")}
         start = time.perf_counter()
         with _environment(kernel_env), store.atomic_path(executed) as tmp, status:
             try:
@@ -373,27 +454,7 @@ class Runner:
         wall = time.perf_counter() - start
         if not (out_dir / METRICS_FILE).exists():
             raise StageFailed(f"stage {plan.name} finished but did not call stage.record(); see {executed}")
-        record = store.read_json(out_dir / METRICS_FILE)
-        manifest = {
-            "stage": plan.name,
-            "profile": self.profile["name"],
-            "fingerprint": plan.fingerprint,
-            "params": plan.params,
-            "inputs": plan.inputs,
-            "notebook_sha256": plan.notebook_sha256 or store.hash_file(plan.notebook),
-            "versions": versions(),
-            "commit": _commit(self.root),
-            "seed": plan.params["seed"],
-            "started_at": started_at,
-            "wall_time_s": round(wall, 3),
-            "kernel_wall_time_s": round(record.get("kernel_wall_time_s", float("nan")), 3),
-            "peak_rss_mb": round(record.get("peak_rss_mb", float("nan")), 1),
-            "peak_worker_rss_mb": round(record.get("peak_worker_rss_mb", float("nan")), 1),
-            "cpu_time_s": round(record.get("cpu_time_s", float("nan")), 3),
-            "metrics": record.get("metrics", {}),
-            "summary": record.get("summary", {}),
-        }
-        store.write_json(out_dir / store.MANIFEST, manifest)
+        return wall, store.read_json(out_dir / METRICS_FILE)
 
     def run_stamp(self, data_fp: str) -> dict[str, str]:
         """What makes a run one run: its folder, profile and data (a book shows exactly one)."""
@@ -466,15 +527,18 @@ class Runner:
     def replicate_runner(self, replicate: int) -> "Runner":
         """The runner of replicate r: this profile with seed r (the embedded data keeps this run's
         seed, so every replicate reads the same scenes), stages 0-4 only, into
-        :func:`~orandnet_lib.book.stage.replicate_dir`, publishing nothing."""
+        :func:`~orandnet_lib.book.stage.replicate_dir`, publishing nothing: given the stages' recipes,
+        in process (the chapters of a replicate are never read, so its notebooks would render them for nobody)."""
         profile = copy.deepcopy(self.profile)
         if profile["data"].get("source", "embedded") == "embedded":
             profile["data"].setdefault("generator", {}).setdefault("seed", int(self.profile["seed"]))
         profile["seed"], profile["replicates"] = int(self.profile["seed"]) + replicate, 1
         sub = Runner(profile, data_root=self.data_override, run_dir=replicate_dir(self.run_dir, replicate),
-                     root=self.root, progress=self.progress, publish=False,
+                     root=self.root, progress=self.progress, publish=False, recipes=self.recipes,
+                     in_process=self.recipes is not None,
                      log=lambda m: self.log(f"[replicate {replicate}] {m}"))
         sub.stages = [s for s in sub.stages if s in REPLICATED_STAGES]
+        sub.is_replicate = True
         return sub
 
     def run_replicates(self, force: bool = False) -> None:

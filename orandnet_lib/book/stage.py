@@ -41,6 +41,28 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's resident-memory high-water mark again from its current size (Linux's
+    /proc/self/clear_refs), so a stage run inside a longer-lived process measures its own peak
+    with :func:`high_water_rss_mb`; False where the system does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def high_water_rss_mb() -> float:
+    """This process's resident-memory high-water mark in MiB since :func:`reset_peak_rss` (NaN if unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 @dataclass(frozen=True)
 class Upstream:
     """A completed earlier stage, as later stages read it."""
