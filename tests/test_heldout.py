@@ -69,7 +69,9 @@ def test_the_smoke_profile_runs_every_stage_on_a_held_out_folder(tmp_path, capsy
     # the recipes in process (the notebooks on a VOC folder are the paper profile's test)
     code = cli.main(["run", "--profile", "smoke", "--data-root", str(root), "--run-dir", str(tmp_path / "runs"),
                      "-p", "replicates=1", "--quiet", "--in-process"])
-    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "in process: the stages' numbers into" in out.out and "--publish publishes" not in out.out
     summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
     assert summary["dataset"]["classes"] == ["background", *heldout.CLASSES]
     assert summary["dataset"]["images"] == {"train": 24, "val": 8}

@@ -638,7 +638,10 @@ class Runner:
     def _run_locked(self, selected: list[str], force: bool, quiet_experiment: bool, data_root: Path) -> RunResult:
         data_fp = data_fingerprint(data_root)
         executed, skipped = [], []
-        if not self.publishes and not quiet_experiment:
+        if self.in_process and not quiet_experiment:
+            self.log(f"(in process: the stages' numbers into {self.run_dir}, no chapters; the book in {self.book_dir} "
+                     "is left as it is)")
+        elif not self.publishes and not quiet_experiment:
             self.log(f"(an experiment in {self.run_dir}: the book's chapters in {self.book_dir} are left as they are; "
                      "--publish publishes this run)")
         if self.replicates > 1 and any(s in selected for s in (*REPLICATED_STAGES[1:], REPLICATE_READER)):
