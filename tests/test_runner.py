@@ -193,6 +193,8 @@ def test_a_run_in_process_computes_what_the_notebooks_do_and_leaves_no_chapter(p
         ["notebooks/00_first.ipynb", "notebooks/01_second.ipynb"], "nothing executed or published"
     # current for another run in process; a book needs the executed notebooks, so a notebook run re-runs both
     assert _runner(project, recipes=_recipes, in_process=True).run().skipped == ["00_first", "01_second"]
+    why = {r["stage"]: (r["state"], r["why"]) for r in _runner(project).status()}
+    assert why["00_first"] == ("stale", "ran in process (--in-process): no executed notebook for the book")
     book = _runner(project).run()
     assert book.executed == ["00_first", "01_second"] and book.summary["second"]["value"] == 5
     assert store.read_manifest(root / "runs" / "01_second")["execution"] == "notebook"

@@ -609,6 +609,8 @@ class Runner:
                 upstream = sorted(k for k, v in plan.inputs.items() if manifest.get("inputs", {}).get(k) != v)
                 why = ("parameters changed: " + ", ".join(changed) if changed else
                        "re-run upstream or changed data: " + ", ".join(upstream) if upstream else
+                       "ran in process (--in-process): no executed notebook for the book" if
+                       manifest.get("execution") == "in-process" and not (out / f"{stage}.ipynb").exists() else
                        "its executed notebook is missing" if not (out / f"{stage}.ipynb").exists() else
                        "its notebook changed")
                 row.update(state="stale", why=why)
