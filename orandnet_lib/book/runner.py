@@ -44,7 +44,7 @@ from ..core import paths
 from ..core.precision import resolve_bf16
 from ..data.fingerprint import data_fingerprint
 from ..core.errors import ConfigError, RunInterrupted, StageFailed
-from .stage import METRICS_FILE, cpu_seconds, high_water_rss_mb, replicate_dir, reset_peak_rss
+from .stage import METRICS_FILE, cpu_seconds, high_water_rss_mb, release_memory, replicate_dir, reset_peak_rss
 from .status_line import StatusLine
 from .try_it import try_it
 
@@ -410,6 +410,7 @@ class Runner:
         assert self.recipes is not None
         for stale in (f"{plan.name}.ipynb", f"{plan.name}.failed.ipynb"):
             (out_dir / stale).unlink(missing_ok=True)
+        release_memory()  # what earlier stages freed is not this stage's
         own_peak = reset_peak_rss()
         cpu0, start = cpu_seconds(), time.perf_counter()
         with _environment(env), status:
@@ -419,6 +420,8 @@ class Runner:
                 raise
             except Exception as e:  # the traceback stays chained to it
                 raise StageFailed(f"stage {plan.name} failed in its recipe: {type(e).__name__}: {e}") from e
+            finally:
+                release_memory()
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         if not (out_dir / METRICS_FILE).exists():
             raise StageFailed(f"stage {plan.name}'s recipe finished but did not call stage.record()")

@@ -8,6 +8,8 @@ notebook has finished without error; a notebook never marks itself complete.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import resource
 import sys
@@ -39,6 +41,17 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system: glibc keeps what a stage freed (a stage run in process
+    left 1.98 GB resident after the default's stage 1, 0.90 GB after this), which would count
+    in the next stage's peak and stay with the process."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def reset_peak_rss() -> bool:
