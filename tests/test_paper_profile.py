@@ -1,15 +1,17 @@
 """The paper profile end to end on a tiny VOC-layout folder with the 21 VOC names, on CPU:
-every stage runs with the paper's code paths (SegmentationClassAug and train_aug, Grad-CAM on
+every stage runs with the paper's code paths (SegmentationClassAug and train_aug, the attribution CAMs of
 a DeiT-shaped ViT with class-token pooling, ASPP, random scaling, crops, multi-scale + flip
-testing with CRF), with sizes made small through -p overrides and no downloads."""
+testing with CRF), with sizes made small through -p overrides and no downloads; then the same
+stages' recipes in process, which must give the same numbers."""
 
 import numpy as np
 import pytest
 
 from orandnet_lib.book.runner import Runner
 from orandnet_lib.data.voc import VOC_CLASSES, VOCWriter
+from orandnet_lib.recipes import run_recipe
 
-from conftest import REPO
+from conftest import REPO, stable
 
 pytestmark = pytest.mark.slow
 SMALL_RESNET = "{'channels': [8, 8, 16, 16], 'layers': [1, 1, 1, 1]}"
@@ -77,3 +79,9 @@ def test_paper_profile_runs_end_to_end_on_a_tiny_voc_folder(tmp_path):
     assert s["segmentation"]["cnn"]["curriculum"]["seeds"] == [0, 1]
     for entry in (s["segmentation"]["gt"]["constant"], s["pseudo_masks"]["cnn"]):
         assert 0 <= entry["miou"] <= 100
+    # the stages' recipes in process, every model trained again: the notebooks' numbers (attribution CAMs,
+    # the fixed offset, ORANDNet's max_steps, ASPP, multi-scale + flip + CRF testing included)
+    again = Runner("paper", root=REPO, data_root=root, run_dir=tmp_path / "in_process", overrides=OVERRIDES,
+                   progress=False, log=lambda m: None, recipes=run_recipe, in_process=True).run()
+    assert again.executed == result.executed
+    assert stable(again.summary, drop=("stages",)) == stable(s, drop=("stages",))
