@@ -134,24 +134,19 @@ def test_executed_chapters_print_nothing_to_stderr(smoke_run):
 
 
 def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
-    """``sN.run(stage, p)`` is the recipe in the notebook's order: run on a copy of the smoke
-    run (its checkpoints and stores reused by key), every stage records the summary its
-    notebook recorded."""
-    import importlib
+    """``sN.run(stage, p)`` is the recipe in the notebook's order: run through ``recipes.run_recipe``
+    on a copy of the smoke run (its checkpoints and stores reused by key), every stage records the
+    summary its notebook recorded, and every stage notebook has a recipe."""
     import shutil
 
-    from orandnet_lib.book.stage import open_stage
+    from orandnet_lib.book.runner import discover_stages
+    from orandnet_lib.recipes import RECIPES, run_recipe
 
     _, base = smoke_run
     runs = tmp_path / "runs"
     shutil.copytree(base / "runs", runs)
-    modules = {m.STAGE: m for m in (importlib.import_module(f"orandnet_lib.stages.{name}") for name in
-               ("s0_dataset", "s1_classifiers", "s2_ensembles", "s3_orandnet", "s4_refinement", "s5_segmentation",
-                "s6_precision"))}
-    for name, module in modules.items():
+    assert list(RECIPES) == discover_stages(REPO / "notebooks")
+    for name in RECIPES:
         manifest = store.read_manifest(runs / name)
-        params = manifest["params"]
-        stage = open_stage(name, params["profile"], params["data_root"], runs, params["seed"])
-        p = stage.params(module.Params, params)
-        record = module.run(stage, p)
+        record = run_recipe(name, {**manifest["params"], "run_dir": str(runs)})
         assert stable(record["summary"]) == stable(manifest["summary"]), name

@@ -238,8 +238,7 @@ def test_a_stage_in_process_measures_its_own_memory_peak():
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_memory_a_stage_freed_goes_back_to_the_system_before_the_next_runs_in_process():
-    """glibc keeps small blocks a stage freed (a stage in process left 1.98 GB resident after the
-    default's stage 1, 0.90 GB once released): the runner releases it around each stage."""
+    """glibc keeps the small blocks a stage freed resident: the runner releases them around each stage."""
     import re
 
     import numpy as np

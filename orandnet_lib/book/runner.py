@@ -175,13 +175,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    owner = os.getpid()
-
-    def interrupt(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a worker forked by a stage run in process (a pool being terminated):
-            signal.signal(signum, signal.SIG_DFL)  # it ends as it would have without this handler
-            os.kill(os.getpid(), signum)
-            return
+    def interrupt(signum: int, frame: Any) -> None:  # forked workers reset it (core.parallel)
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -44,9 +44,8 @@ def cpu_seconds() -> float:
 
 
 def release_memory() -> None:
-    """Hand freed memory back to the system: glibc keeps what a stage freed (a stage run in process
-    left 1.98 GB resident after the default's stage 1, 0.90 GB after this), which would count
-    in the next stage's peak and stay with the process."""
+    """Hand freed memory back to the system: glibc keeps the small blocks a stage freed, which in a
+    process that runs several stages would count in the next stage's peak and stay with the process."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
