@@ -17,7 +17,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="smoke",
                    help=f"{' | '.join(profiles.PROFILE_NAMES)}, or a .toml profile file (default: smoke)")
     p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override: seed=1, generator.n_train=500, 00_dataset.n_examples=4 (repeatable)")
+                   help="override: seed=1, generator.n_train=500, 00_dataset.n_examples=4, 03_orandnet.bf16=false (values as Python or TOML literals; repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

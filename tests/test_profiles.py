@@ -22,6 +22,9 @@ def test_values_are_literals_never_evaluated():
     assert profiles.parse_value("4") == 4
     assert profiles.parse_value("[1.0, 0.5]") == [1.0, 0.5]
     assert profiles.parse_value("True") is True
+    assert profiles.parse_value("false") is False  # as a profile writes it: bf16 = false
+    assert profiles.parse_value("true") is True
+    assert profiles.parse_value("'false'") == "false"  # a quoted value stays a string
     assert profiles.parse_value("resnet50") == "resnet50"
     assert profiles.parse_value("__import__('os').getcwd()") == "__import__('os').getcwd()"
 

@@ -68,8 +68,14 @@ def load_profile(name: str) -> dict[str, Any]:
     return profile
 
 
+TOML_BOOLEANS = {"true": True, "false": False}  # the profiles' spelling, so a value copied from one works
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value as a Python literal (1, 0.5, [1, 2], True, 'x'); else the string."""
+    """A command-line value as a Python literal (1, 0.5, [1, 2], True, 'x'), or a TOML boolean
+    (true, false); else the string."""
+    if text in TOML_BOOLEANS:
+        return TOML_BOOLEANS[text]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
