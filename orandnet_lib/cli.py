@@ -77,6 +77,13 @@ def _recipes(stage: str, params: dict[str, Any]) -> dict[str, Any]:
     return run_recipe(stage, params)
 
 
+def _checks(stage: str, params: dict[str, Any]) -> None:
+    """The stages' checks of their parameters, imported likewise."""
+    from .recipes import check_recipe
+
+    check_recipe(stage, params)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.project:
@@ -91,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
             runner = Runner(args.profile, data_root=args.data_root, run_dir=args.run_dir,
                             overrides=args.overrides, book_dir=args.book_dir, progress=not args.quiet,
-                            publish=args.publish, recipes=_recipes, in_process=args.in_process)
+                            publish=args.publish, recipes=_recipes, in_process=args.in_process,
+                            checks=_checks)
             result = runner.run(only=args.only, start_from=args.start_from, force=args.force)
             print(f"ran {len(result.executed)} stage(s), skipped {len(result.skipped)}; "
                   f"summary: {result.run_dir / 'summary.json'}")

@@ -63,3 +63,15 @@ def test_a_run_in_process_cannot_publish_and_says_why(tmp_path, capsys):
     assert code == 2
     assert "--in-process runs no notebooks, so there is no chapter to --publish" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stage_check_stops_the_run_before_any_stage_runs(tmp_path, capsys):
+    # The smoke profile runs 2 whole-pipeline replicates; stage 5's seed r trains on replicate r's masks,
+    # so seed 2 has none. Before, this failed in stage 5's notebook after stages 0-4 and their replicate.
+    code = cli.main(["run", "--profile", "smoke", "--run-dir", str(tmp_path / "runs"), "--quiet",
+                     "-p", "05_segmentation_curriculum.seeds=[0, 1, 2]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "stage 05_segmentation_curriculum: with replicates = 2, the seed of a pseudo-mask set is its replicate: " \
+           "seeds [2] have none (use seeds below 2)" in err
+    assert not (tmp_path / "runs").exists()

@@ -8,7 +8,9 @@ from PIL import Image
 
 from orandnet_lib import cli
 from orandnet_lib.core import store
-from orandnet_lib.book.runner import Runner
+from orandnet_lib.book.runner import Runner, notebook_parameters
+from orandnet_lib.core.errors import ConfigError
+from orandnet_lib.recipes import check_recipe
 from orandnet_lib.data.voc import save_mask_png
 
 from conftest import REPO, requires_fashion_mnist, stable
@@ -150,3 +152,15 @@ def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
         manifest = store.read_manifest(runs / name)
         record = run_recipe(name, {**manifest["params"], "run_dir": str(runs)})
         assert stable(record["summary"]) == stable(manifest["summary"]), name
+
+
+def test_stage_checks_read_the_stage_parameters_and_name_the_stage():
+    nb = REPO / "notebooks"
+    s4 = notebook_parameters(nb / "04_refinement.ipynb")
+    check_recipe("04_refinement", s4)  # the notebook's own defaults pass
+    with pytest.raises(ConfigError, match="stage 04_refinement: unknown refinement 'walk'"):
+        check_recipe("04_refinement", {**s4, "refinements": ["walk"]})
+    s2 = notebook_parameters(nb / "02_or_and_ensembles.ipynb")
+    with pytest.raises(ConfigError, match=r"offset_rule must be one of \('fixed', 'align'\), got 'otsu'"):
+        check_recipe("02_or_and_ensembles", {**s2, "offset_rule": "otsu"})
+    check_recipe("00_wait", {"seconds": 1.0})  # a stage without a recipe module has nothing to check

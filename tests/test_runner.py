@@ -255,3 +255,18 @@ def test_memory_a_stage_freed_goes_back_to_the_system_before_the_next_runs_in_pr
     release_memory()
     assert held - resident_mb() > 150, "the freed blocks stayed resident"
     assert last.sum() == 125
+
+
+def test_the_stages_checks_see_every_parameter_and_stop_the_run_before_any_stage(project):
+    seen = {}
+
+    def checks(stage, params):
+        seen[stage] = params
+        if stage == "01_second" and params["y"] > 9:
+            raise ConfigError("y above 9")
+
+    with pytest.raises(ConfigError, match="y above 9"):
+        _runner(project, ["01_second.y=10"], checks=checks).run()
+    assert not (project[0] / "runs" / "00_first").exists()
+    assert seen["00_first"]["x"] == 1 and seen["01_second"]["y"] == 10 and seen["01_second"]["fail"] is False
+    assert _runner(project, ["01_second.y=9"], checks=checks).run().executed == ["00_first", "01_second"]

@@ -49,6 +49,7 @@ from .status_line import StatusLine
 from .try_it import try_it
 
 Recipes = Callable[[str, dict[str, Any]], dict[str, Any]]  # (stage, its parameters) -> what it recorded
+Checks = Callable[[str, dict[str, Any]], None]  # (stage, its parameters): raises ConfigError on a bad combination
 KERNEL_LOG_ENV = "ORANDNET_KERNEL_LOG"  # where the runner's kernels write their process stderr
 SUMMARY_FILE = "summary.json"
 LAST_RUN_FILE = "last_run.json"  # the stages the latest `orandnet run` executed and skipped
@@ -266,7 +267,7 @@ class Runner:
                  run_dir: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
                  root: str | os.PathLike[str] | None = None, book_dir: str | os.PathLike[str] | None = None,
                  progress: bool = True, log: Callable[[str], None] = print, publish: bool | None = None,
-                 recipes: Recipes | None = None, in_process: bool = False):
+                 recipes: Recipes | None = None, in_process: bool = False, checks: Checks | None = None):
         self.root = Path(root).resolve() if root else profiles.project_root()
         base = profiles.load_profile(profile) if isinstance(profile, str) else profile
         self.overrides = list(overrides)
@@ -286,6 +287,9 @@ class Runner:
         # nothing to publish).
         self.recipes = recipes
         self.in_process = in_process
+        # The stages' own checks of how their parameters combine (orandnet_lib.recipes.check_recipe, handed
+        # down likewise), run on every selected stage before the first one starts.
+        self.checks = checks
         self.is_replicate = False  # set by replicate_runner
         if in_process:
             if recipes is None:
@@ -532,7 +536,7 @@ class Runner:
         profile["seed"], profile["replicates"] = int(self.profile["seed"]) + replicate, 1
         sub = Runner(profile, data_root=self.data_override, run_dir=replicate_dir(self.run_dir, replicate),
                      root=self.root, progress=self.progress, publish=False, recipes=self.recipes,
-                     in_process=self.recipes is not None,
+                     in_process=self.recipes is not None, checks=self.checks,
                      log=lambda m: self.log(f"[replicate {replicate}] {m}"))
         sub.stages = [s for s in sub.stages if s in REPLICATED_STAGES]
         sub.is_replicate = True
@@ -626,9 +630,14 @@ class Runner:
             selected = self.stages[self.stages.index(start_from):]
         else:
             selected = list(self.stages)
-        # Check every parameter of every stage before the first runs (or data is generated).
+        # Check every parameter of every stage before the first runs (or data is generated): its name and
+        # type against the notebook, then how the values combine (a stage's own check, when given).
         for stage in selected:
-            check_parameters(stage, self.notebook_dir / f"{stage}.ipynb", self.params_for(stage, Path()))
+            notebook = self.notebook_dir / f"{stage}.ipynb"
+            params = self.params_for(stage, Path())
+            check_parameters(stage, notebook, params)
+            if self.checks is not None:
+                self.checks(stage, {**notebook_parameters(notebook), **params})
         # The data first: a run that cannot start (a missing folder, a bad layout) writes nothing.
         data_root = profiles.prepare_data(self.profile, self.data_override, progress=self.progress)
         with runlock.locked(self.run_dir, f"orandnet run --profile {self.profile['name']}"), _terminate_as_interrupt():

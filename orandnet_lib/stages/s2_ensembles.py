@@ -57,17 +57,22 @@ class Params:
 OFFSET_RULES = ("fixed", "align")
 
 
+def check(p: Params) -> None:
+    """The offset rule is one this stage knows (the runner calls this before any stage starts)."""
+    if p.offset_rule not in OFFSET_RULES:
+        raise ConfigError(f"offset_rule must be one of {OFFSET_RULES}, got {p.offset_rule!r}")
+
+
 def choose_offset(p: Params, stores: Mapping[str, CamStore] | None = None) -> OffsetChoice:
     """The offset by ``p.offset_rule``; ``stores``: the sources' train-split CAM stores
     (:func:`source_stores`, needed by ``align``)."""
+    check(p)
     if p.offset_rule == "fixed":
         return OffsetChoice("fixed", p.offset, {})
-    if p.offset_rule == "align":
-        if stores is None:
-            raise ConfigError("offset_rule 'align' needs the sources' CAM stores")
-        thresholds = source_points({n: stores[n] for n in p.sources})
-        return OffsetChoice("align", align_offset(thresholds, p.offset_source), thresholds)
-    raise ConfigError(f"offset_rule must be one of {OFFSET_RULES}, got {p.offset_rule!r}")
+    if stores is None:
+        raise ConfigError("offset_rule 'align' needs the sources' CAM stores")
+    thresholds = source_points({n: stores[n] for n in p.sources})
+    return OffsetChoice("align", align_offset(thresholds, p.offset_source), thresholds)
 
 
 def variants(p: Params, offset: float) -> dict[str, Variant]:

@@ -114,6 +114,11 @@ def refinement_settings(p: Params) -> dict[str, Any]:
     return {"beta": p.beta, "exp_times": p.exp_times, "radius": p.radius, "crf_iterations": p.crf_iterations}
 
 
+def check(p: Params) -> None:
+    """The refinements named are registered (the runner calls this before any stage starts)."""
+    REFINEMENTS.check([*p.refinements, p.pseudo_mask_refinement])
+
+
 def boundary_sources(p: Params) -> tuple[str, ...]:
     """The variants whose confident labels train a relation network, one net each."""
     return tuple(p.variants) if p.boundary_source == PER_VARIANT else (p.boundary_source,)
@@ -185,7 +190,7 @@ class Inputs:
 
 
 def open_inputs(stage: Any, p: Params) -> Inputs:
-    REFINEMENTS.check([*p.refinements, p.pseudo_mask_refinement])
+    check(p)
     train = VOCDataset(stage.data_root, p.train_split)
     stores = {v: CamStore(stage.cam_store(v, p.train_split)) for v in dict.fromkeys([*boundary_sources(p), *p.variants])}
     upstream = {f"cams:{v}_{p.train_split}": s.digest for v, s in stores.items()}
