@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from orandnet_lib import cli
-from orandnet_lib.book.compare import compare_runs, format_comparison, welch_difference
+from orandnet_lib.book.compare import compare_runs, format_comparison, seed_difference, welch_difference
 from orandnet_lib.book.runner import Runner
 from orandnet_lib.recipes import run_recipe
 
@@ -21,6 +21,20 @@ def test_welch_difference_by_hand():
     assert d["mean"] == pytest.approx(2.0) and d["se"] == pytest.approx(math.sqrt(5 / 3))
     assert d["df"] == pytest.approx(50 / 17)
     assert d["low"] < 0 < d["high"]  # three seeds each: this difference is not resolved
+
+
+def test_runs_with_the_same_seeds_are_compared_seed_by_seed():
+    a, b = {0: 1.0, 1: 2.0, 2: 4.0}, {0: 2.0, 1: 2.5, 2: 5.0}
+    d = seed_difference(a, b)
+    # differences 1, 0.5, 1: mean 5/6, sd sqrt(1/12), se sqrt(1/12)/sqrt(3) = 1/6, t = 5 on 2 df (t_0.975 = 4.3027)
+    assert d["test"] == "paired" and d["n"] == 3 and d["df"] == 2
+    assert d["mean"] == pytest.approx(5 / 6) and d["se"] == pytest.approx(1 / 6) and d["t"] == pytest.approx(5.0)
+    assert d["low"] == pytest.approx(5 / 6 - 4.302653 / 6, abs=1e-5) and d["low"] > 0  # resolved: Welch's is not
+    assert welch_difference(list(a.values()), list(b.values()))["low"] < 0
+    same = seed_difference(a, a)
+    assert (same["mean"], same["se"], same["low"], same["high"]) == (0.0, 0.0, 0.0, 0.0)
+    other_seeds = seed_difference({0: 1.0, 1: 2.0}, {1: 1.0, 2: 2.0})  # no pairs by design: Welch on all four
+    assert other_seeds["test"] == "welch" and other_seeds["mean"] == 0.0 and other_seeds["low"] < 0
 
 
 @pytest.mark.slow
@@ -37,6 +51,7 @@ def test_two_smoke_runs_that_differ_in_one_parameter(smoke_run, tmp_path, capsys
     assert any(k.startswith("segmentation.") and k.endswith(".miou") for k in changed)
     assert not any(k.startswith(("cams.", "classifiers.", "pseudo_masks.")) for k in changed), "upstream is shared"
     seeded = dict(c.seeded)
+    assert seeded["segmentation.cnn.curriculum.miou"]["test"] == "paired"  # both trained seeds 0 and 1
     assert "segmentation.cnn.curriculum.miou" in seeded and seeded["segmentation.cnn.curriculum.miou"]["low"] <= \
         seeded["segmentation.cnn.curriculum.miou"]["mean"] <= seeded["segmentation.cnn.curriculum.miou"]["high"]
     text = format_comparison(c)

@@ -3,8 +3,9 @@
 For a researcher who re-executes a chapter with new parameters: ``orandnet compare RUN_A
 RUN_B`` lists the parameters that differ (stage by stage, from the manifests), then each
 metric of ``summary.json`` with its difference; where both runs trained the same setting over
-seeds, the difference of the seed means comes with its interval (Welch's t, the runs' seeds
-being independent draws).
+seeds, the difference of the seed means comes with its interval: paired by seed when both ran the
+same seeds (seed r of each run is replicate r of the whole pipeline, so the pairs share their
+upstream draws and what a seed does), Welch's t on the two sets of seeds otherwise.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from ..core import store
+from ..core.stats import paired_difference
 from ..core.errors import ConfigError
 
 SKIPPED = {"stages", "refinement_timings"}  # timings differ on every run: not results
 TIMING_WORDS = ("seconds", "time_s", "_ms", "rss_mb")
+TESTS = {"paired": "paired by seed", "welch": "Welch, unpaired"}
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Comparison:
     b: Path
     params: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # (stage, name, a, b)
     metrics: list[tuple[str, float, float, float]] = field(default_factory=list)  # (key, a, b, b - a)
-    seeded: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # (key, welch difference)
+    seeded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, seed_difference)
     only_in: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -62,11 +65,16 @@ def _numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield prefix, float(tree)
 
 
-def _seeded(tree: Any, prefix: str = "") -> Iterator[tuple[str, list[float]]]:
-    """Entries with per-seed results: (dotted key of the entry's mIoU, the per-seed values)."""
+def _seeded(tree: Any, prefix: str = "") -> Iterator[tuple[str, dict[Any, float]]]:
+    """Entries with per-seed results: (dotted key of the entry's mIoU, {seed: value}); an entry
+    that does not name its seeds is keyed by position."""
     if isinstance(tree, Mapping):
         if isinstance(tree.get("per_seed"), list) and len(tree["per_seed"]) > 1:
-            yield f"{prefix}.miou", [float(s["miou"]) for s in tree["per_seed"]]
+            values = [float(s["miou"]) for s in tree["per_seed"]]
+            seeds = tree.get("seeds")
+            names = list(seeds) if isinstance(seeds, list) and len(seeds) == len(values) else \
+                [f"#{i}" for i in range(len(values))]
+            yield f"{prefix}.miou", dict(zip(names, values))
         for key, value in tree.items():
             if key != "per_seed":
                 yield from _seeded(value, f"{prefix}.{key}" if prefix else str(key))
@@ -85,6 +93,14 @@ def welch_difference(a: list[float], b: list[float], confidence: float = 0.95) -
     return {"mean": mean, "se": se, "df": float(df), "low": mean - half, "high": mean + half}
 
 
+def seed_difference(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[str, Any]:
+    """Mean of b minus mean of a over seeds ``{seed: value}``: the paired difference when both ran
+    the same seeds (:func:`core.stats.paired_difference`), else Welch's; ``"test"`` says which."""
+    if set(a) == set(b):
+        return {**paired_difference(a, b), "test": "paired"}
+    return {**welch_difference(list(a.values()), list(b.values())), "test": "welch"}
+
+
 def compare_runs(a: str | Path, b: str | Path) -> Comparison:
     a, b = Path(a), Path(b)
     sa, sb = _summary(a), _summary(b)
@@ -99,7 +115,7 @@ def compare_runs(a: str | Path, b: str | Path) -> Comparison:
     out.metrics = [(k, na[k], nb[k], nb[k] - na[k]) for k in na if k in nb]
     out.only_in = {str(a): sorted(set(na) - set(nb)), str(b): sorted(set(nb) - set(na))}
     seeds_a, seeds_b = dict(_seeded(sa)), dict(_seeded(sb))
-    out.seeded = [(k, welch_difference(seeds_a[k], seeds_b[k])) for k in seeds_a if k in seeds_b]
+    out.seeded = [(k, seed_difference(seeds_a[k], seeds_b[k])) for k in seeds_a if k in seeds_b]
     return out
 
 
@@ -118,9 +134,11 @@ def format_comparison(c: Comparison, changed_only: bool = True) -> str:
         lines += [f"| `{k}` | {va:.4g} | {vb:.4g} | {d:+.4g} |" for k, va, vb, d in rows]
     if c.seeded:
         lines += ["", "## Settings trained over seeds (mIoU, mean of B minus mean of A, 95 % interval)", "",
-                  "| result | B - A | standard error | interval |", "|---|---|---|---|"]
-        lines += [f"| `{k}` | {d['mean']:+.2f} | {d['se']:.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] |"
-                  for k, d in c.seeded]
+                  "Paired by seed where both runs trained the same seeds (seed r on replicate r); Welch's t "
+                  "on the two sets of seeds where they did not.", "",
+                  "| result | B - A | standard error | interval | test |", "|---|---|---|---|---|"]
+        lines += [f"| `{k}` | {d['mean']:+.2f} | {d['se']:.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | "
+                  f"{TESTS[d['test']]} |" for k, d in c.seeded]
     for run, keys in c.only_in.items():
         if keys:
             lines += ["", f"Only in `{run}`: " + ", ".join(f"`{k}`" for k in keys[:20])
