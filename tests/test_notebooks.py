@@ -142,13 +142,14 @@ def test_each_stage_run_records_what_its_notebook_recorded(smoke_run, tmp_path):
     import shutil
 
     from orandnet_lib.book.runner import discover_stages
-    from orandnet_lib.recipes import RECIPES, run_recipe
+    from orandnet_lib.recipes import STAGE_MODULES, run_recipe, stage_module
 
     _, base = smoke_run
     runs = tmp_path / "runs"
     shutil.copytree(base / "runs", runs)
-    assert list(RECIPES) == discover_stages(REPO / "notebooks")
-    for name in RECIPES:
+    assert list(STAGE_MODULES) == discover_stages(REPO / "notebooks")
+    assert all(stage_module(name).STAGE == name for name in STAGE_MODULES)
+    for name in STAGE_MODULES:
         manifest = store.read_manifest(runs / name)
         record = run_recipe(name, {**manifest["params"], "run_dir": str(runs)})
         assert stable(record["summary"]) == stable(manifest["summary"]), name
