@@ -66,8 +66,9 @@ test: install fashion-mnist
 
 # Stages of the default run (if present) and every hot kernel against a naive reference;
 # writes bench/results.json. Takes a few minutes; run it with nothing else on the machine.
+# COMPILE=1 also times each training step under torch.compile against eager (minutes of compiling).
 bench: install fashion-mnist
-	$(BIN)/python -m orandnet_lib.bench --profile $(PROFILE)
+	$(BIN)/python -m orandnet_lib.bench --profile $(PROFILE) $(if $(COMPILE),--compile)
 
 clean:
 	rm -rf _build book/executed runs

@@ -335,6 +335,62 @@ def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float | None]
     return rows
 
 
+def bench_compiled_training(rng: np.random.Generator, peaks: dict[str, float | None] | None = None,
+                            backend: str = "inductor", min_seconds: float = 2.0) -> list[dict[str, Any]]:
+    """Issue 25, lever 2: each network's fp32 training step with its forward and loss under
+    ``torch.compile`` against eager (batch 32 at 96 px, as :func:`bench_bf16_training`). A
+    compiled step pays its compilation on the first calls, here from an empty inductor cache as
+    on a machine's first run: each row gives those seconds and the steps a training must run
+    before the compiled one is ahead (None: it never is). The two losses on one batch must agree.
+    Minutes of compilation in all: ``--compile`` only."""
+    import os
+    import tempfile
+
+    rows = []
+    for name, (model, loss_fn, images) in _training_kernels(rng).items():
+        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+        def step(fn: Callable[[], torch.Tensor]) -> None:
+            loss = fn()
+            opt.zero_grad()
+            loss.float().backward()
+            opt.step()
+
+        eager = timed(lambda: step(loss_fn), repeats=3, min_seconds=min_seconds)
+        compiled = torch.compile(loss_fn, backend=backend)
+        saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            try:
+                start = time.perf_counter()
+                step(compiled)  # the forward graph, then the backward one
+                step(compiled)
+                first_two = time.perf_counter() - start
+                fast = timed(lambda: step(compiled), repeats=3, min_seconds=min_seconds)
+                with torch.no_grad():
+                    torch.manual_seed(1)
+                    loss_eager = float(loss_fn())
+                    torch.manual_seed(1)
+                    loss_compiled = float(compiled())
+            finally:
+                if saved is None:
+                    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+                else:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+                torch._dynamo.reset()  # the next network compiles from nothing too
+        assert abs(loss_compiled - loss_eager) <= 1e-3 * abs(loss_eager) + 1e-5, \
+            f"{name}: compiled loss {loss_compiled} vs eager {loss_eager}"
+        gain = eager - fast
+        compile_seconds = first_two - 2 * fast
+        flops = step_flops(model, loss_fn) / 1e9 if peaks else None
+        rows.append(_row(f"{name} training step, batch 32 at 96 px (torch.compile vs eager, fp32)", "images/s",
+                         fast, eager, images, backend=backend, step_seconds=fast, eager_step_seconds=eager,
+                         compile_seconds=compile_seconds, break_even_steps=compile_seconds / gain if gain > 0 else None,
+                         gflops_eager=_ratio(flops, eager), gflops_compiled=_ratio(flops, fast),
+                         loss_eager=loss_eager, loss_compiled=loss_compiled))
+    return rows
+
+
 # ----------------------------------------------------------------------------- stages and re-runs
 
 def stage_table(profile: str) -> list[dict[str, Any]]:
@@ -404,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="the run whose stages are tabled")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--skip-rerun", action="store_true", help="skip the incremental re-run measurement")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each training step under torch.compile against eager (minutes of compiling)")
     parser.add_argument("--heldout-run", default=str(ROOT / "runs" / "heldout"),
                         help="the default profile's run on the held-out domain (make heldout)")
     args = parser.parse_args(argv)
@@ -417,8 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     def bench_training_steps(r: np.random.Generator) -> list[dict[str, Any]]:
         return bench_bf16_training(r, peaks)
 
-    for fn in (bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
-               bench_segmentation_training, bench_training_steps):
+    def bench_compiled_steps(r: np.random.Generator) -> list[dict[str, Any]]:
+        return bench_compiled_training(r, peaks)
+
+    benches: list[Callable[[np.random.Generator], Any]] = [
+        bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
+        bench_segmentation_training, bench_training_steps]
+    for fn in benches + ([bench_compiled_steps] if args.compile else []):
         res = fn(rng)
         kernels += res if isinstance(res, list) else [res]
         print(f"  measured {fn.__name__[6:]}", file=sys.stderr)
@@ -468,6 +531,13 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"  {k['kernel'].split(' training step')[0]:<16} {k['gflop_per_step']:10.1f} "
                          f"{_num(k['gflops_fp32'], '13.0f')} {_num(k['gflops_bf16'], '13.0f')} "
                          f"{_num(k['fraction_of_fp32_peak_fp32'], '15.2f')} {_num(k['fraction_of_bf16_peak_bf16'], '15.2f')}")
+    compiled = [k for k in results["kernels"] if "compile_seconds" in k]
+    if compiled:
+        lines += ["", "training steps under torch.compile (fp32)",
+                  f"  {'network':<16} {'eager s':>8} {'compiled s':>10} {'speed-up':>9} {'compile s':>10} {'break-even steps':>17}"]
+        for k in compiled:
+            lines.append(f"  {k['kernel'].split(' training step')[0]:<16} {k['eager_step_seconds']:8.3f} {k['step_seconds']:10.3f} "
+                         f"{k['speedup']:9.2f} {k['compile_seconds']:10.1f} {_num(k['break_even_steps'], '17.0f')}")
     lines += ["", "CAM inference by image size:"]
     lines += [f"  {r['pixels']:>7} px^2  {r['value']:8.1f} ms  {r['ns_per_pixel']:6.1f} ns/pixel" for r in results["cam_scaling"]]
     tr = results.get("transfer", {})

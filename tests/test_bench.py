@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from orandnet_lib import bench
 
@@ -91,3 +92,25 @@ def test_a_cpu_without_bfloat16_units_is_benchmarked_in_fp32_and_says_so(monkeyp
     assert "bf16 - GFLOP/s" in text
     parts = next(line for line in text.splitlines() if line.startswith("  CNN classifier ")).split()
     assert parts[-3] == "-" and parts[-1] == "-" and parts[-2] == f"{row['fraction_of_fp32_peak_fp32']:.2f}"
+
+
+def test_a_compiled_step_is_timed_beside_eager_with_its_compile_cost(monkeypatch):
+    """dynamo's "eager" backend: the bookkeeping of the compiled-step rows without a C++ compilation."""
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"ViT classifier": (layer, lambda: layer(x).square().mean(), 8)})
+    peaks = {"fp32": 100.0, "bf16": None}
+    [row] = bench.bench_compiled_training(np.random.default_rng(0), peaks, backend="eager", min_seconds=0.05)
+    assert row["backend"] == "eager" and "torch.compile vs eager" in row["kernel"]
+    assert row["value"] == 8 / row["step_seconds"] and row["naive_value"] == 8 / row["eager_step_seconds"]
+    assert row["speedup"] == row["eager_step_seconds"] / row["step_seconds"]
+    assert row["loss_compiled"] == pytest.approx(row["loss_eager"], rel=1e-6)
+    gain = row["eager_step_seconds"] - row["step_seconds"]
+    assert row["break_even_steps"] == (row["compile_seconds"] / gain if gain > 0 else None)
+    assert row["gflops_eager"] == 2 * (2 * 8 * 64 * 64) / 1e9 / row["eager_step_seconds"]
+    text = bench.format_table({"stages": [], "kernels": [row], "cam_scaling": []})
+    line = next(t for t in text.splitlines() if t.startswith("  ViT classifier"))
+    assert line.split()[2:4] == [f"{row['eager_step_seconds']:.3f}", f"{row['step_seconds']:.3f}"]
