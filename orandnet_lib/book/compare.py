@@ -4,8 +4,8 @@ For a researcher who re-executes a chapter with new parameters: ``orandnet compa
 RUN_B`` lists the parameters that differ (stage by stage, from the manifests), then each
 metric of ``summary.json`` with its difference; where both runs trained the same setting over
 seeds, the difference of the seed means comes with its interval: paired by seed when both ran the
-same seeds (seed r of each run is replicate r of the whole pipeline, so the pairs share their
-upstream draws and what a seed does), Welch's t on the two sets of seeds otherwise.
+same seeds (a pair shares what its seed draws, and with replicates its whole pipeline's draw),
+Welch's t on the two sets of seeds otherwise.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def format_comparison(c: Comparison, changed_only: bool = True) -> str:
         lines += [f"| `{k}` | {va:.4g} | {vb:.4g} | {d:+.4g} |" for k, va, vb, d in rows]
     if c.seeded:
         lines += ["", "## Settings trained over seeds (mIoU, mean of B minus mean of A, 95 % interval)", "",
-                  "Paired by seed where both runs trained the same seeds (seed r on replicate r); Welch's t "
-                  "on the two sets of seeds where they did not.", "",
+                  "Paired by seed where both runs trained the same seeds (with whole-pipeline replicates, seed r "
+                  "trains on replicate r's pseudo-masks in both); Welch's t on the two sets of seeds where they "
+                  "did not.", "",
                   "| result | B - A | standard error | interval | test |", "|---|---|---|---|---|"]
         lines += [f"| `{k}` | {d['mean']:+.2f} | {d['se']:.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | "
                   f"{TESTS[d['test']]} |" for k, d in c.seeded]
