@@ -270,3 +270,17 @@ def test_the_stages_checks_see_every_parameter_and_stop_the_run_before_any_stage
     assert not (project[0] / "runs" / "00_first").exists()
     assert seen["00_first"]["x"] == 1 and seen["01_second"]["y"] == 10 and seen["01_second"]["fail"] is False
     assert _runner(project, ["01_second.y=9"], checks=checks).run().executed == ["00_first", "01_second"]
+
+
+def test_a_process_started_by_a_large_one_reports_its_own_memory_peak():
+    """A kernel started by a runner that ran stages in process inherits the runner's ru_maxrss
+    (Linux keeps it across fork and exec); its recorded peak must be its own."""
+    import subprocess
+    import sys
+
+    big = bytearray(600 * 2**20)
+    big[::4096] = b"\x01" * len(big[::4096])  # resident, not only reserved
+    code = "from orandnet_lib.book.stage import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del big
+    assert child < 300, f"the child reported {child:.0f} MiB: its parent's peak, not its own"

@@ -30,8 +30,14 @@ METRICS_FILE = "metrics.json"
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident memory in MiB (Linux reports KiB) of this process, or with
-    ``RUSAGE_CHILDREN`` of the largest of its finished worker processes."""
+    """Peak resident memory in MiB of this process (its own high-water mark), or with
+    ``RUSAGE_CHILDREN`` of the largest of its finished worker processes. For this process Linux's
+    VmHWM, not getrusage: its ``ru_maxrss`` keeps the peak of the process it was started from (a
+    kernel started by a runner that had run stages in process reported the runner's peak)."""
+    if who == resource.RUSAGE_SELF:
+        own = high_water_rss_mb()
+        if own == own:  # not NaN: /proc is there
+            return own
     peak = resource.getrusage(who).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
