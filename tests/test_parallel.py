@@ -36,3 +36,27 @@ def test_a_worker_ends_on_sigterm_whatever_its_parent_does_with_it():
         assert set(imap(_dispositions, range(6), workers=2, chunksize=1)) == {(True, True)}
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _blocked_now(_: int) -> bool:
+    return signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked workers only")
+def test_a_worker_holds_sigterm_until_its_own_handler_is_set(monkeypatch, tmp_path):
+    """No window between the fork and the initializer in which a SIGTERM meets the parent's handler
+    (Python drops a signal whose handler changed before it ran it, and the worker then outlived the pool)."""
+    from orandnet_lib.core import parallel
+
+    real = parallel._worker_signals
+
+    def recording() -> None:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        (tmp_path / str(os.getpid())).write_text(str(signal.SIGTERM in blocked and signal.SIGINT in blocked))
+        real()
+
+    monkeypatch.setattr(parallel, "_worker_signals", recording)
+    assert set(imap(_blocked_now, range(4), workers=2, chunksize=1)) == {False}  # unblocked once it runs
+    starts = [p.read_text() for p in tmp_path.iterdir()]
+    assert starts and set(starts) == {"True"}, "a worker started with SIGTERM deliverable to its parent's handler"
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "the parent's mask is restored"
