@@ -75,3 +75,14 @@ def test_a_stage_check_stops_the_run_before_any_stage_runs(tmp_path, capsys):
     assert "stage 05_segmentation_curriculum: with replicates = 2, the seed of a pseudo-mask set is its replicate: " \
            "seeds [2] have none (use seeds below 2)" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_checking_a_stage_without_a_module_imports_no_stage_module():
+    """The CLI's stage checks import a stage's module (torch, timm: seconds) only for a stage that has one."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from orandnet_lib import cli; cli._checks('00_wait', {'seconds': 1.0}); "
+            "print(sorted(m for m in sys.modules if m.startswith('orandnet_lib.stages.') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
