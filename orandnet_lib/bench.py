@@ -179,6 +179,65 @@ def bench_confusion(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256
     return rows
 
 
+def _relation_head_by_definition(net: torch.nn.Module, feats: list[torch.Tensor], labels: torch.Tensor,
+                                 radius: int) -> torch.Tensor:
+    """The relation net's head and loss as first written: the squeezed levels upsampled and
+    concatenated before the 1x1 head, autograd's chain of maxima along each segment, and each
+    kind of pair selected by index."""
+    import torch.nn.functional as F
+
+    from .core.neighbours import neighbour_offsets
+    from .nets.boundary import pair_labels
+
+    size = feats[0].shape[-2:]
+    fused = [F.interpolate(s(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else s(f)
+             for s, f in zip(net.squeeze, feats)]
+    boundary = torch.sigmoid(net.head(torch.cat(fused, dim=1)))[:, 0]
+    offsets, (h, w) = neighbour_offsets(radius), boundary.shape[-2:]
+    padded = F.pad(boundary, (radius,) * 4, value=1.0)
+    maxima = []
+    for dy, dx in offsets:
+        steps, m = max(abs(dy), abs(dx)), boundary
+        for s in range(1, steps + 1):
+            sy, sx = round(s / steps * dy), round(s / steps * dx)
+            m = torch.maximum(m, padded[..., radius + sy : radius + sy + h, radius + sx : radius + sx + w])
+        maxima.append(m)
+    affinity = 1.0 - torch.stack(maxima, dim=1)
+    kinds = pair_labels(labels, offsets)
+    terms = {k: -torch.log((affinity if k != "neg" else 1.0 - affinity)[mask] + 1e-5).mean() for k, mask in kinds.items()}
+    return terms["bg"] / 2 + terms["fg"] / 2 + terms["neg"]
+
+
+def bench_relation_head(rng: np.random.Generator) -> dict[str, Any]:
+    """Stage 4's relation-net step as the default profile trains it (frozen backbone, cached
+    features of 32 images at 192 px, a 48-cell grid, radius 5): the head and loss as written
+    against the same step by definition (:func:`_relation_head_by_definition`)."""
+    from .nets.boundary import BoundaryNet, affinity_loss
+
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)},
+                      freeze_backbone=True, input_scale=2).train()
+    with torch.no_grad():
+        feats = net.backbone_features(torch.randn(32, 3, 96, 96))
+    labels = torch.from_numpy(rng.integers(0, 7, (32, 48, 48)))
+    labels[:, :8] = 255  # an ignored band, as confident labels have
+    written = affinity_loss(net.head_from(feats), labels, 5)[0]
+    by_definition = _relation_head_by_definition(net, feats, labels, 5)
+    assert torch.allclose(written, by_definition, rtol=1e-4), f"relation-net loss {written} vs {by_definition}"
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], 1e-4)
+
+    def step(loss_fn: Callable[[], torch.Tensor]) -> None:
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    fast = timed(lambda: step(lambda: affinity_loss(net.head_from(feats), labels, 5)[0]), repeats=2)
+    naive = timed(lambda: step(lambda: _relation_head_by_definition(net, feats, labels, 5)), repeats=2)
+    return _row("relation-net step on cached features, 192 px (as written vs by definition)", "images/s",
+                fast, naive, 32)
+
+
 def bench_cam_scaling(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 256, 512)) -> list[dict[str, Any]]:
     from .methods.cams import _forward_cams, cam_function, to_tensor
     from .nets.classifiers import CNNCAM
@@ -243,6 +302,12 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     owner = torch.arange(32).repeat_interleave(2)
     boundary = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)})
     confident = torch.from_numpy(rng.integers(0, 7, (32, 24, 24)))
+    # what the default profile trains: the head alone, on the frozen backbone's cached features at 192 px
+    head = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)},
+                       freeze_backbone=True, input_scale=2)
+    with torch.no_grad():
+        cached = head.backbone_features(x)
+    confident48 = torch.from_numpy(rng.integers(0, 7, (32, 48, 48)))
     deeplab = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
                       backbone_kwargs={"channels": (16, 32, 64, 128), "layers": (1, 1, 1, 1)})
     masks = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
@@ -251,6 +316,7 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
         "ViT classifier": (vit, lambda: multilabel_loss(vit, (x, labels))[0], 32),
         "ORANDNet": (orand, lambda: orand_loss(orand(maps), maps, owner, "bce"), 32),
         "relation net": (boundary, lambda: affinity_loss(boundary(x), confident, 5)[0], 32),
+        "relation head": (head, lambda: affinity_loss(head.head_from(cached), confident48, 5)[0], 32),
         "DeepLab": (deeplab, lambda: segmentation_loss(deeplab, (x, masks))[0], 32),
     }
     for model, _, _ in out.values():
@@ -480,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
 
     benches: list[Callable[[np.random.Generator], Any]] = [
         bench_cam_inference, bench_ensemble, bench_orandnet, bench_crf, bench_random_walk, bench_confusion,
-        bench_segmentation_training, bench_training_steps]
+        bench_segmentation_training, bench_relation_head, bench_training_steps]
     for fn in benches + ([bench_compiled_steps] if args.compile else []):
         res = fn(rng)
         kernels += res if isinstance(res, list) else [res]

@@ -6,7 +6,8 @@ from orandnet_lib import bench
 
 def test_kernels_agree_with_their_naive_references_and_report_ratios():
     rng = np.random.default_rng(0)
-    rows = [bench.bench_ensemble(rng), *bench.bench_random_walk(rng, sizes=(32, 48)), *bench.bench_confusion(rng, sizes=(16,))]
+    rows = [bench.bench_ensemble(rng), *bench.bench_random_walk(rng, sizes=(32, 48)), *bench.bench_confusion(rng, sizes=(16,)),
+            bench.bench_relation_head(rng)]
     for row in rows:  # each function asserts that the fast path equals its naive reference before timing
         assert set(row) >= {"kernel", "unit", "value", "naive_value", "speedup"}
         assert row["value"] > 0 and row["naive_value"] > 0

@@ -118,3 +118,74 @@ def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
     images = pseudo.boundary_loss(5)(net, base.collate([base[i] for i in range(len(base))]))[0]
     feats = pseudo.boundary_loss_from_features(5)(net, torch.utils.data.default_collate([cached[i] for i in range(len(base))]))[0]
     torch.testing.assert_close(feats, images, rtol=1e-5, atol=1e-6)
+
+
+# -- the fast forms against their plain definitions ----------------------------------------------
+
+def _path_max_by_definition(boundary: torch.Tensor, offsets) -> torch.Tensor:
+    """The maximum over each segment, cell by cell, differentiated by autograd."""
+    h, w = boundary.shape[-2:]
+    out = []
+    for dy, dx in offsets:
+        steps = max(abs(dy), abs(dx))
+        m = boundary
+        for s in range(1, steps + 1):
+            sy, sx = round(s / steps * dy), round(s / steps * dx)
+            shifted = torch.nn.functional.pad(boundary, (5, 5, 5, 5), value=1.0)[..., 5 + sy : 5 + sy + h, 5 + sx : 5 + sx + w]
+            m = torch.maximum(m, shifted)
+        out.append(m)
+    return torch.stack(out, dim=1)
+
+
+def test_path_max_and_its_gradient_match_the_cell_by_cell_definition():
+    boundary = torch.rand(2, 9, 11, dtype=torch.float64, requires_grad=True)  # no ties
+    offsets = neighbour_offsets(4)
+    fast, plain = path_max(boundary, offsets), _path_max_by_definition(boundary, offsets)
+    assert torch.equal(fast, plain)
+    weights = torch.randn_like(plain)
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), boundary)
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), boundary)
+    torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-12)
+    small = torch.rand(1, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b: path_max(b, neighbour_offsets(2)), (small,))
+
+
+def test_at_a_tie_the_gradient_goes_to_the_nearest_cell_once():
+    flat = torch.full((1, 3, 5), 0.5, requires_grad=True)
+    (grad,) = torch.autograd.grad(path_max(flat, [(0, 2)]).sum(), flat)
+    # columns 0-2 reach their own cell first; columns 3-4 see the outside (1.0) and pass nothing
+    assert grad[0].tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]] * 3
+    edge = torch.tensor([[[0.1, 0.9, 0.9]]], requires_grad=True)
+    (grad,) = torch.autograd.grad(path_max(edge, [(0, 2)])[0, 0, 0, 0], edge)
+    assert grad[0, 0].tolist() == [0.0, 1.0, 0.0]  # the first 0.9 on the way, not both halves
+
+
+def test_the_affinity_loss_is_the_mean_over_each_kind_of_pair():
+    torch.manual_seed(0)
+    boundary = torch.rand(2, 1, 8, 9, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 9))
+    labels[:, :2] = 255
+    loss, logs = affinity_loss(boundary, labels, radius=3)
+    offsets = neighbour_offsets(3)
+    affinity = 1.0 - _path_max_by_definition(boundary[:, 0], offsets)
+    kinds = pair_labels(labels, offsets)
+    by_kind = {"bg": -torch.log(affinity[kinds["bg"]] + 1e-5).mean(), "fg": -torch.log(affinity[kinds["fg"]] + 1e-5).mean(),
+               "neg": -torch.log(1.0 - affinity[kinds["neg"]] + 1e-5).mean()}
+    expected = by_kind["bg"] / 2 + by_kind["fg"] / 2 + by_kind["neg"]
+    torch.testing.assert_close(loss, expected)
+    assert logs == pytest.approx({f"{k}_loss": float(v.detach()) for k, v in by_kind.items()})
+    (g,) = torch.autograd.grad(loss, boundary)
+    (g_expected,) = torch.autograd.grad(expected, boundary)
+    torch.testing.assert_close(g, g_expected)
+
+
+def test_the_head_is_the_1x1_convolution_of_the_upsampled_concatenated_levels():
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)}).eval()
+    feats = net.backbone_features(torch.randn(2, 3, 64, 48))
+    size = feats[0].shape[-2:]
+    fused = [torch.nn.functional.interpolate(s(f), size=size, mode="bilinear", align_corners=False)
+             for s, f in zip(net.squeeze, feats)]
+    expected = torch.sigmoid(net.head(torch.cat(fused, dim=1)))
+    torch.testing.assert_close(net.head_from(feats), expected, rtol=1e-5, atol=1e-6)
+

@@ -9,7 +9,7 @@ network learns boundaries exactly where a wall separates differently labelled pi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,40 +66,88 @@ class BoundaryNet(nn.Module):
         return self.features(x)
 
     def head_from(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The boundary map from :meth:`backbone_features` (all that trains when the backbone is frozen)."""
+        """The boundary map from :meth:`backbone_features` (all that trains when the backbone is frozen).
+        The 1x1 head over the concatenated levels is applied to each level before it is upsampled:
+        both are linear, so the map is the same, and only one channel per level is upsampled and
+        nothing concatenated (a 1x1 convolution to one channel was most of the step on CPU)."""
         size = feats[0].shape[-2:]
-        fused = [F.interpolate(s(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else s(f)
-                 for s, f in zip(self.squeeze, feats)]
-        return torch.sigmoid(self.head(torch.cat(fused, dim=1)))
+        weights = self.head.weight[:, :, 0, 0].split([s[0].out_channels for s in self.squeeze], dim=1)
+        logits = self.head.bias.view(1, -1, 1, 1)
+        for squeeze, f, w in zip(self.squeeze, feats, weights):
+            part = (squeeze(f) * w.view(1, -1, 1, 1)).sum(1, keepdim=True)
+            if part.shape[-2:] != size:
+                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+            logits = logits + part
+        return torch.sigmoid(logits)
 
 
-def _shift(t: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
-    """out[..., y, x] = t[..., y + dy, x + dx], ``fill`` outside."""
-    h, w = t.shape[-2:]
-    padded = F.pad(t, (abs(dx), abs(dx), abs(dy), abs(dy)), value=fill)
-    return padded[..., abs(dy) + dy : abs(dy) + dy + h, abs(dx) + dx : abs(dx) + dx + w]
+def segments(offsets: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The cells after the pixel itself on the segment to each offset, nearest first
+    (the numpy affinities of ``methods.refine`` walk the same cells)."""
+    out = []
+    for dy, dx in offsets:
+        steps = max(abs(dy), abs(dx))
+        out.append([(round(s / steps * dy), round(s / steps * dx)) for s in range(1, steps + 1)])
+    return out
+
+
+def _running_max(padded: torch.Tensor, r: int, seg: Sequence[tuple[int, int]]) -> Iterator[torch.Tensor]:
+    """The running maximum along one segment of a map padded by ``r``: the pixel itself, then
+    up to each cell of ``seg`` in turn."""
+    h, w = padded.shape[-2] - 2 * r, padded.shape[-1] - 2 * r
+    m = padded[..., r : r + h, r : r + w]
+    yield m
+    for dy, dx in seg:
+        m = torch.maximum(m, padded[..., r + dy : r + dy + h, r + dx : r + dx + w])
+        yield m
+
+
+class _PathMax(torch.autograd.Function):
+    """:func:`path_max` with its gradient written out: autograd's chain of ``torch.maximum``
+    (its masks and ties) cost ten times the forward pass. The gradient of each segment's
+    maximum goes to the nearest cell that holds it: a valid subgradient at ties, where the
+    chain split it."""
+
+    @staticmethod
+    def forward(ctx: Any, boundary: torch.Tensor, cells: list[list[tuple[int, int]]]) -> torch.Tensor:
+        r = max((max(abs(dy), abs(dx)) for seg in cells for dy, dx in seg), default=0)
+        padded = F.pad(boundary, (r, r, r, r), value=1.0)
+        out = boundary.new_empty((boundary.shape[0], len(cells), *boundary.shape[-2:]))
+        for k, seg in enumerate(cells):
+            *_, out[:, k] = _running_max(padded, r, seg)  # the maximum over the whole segment
+        ctx.save_for_backward(padded, out)
+        ctx.cells, ctx.radius = cells, r
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        padded, out = ctx.saved_tensors
+        r, (h, w) = ctx.radius, grad.shape[-2:]
+        acc = torch.zeros_like(padded)
+        for k, seg in enumerate(ctx.cells):
+            g, top = grad[:, k], out[:, k]
+            before = torch.ones_like(g)  # 1 where the maximum is not reached before this cell
+            for (dy, dx), m in zip([(0, 0), *seg], _running_max(padded, r, seg)):
+                below = torch.sign(top - m)  # 1 where m < top, else 0 (top >= m); a comparison's bools cost more
+                acc[..., r + dy : r + dy + h, r + dx : r + dx + w] += g * (before - below)  # 1 where first reached
+                before = below
+        return acc[..., r : r + h, r : r + w].contiguous(), None  # the fill outside gets no gradient
 
 
 def path_max(boundary: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
     """(B, H, W) boundary -> (B, len(offsets), H, W): the strongest boundary on the segment
     from each pixel to its neighbour at each offset (1 where the neighbour is outside)."""
-    out = []
-    for dy, dx in offsets:
-        steps = max(abs(dy), abs(dx))
-        m = boundary
-        for s in range(1, steps + 1):
-            t = s / steps
-            m = torch.maximum(m, _shift(boundary, round(t * dy), round(t * dx), 1.0))
-        out.append(m)
-    return torch.stack(out, dim=1)
+    return _PathMax.apply(boundary, segments(offsets))
 
 
 def pair_labels(labels: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Masks (B, len(offsets), H, W) of the pair kinds for a (B, H, W) confident-label map:
     ``bg`` (both background), ``fg`` (same foreground class), ``neg`` (different classes)."""
     labels = labels.long()
+    r = max((max(abs(dy), abs(dx)) for dy, dx in offsets), default=0)
+    (h, w), padded = labels.shape[-2:], F.pad(labels, (r, r, r, r), value=IGNORE_INDEX)
     here = labels.unsqueeze(1).expand(-1, len(offsets), -1, -1)
-    there = torch.stack([_shift(labels, dy, dx, IGNORE_INDEX) for dy, dx in offsets], dim=1)
+    there = torch.stack([padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets], dim=1)
     valid = (here != IGNORE_INDEX) & (there != IGNORE_INDEX)
     same = valid & (here == there)
     return {"bg": same & (here == 0), "fg": same & (here > 0), "neg": valid & (here != there)}
@@ -112,10 +160,11 @@ def affinity_loss(boundary: torch.Tensor, labels: torch.Tensor, radius: int = 5,
     offsets = neighbour_offsets(radius)
     affinity = 1.0 - path_max(boundary[:, 0], offsets)
     kinds = pair_labels(labels, offsets)
+    same, differ = -torch.log(affinity + eps), -torch.log(1.0 - affinity + eps)
     terms = {}
-    for kind, mask in kinds.items():
-        values = -torch.log(affinity[mask] + eps) if kind != "neg" else -torch.log(1.0 - affinity[mask] + eps)
-        terms[kind] = values.mean() if values.numel() else boundary.sum() * 0.0
+    for kind, mask in kinds.items():  # masked sums: selecting the pairs by index cost more than the rest of the loss
+        n = int(mask.count_nonzero())
+        terms[kind] = ((differ if kind == "neg" else same) * mask).sum() / n if n else boundary.sum() * 0.0
     loss = terms["bg"] / 2 + terms["fg"] / 2 + terms["neg"]
     return loss, {f"{k}_loss": float(v.detach()) for k, v in terms.items()}
 
