@@ -76,16 +76,12 @@ def test_downsample_labels_takes_cell_centres():
     assert downsample_labels(labels, 2).shape == (3, 3)
 
 
-def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
-    """The feature cache (stage 4's feature_cache) gives the head the features the frozen backbone
-    gives each image and flip, so the loss of a step equals the loss on the images."""
+def _random_cam_store(tiny_voc):
+    """A store of random two-class CAMs for every train image of the tiny VOC folder."""
     import numpy as np
-    import torch
 
     from orandnet_lib.data.voc import VOCDataset
-    from orandnet_lib.methods import pseudo
-    from orandnet_lib.methods.cams import CamStoreWriter, CamStore
-    from orandnet_lib.nets.boundary import BoundaryNet
+    from orandnet_lib.methods.cams import CamStore, CamStoreWriter
 
     ds = VOCDataset(tiny_voc, "train")
     rng = np.random.default_rng(0)
@@ -93,15 +89,25 @@ def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
         for i in ds.ids:
             h, w_ = ds.load_image(i).shape[:2]
             w.add(i, rng.random((2, h, w_)).astype(np.float32), np.array([0, 1]))
+    return ds, CamStore(tiny_voc.parent / "cams")
+
+
+def test_cached_frozen_features_train_the_head_as_the_images_would(tiny_voc):
+    """The feature cache (stage 4's feature_cache) gives the head the features the frozen backbone
+    gives each image and flip, so the loss of a step equals the loss on the images."""
+    from orandnet_lib.methods import pseudo
+
+    ds, store = _random_cam_store(tiny_voc)
     torch.manual_seed(0)
     net = BoundaryNet("resnet18", backbone_kwargs={"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)},
                       freeze_backbone=True, input_scale=2).train()
-    base = pseudo.BoundarySet(CamStore(tiny_voc.parent / "cams"), ds, net.stride, 0.3, 0.05, use_crf=False,
-                              progress=False, workers=1)
+    base = pseudo.BoundarySet(store, ds, net.stride, 0.3, 0.05, use_crf=False, progress=False, workers=1)
     decoded: list[str] = []
     load_image = ds.load_image
     ds.load_image = lambda image_id: decoded.append(image_id) or load_image(image_id)  # type: ignore[method-assign]
     cached = pseudo.FrozenFeatures(base, net, progress=False)
+    assert decoded == [], "nothing is computed before an item is read (a finished checkpoint reads none)"
+    cached[0]
     ds.load_image = load_image  # type: ignore[method-assign]
     assert sorted(decoded) == sorted(ds.ids), "each image is decoded once, for both flips"
     assert net.training and not net.features.training, "the cache leaves the net's modes as they were"
@@ -189,3 +195,29 @@ def test_the_head_is_the_1x1_convolution_of_the_upsampled_concatenated_levels():
     expected = torch.sigmoid(net.head(torch.cat(fused, dim=1)))
     torch.testing.assert_close(net.head_from(feats), expected, rtol=1e-5, atol=1e-6)
 
+
+def test_relation_nets_with_one_frozen_backbone_share_its_features_and_another_backbone_gets_its_own(tiny_voc):
+    from orandnet_lib.methods import pseudo
+
+    ds, store = _random_cam_store(tiny_voc)
+    kwargs = {"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)}
+
+    def net(seed: int) -> BoundaryNet:
+        torch.manual_seed(seed)
+        return BoundaryNet("resnet18", backbone_kwargs=kwargs, freeze_backbone=True, input_scale=2)
+
+    first, second, other = net(0), net(0), net(1)
+    second.head.weight.data.fill_(0.5)  # the new layers differ; the frozen backbone does not
+    labels = pseudo.BoundarySet(store, ds, first.stride, 0.3, 0.05, use_crf=False, progress=False, workers=1)
+    shared = pseudo.FeatureCache(ds, progress=False)
+    a = pseudo.FrozenFeatures(labels, first, cache=shared)
+    b = pseudo.FrozenFeatures(labels, second, cache=shared)
+    own = pseudo.FrozenFeatures(labels, second, progress=False)  # computed for itself, as without sharing
+    for index in range(len(labels)):
+        (fa, _), (fb, _), (fo, _) = a[index], b[index], own[index]
+        assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(fa, fb, fo))
+    assert shared.computed == 1
+    c = pseudo.FrozenFeatures(labels, other, cache=shared)
+    c[0]
+    assert shared.computed == 2, "another backbone's features are its own"
+    assert not torch.equal(c.levels[False][0], a.levels[False][0])

@@ -5,6 +5,7 @@ composes these."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -75,36 +76,79 @@ class BoundarySet(Dataset):
                 "ignored": float((flat == 255).mean())}
 
 
-class FrozenFeatures(Dataset):
-    """A :class:`BoundarySet` whose images are replaced by the frozen backbone's features,
-    computed once per image and flip (the flip each epoch draws, as the set's): the relation
-    net's backbone is frozen and in eval mode, so every epoch would compute the same features
-    again (issue 15: 0.17 s of a 0.45 s step). Kept in memory in the dtype the forward pass gives
-    (bfloat16 under ``bf16``); images must share one size, as a batch of features cannot be padded
-    the way images are."""
+def backbone_digest(net: BoundaryNet) -> str:
+    """What a frozen backbone's features depend on: its weights and buffers, and the input scale."""
+    h = hashlib.sha256(f"input_scale={net.input_scale}".encode())
+    for name, t in net.features.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
-    def __init__(self, base: BoundarySet, net: BoundaryNet, bf16: bool = False, batch_size: int = 32,
-                 progress: bool = True):
-        self.base = base
-        ids = base.dataset.ids
+
+class FeatureCache:
+    """A frozen backbone's features of every image of a dataset, unflipped and flipped, computed
+    on first use and given again to each net whose frozen backbone is the same
+    (:func:`backbone_digest`): stage 4's relation nets, one per variant, start from one
+    pretrained backbone, so the features are computed once per stage, not once per net. Kept
+    in memory in the dtype the forward pass gives (bfloat16 under ``bf16``); images must share
+    one size, as a batch of features cannot be padded the way images are."""
+
+    def __init__(self, dataset: VOCDataset, bf16: bool = False, batch_size: int = 32, progress: bool = True):
+        self.dataset, self.bf16, self.batch_size, self.progress = dataset, bf16, batch_size, progress
+        self.backbone: str | None = None
+        self.levels: dict[bool, list[torch.Tensor]] = {}
+        self.computed = 0  # times the features were computed (a test reads it)
+
+    def of(self, net: BoundaryNet) -> dict[bool, list[torch.Tensor]]:
+        """flip -> the feature levels of every image, in the dataset's order, from ``net``'s backbone."""
+        digest = backbone_digest(net)
+        if digest != self.backbone:
+            self.levels, self.backbone = {}, None  # freed before the new ones are made
+            self.levels, self.backbone = self._compute(net), digest
+            self.computed += 1
+        return self.levels
+
+    def _compute(self, net: BoundaryNet) -> dict[bool, list[torch.Tensor]]:
+        ids = self.dataset.ids
         shapes: set[tuple[int, ...]] = set()
         chunks: dict[bool, list[list[torch.Tensor]]] = {False: [], True: []}
         was_training = net.training
         net.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for start in progress_bar(range(0, len(ids), batch_size), desc="relation-net features",
-                                      disable=not progress, leave=False):
-                images = [base.dataset.load_image(i) for i in ids[start : start + batch_size]]  # decoded once
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            for start in progress_bar(range(0, len(ids), self.batch_size), desc="relation-net features",
+                                      disable=not self.progress, leave=False):
+                images = [self.dataset.load_image(i) for i in ids[start : start + self.batch_size]]  # decoded once
                 shapes |= {im.shape for im in images}
                 if len(shapes) > 1:
-                    raise ValueError(f"{base.dataset.split_file}: images of several sizes {sorted(shapes)[:3]}; "
+                    raise ValueError(f"{self.dataset.split_file}: images of several sizes {sorted(shapes)[:3]}; "
                                      "cached features need one size (set feature_cache = false)")
                 x = to_tensor(np.stack(images))
                 for flip in (False, True):
                     chunks[flip].append(net.backbone_features(x.flip(-1) if flip else x))
-        self.levels: dict[bool, list[torch.Tensor]] = {
-            flip: [torch.cat([c[k] for c in parts]) for k in range(len(parts[0]))] for flip, parts in chunks.items()}
         net.train(was_training)
+        return {flip: [torch.cat([c[k] for c in parts]) for k in range(len(parts[0]))] for flip, parts in chunks.items()}
+
+
+class FrozenFeatures(Dataset):
+    """A :class:`BoundarySet` whose images are replaced by the frozen backbone's features (the
+    flip each epoch draws, as the set's): the relation net's backbone is frozen and in eval
+    mode, so every epoch would compute the same features again (issue 15: 0.17 s of a 0.45 s
+    step). The features come from ``cache`` (a new one when None) when an item is first read,
+    so a net whose checkpoint has finished training computes none."""
+
+    def __init__(self, base: BoundarySet, net: BoundaryNet, bf16: bool = False, batch_size: int = 32,
+                 progress: bool = True, cache: FeatureCache | None = None):
+        self.base, self.net = base, net
+        self.cache = cache or FeatureCache(base.dataset, bf16, batch_size, progress)
+        if self.cache.dataset.ids != base.dataset.ids:
+            raise ValueError(f"{base.dataset.split_file}: the feature cache holds another split's images")
+        self._levels: dict[bool, list[torch.Tensor]] | None = None
+
+    @property
+    def levels(self) -> dict[bool, list[torch.Tensor]]:
+        if self._levels is None:  # the backbone is frozen: its features, once read, stay its features
+            self._levels = self.cache.of(self.net)
+        return self._levels
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)

@@ -152,11 +152,13 @@ class RelationNet:
 
 def train_relation_net(net: BoundaryNet, store: CamStore, dataset: VOCDataset, th: Thresholds, config: TrainConfig,
                        checkpoint: Path, key: ArtifactKey, *, source: str, use_crf: bool, radius: int,
-                       feature_cache: bool = False, workers: int = 0, progress: bool = True) -> RelationNet:
+                       feature_cache: bool = False, features: pseudo.FeatureCache | None = None, workers: int = 0,
+                       progress: bool = True) -> RelationNet:
     """The confident labels of ``store``'s CAMs cut at ``th`` (through a dense CRF under
     ``use_crf``), then ``net`` trained on them by the one training loop, its checkpoint checked
     against ``key``. Under ``feature_cache`` (a frozen backbone) the backbone's features are
-    computed once (:class:`pseudo.FrozenFeatures`) and only the head trains on them."""
+    computed once (:class:`pseudo.FrozenFeatures`; from ``features`` when given, which nets with
+    the same frozen backbone share) and only the head trains on them."""
     start = time.perf_counter()
     labels = pseudo.BoundarySet(store, dataset, net.stride, th.fg, th.bg, use_crf, config.seed, progress=progress,
                                 workers=workers)
@@ -164,7 +166,8 @@ def train_relation_net(net: BoundaryNet, store: CamStore, dataset: VOCDataset, t
     data: Any = labels
     loss = pseudo.boundary_loss(radius)
     if feature_cache:
-        data = pseudo.FrozenFeatures(labels, net, bf16=config.bf16, batch_size=config.batch_size, progress=progress)
+        data = pseudo.FrozenFeatures(labels, net, bf16=config.bf16, batch_size=config.batch_size, progress=progress,
+                                     cache=features)
         loss = pseudo.boundary_loss_from_features(radius)
     history = fit(net, data, loss, config, checkpoint=checkpoint, key=key,
                   desc=f"training the relation network ({source})", progress=progress)

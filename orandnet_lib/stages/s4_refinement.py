@@ -206,7 +206,8 @@ def operating_point(p: Params, store: CamStore) -> float:
 
 # ----------------------------------------------------------------------------- the relation networks
 
-def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, progress: bool = True) -> RelationNet:
+def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, progress: bool = True,
+                       features: pseudo.FeatureCache | None = None) -> RelationNet:
     """A relation network on ``source``'s confident labels (:func:`methods.refinement.train_relation_net`).
     Its checkpoint is named and checked by the ``boundary_net:<source>`` key (backbone,
     thresholds, CRF, radius, training config, data, source store, seed), so a changed setting
@@ -219,12 +220,16 @@ def train_boundary_net(p: Params, inputs: Inputs, source: str, out_dir: Path, pr
                       freeze_backbone=p.boundary_freeze_backbone, input_scale=p.image_scale)
     return train_relation_net(net, inputs.stores[source], inputs.train, inputs.thresholds[source], config_from(p),
                               key.path(out_dir, "boundary"), key, source=source, use_crf=p.use_crf, radius=p.radius,
-                              feature_cache=uses_feature_cache(p), workers=p.workers, progress=progress)
+                              feature_cache=uses_feature_cache(p), features=features, workers=p.workers,
+                              progress=progress)
 
 
 def train_boundary_nets(p: Params, inputs: Inputs, out_dir: Path, progress: bool = True) -> dict[str, RelationNet]:
-    """One relation network per boundary source (:func:`boundary_sources`), each from the same seed."""
-    return {src: train_boundary_net(p, inputs, src, out_dir, progress) for src in boundary_sources(p)}
+    """One relation network per boundary source (:func:`boundary_sources`), each from the same seed
+    and the same pretrained backbone, whose cached features (under ``feature_cache``) they share."""
+    config = config_from(p)
+    shared = pseudo.FeatureCache(inputs.train, config.bf16, config.batch_size, progress) if uses_feature_cache(p) else None
+    return {src: train_boundary_net(p, inputs, src, out_dir, progress, shared) for src in boundary_sources(p)}
 
 
 def seed_quality(p: Params, inputs: Inputs) -> dict[str, dict[str, Any]]:
