@@ -130,3 +130,21 @@ def test_the_package_declares_what_it_imports_and_reads():
     data = project["tool"]["setuptools"]["package-data"]["orandnet_lib.book"]
     read = {"profiles/*.toml", "calibration.json"}
     assert read <= set(data)
+
+
+def test_the_stage_modules_import_no_timm_until_a_network_is_built():
+    """timm pulls in torchvision and torch._dynamo (2-3 s a process): the stages that build no
+    network (2 and 6, every notebook's first cell) must not pay for it. nets.backbone and the
+    ViT import it where they build a network."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; from orandnet_lib.recipes import STAGE_MODULES; "
+            "[importlib.import_module('orandnet_lib.stages.' + m) for m in STAGE_MODULES.values()]; "
+            "import orandnet_lib.book.plots, orandnet_lib.book.chapters.precision; "
+            "before = sorted(m for m in ('timm', 'torchvision') if m in sys.modules); "
+            "from orandnet_lib.nets.backbone import create_backbone; create_backbone('resnet18', layers=(1, 1, 1, 1)); "
+            "print(before, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[] True"

@@ -28,7 +28,7 @@ from ..core import store
 from ..core.progress import bar as progress_bar
 from ..core.errors import ConfigError, DataError
 from ..core.registry import Registry
-from ..nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from ..nets.inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..data.fingerprint import data_fingerprint
 from ..data.voc import VOCDataset
 

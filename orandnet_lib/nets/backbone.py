@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -66,6 +65,8 @@ def weights_kwargs(weights: str) -> dict[str, Any]:
 
 def create_backbone(name: str, weights: str = "", **timm_kwargs: Any) -> nn.Module:
     """``timm.create_model(name, **timm_kwargs)`` starting from ``weights`` (see the module's doc)."""
+    import timm  # here, not at the top: stages that build no network (2, 6) skip its 2-3 s import
+
     timm_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_kwargs.items()}
     module = timm.create_model(name, **weights_kwargs(weights), **timm_kwargs)
     if weights and weights != "timm" and is_project_file(weights):

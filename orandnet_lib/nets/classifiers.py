@@ -13,18 +13,14 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import HybridEmbed
 from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.registry import Registry
 from .backbone import create_backbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported: where they were)
 
 
 class CNNCAM(nn.Module):
@@ -137,6 +133,9 @@ class ViTCAM(nn.Module):
             raise ValueError("a ViT on a pretrained ResNet stem trains its transformer from scratch: "
                              f"pretrained must be empty, got {pretrained!r}")
         if stem_widths:
+            import timm  # as nets.backbone: imported where a network is built
+            from timm.layers import HybridEmbed
+
             embed_dim = kwargs.get("embed_dim") or timm.create_model(backbone, pretrained=False).embed_dim
             self.stem_stride = 2 ** len(stem_widths)
             module: nn.Module = (ResNetStem(stride=self.stem_stride, **stem) if resnet_stem else
