@@ -173,6 +173,20 @@ def test_tiny_deeplab_overfits_a_tiny_mask_set(tmp_path):
         train_segmenter(spec, ds, ckpt, seed=0, key=other, progress=False)
 
 
+
+def test_the_per_epoch_validation_draws_nothing_so_a_model_trained_without_it_is_the_same(tmp_path):
+    """Stage 5 scores the training curve only at the seed whose curves the chapter shows; that is
+    free only if the evaluation leaves the training's randomness (dropout, flips, crops) alone."""
+    ds = VOCDataset(write_coloured_shapes(tmp_path / "shapes", n=8), "train")
+    spec = SegmenterSpec(backbone="resnet18", backbone_kwargs=TINY, head="largefov", rates=(2,), head_channels=16,
+                         dropout=0.3, flip=True, crop_size=32, scale_range=(0.75, 1.25), epochs=3, batch_size=4,
+                         optimizer="adamw", lr=0.02, weight_decay=0.0, head_lr_mult=1.0)
+    curve = train_segmenter(spec, ds, tmp_path / "curve.pt", seed=1, val=ds, progress=False)
+    plain = train_segmenter(spec, ds, tmp_path / "plain.pt", seed=1, progress=False)
+    assert all("val_miou" in h for h in curve.history) and not any("val_miou" in h for h in plain.history)
+    a, b = curve.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 def test_runs_are_summarised_per_set_and_schedule_with_seed_spread():
     from orandnet_lib.methods.curriculum import SegmentationRun, summarise_runs
 

@@ -242,12 +242,15 @@ def setup(stage: Any, p: Params) -> Setup:
 def train_and_evaluate(s: Setup, p: Params, training_set: str, schedule: str, seed: int, *,
                        keep: Sequence[str] = (), progress: bool = True) -> SegmentationRun:
     """Train (or reload) one DeepLab into the checkpoint its artifact key names, then score it
-    on the validation split with the test-time options (scales, flip, CRF)."""
+    on the validation split with the test-time options (scales, flip, CRF). The per-epoch val
+    mIoU (the training curve) is computed only at the stage's seed, whose curves the chapter
+    shows (:func:`methods.curriculum.at_seed`): it draws no randomness, so the weights are the
+    same either way."""
     key = s.keys[f"deeplab:{run_name(training_set, schedule, seed)}"]
     checkpoint = key.path(s.checkpoints, f"deeplab-{training_set}-{schedule}-s{seed}")
     masks = s.masks(training_set, replicate_of(p, training_set, seed))
     trained = train_segmenter(s.specs[schedule], masks, checkpoint, seed, key=key,
-                              val=s.val, progress=progress,
+                              val=s.val if seed == p.seed else None, progress=progress,
                               desc=f"training DeepLab on {run_name(training_set, schedule, seed)}")
     start = time.perf_counter()
     evaluation, examples = evaluate(trained.model, s.val, p.eval_scales, p.eval_flip, p.eval_crf_iterations,
