@@ -189,6 +189,10 @@ def test_a_run_in_process_computes_what_the_notebooks_do_and_leaves_no_chapter(p
     assert inproc.summary["first"]["product"] == 3 and inproc.summary["second"]["value"] == 5
     manifest = store.read_manifest(root / "runs" / "01_second")
     assert manifest["execution"] == "in-process" and manifest["params"]["y"] == 2 and manifest["cpu_time_s"] >= 0
+    # the stage's own CPU time in both files, not this process's since it started (pytest's imports: seconds)
+    metrics = store.read_json(root / "runs" / "01_second" / "metrics.json")
+    assert metrics["cpu_time_s"] == pytest.approx(manifest["cpu_time_s"], abs=1e-3) and metrics["cpu_time_s"] < 1.0
+    assert metrics["peak_worker_rss_mb"] is None  # unknown in a process that ran others (NaN, written as null)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.ipynb")) == \
         ["notebooks/00_first.ipynb", "notebooks/01_second.ipynb"], "nothing executed or published"
     # current for another run in process; a book needs the executed notebooks, so a notebook run re-runs both

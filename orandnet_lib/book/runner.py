@@ -426,6 +426,7 @@ class Runner:
         record = store.read_json(out_dir / METRICS_FILE)
         record.update(cpu_time_s=cpu, peak_rss_mb=high_water_rss_mb() if own_peak else float("nan"),
                       peak_worker_rss_mb=float("nan"))
+        store.write_json(out_dir / METRICS_FILE, record)  # stage.record's are the whole process's so far
         return wall, record
 
     def _execute_notebook(self, plan: StagePlan, out_dir: Path, env: dict[str, str],
