@@ -221,3 +221,5 @@ def test_relation_nets_with_one_frozen_backbone_share_its_features_and_another_b
     c[0]
     assert shared.computed == 2, "another backbone's features are its own"
     assert not torch.equal(c.levels[False][0], a.levels[False][0])
+    with pytest.raises(ValueError, match="computes in float32, this training in bfloat16"):
+        pseudo.FrozenFeatures(labels, first, bf16=True, cache=shared)

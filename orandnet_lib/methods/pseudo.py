@@ -142,6 +142,9 @@ class FrozenFeatures(Dataset):
         self.cache = cache or FeatureCache(base.dataset, bf16, batch_size, progress)
         if self.cache.dataset.ids != base.dataset.ids:
             raise ValueError(f"{base.dataset.split_file}: the feature cache holds another split's images")
+        if self.cache.bf16 != bf16:
+            raise ValueError(f"the feature cache computes in {'bfloat16' if self.cache.bf16 else 'float32'}, "
+                             f"this training in {'bfloat16' if bf16 else 'float32'}")
         self._levels: dict[bool, list[torch.Tensor]] | None = None
 
     @property
