@@ -12,3 +12,13 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
                 continue
             out.append((dy, dx))
     return out
+
+
+def segments(offsets: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The cells after the pixel itself on the straight segment to each offset, nearest first:
+    the cells whose strongest boundary is the pair's affinity."""
+    out = []
+    for dy, dx in offsets:
+        steps = max(abs(dy), abs(dx))
+        out.append([(round(s / steps * dy), round(s / steps * dx)) for s in range(1, steps + 1)])
+    return out

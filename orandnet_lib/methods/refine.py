@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ..core.neighbours import neighbour_offsets
+from ..core.neighbours import neighbour_offsets, segments
 from ..core.registry import Registry
 from ..data.voc import IGNORE_INDEX
 
@@ -131,12 +131,11 @@ def boundary_affinities(boundary: np.ndarray, radius: int = 5) -> tuple[np.ndarr
     h, w = boundary.shape
     index = np.arange(h * w).reshape(h, w)
     rows, cols, vals = [], [], []
-    for dy, dx in neighbour_offsets(radius):
-        steps = max(abs(dy), abs(dx))
+    offsets = neighbour_offsets(radius)
+    for (dy, dx), cells in zip(offsets, segments(offsets)):
         path_max = boundary.copy()
-        for s in range(1, steps + 1):
-            t = s / steps
-            path_max = np.maximum(path_max, _shift(boundary, round(t * dy), round(t * dx), fill=1.0))
+        for sy, sx in cells:
+            path_max = np.maximum(path_max, _shift(boundary, sy, sx, fill=1.0))
         target = _shift(index.astype(np.float64), dy, dx, fill=-1.0).astype(np.int64)
         valid = target >= 0
         rows.append(index[valid])

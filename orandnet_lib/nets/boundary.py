@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.neighbours import neighbour_offsets
+from ..core.neighbours import neighbour_offsets, segments
 from .backbone import create_backbone
 from ..data.voc import IGNORE_INDEX
 
@@ -79,16 +79,6 @@ class BoundaryNet(nn.Module):
                 part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
             logits = logits + part
         return torch.sigmoid(logits)
-
-
-def segments(offsets: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """The cells after the pixel itself on the segment to each offset, nearest first
-    (the numpy affinities of ``methods.refine`` walk the same cells)."""
-    out = []
-    for dy, dx in offsets:
-        steps = max(abs(dy), abs(dx))
-        out.append([(round(s / steps * dy), round(s / steps * dx)) for s in range(1, steps + 1)])
-    return out
 
 
 def _running_max(padded: torch.Tensor, r: int, seg: Sequence[tuple[int, int]]) -> Iterator[torch.Tensor]:

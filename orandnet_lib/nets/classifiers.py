@@ -20,7 +20,6 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.registry import Registry
 from .backbone import create_backbone
-from .inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported: where they were)
 
 
 class CNNCAM(nn.Module):
