@@ -186,7 +186,7 @@ def _relation_head_by_definition(net: torch.nn.Module, feats: list[torch.Tensor]
     kind of pair selected by index."""
     import torch.nn.functional as F
 
-    from .core.neighbours import neighbour_offsets
+    from .core.neighbours import neighbour_offsets, segments
     from .nets.boundary import pair_labels
 
     size = feats[0].shape[-2:]
@@ -196,10 +196,9 @@ def _relation_head_by_definition(net: torch.nn.Module, feats: list[torch.Tensor]
     offsets, (h, w) = neighbour_offsets(radius), boundary.shape[-2:]
     padded = F.pad(boundary, (radius,) * 4, value=1.0)
     maxima = []
-    for dy, dx in offsets:
-        steps, m = max(abs(dy), abs(dx)), boundary
-        for s in range(1, steps + 1):
-            sy, sx = round(s / steps * dy), round(s / steps * dx)
+    for cells in segments(offsets):
+        m = boundary
+        for sy, sx in cells:
             m = torch.maximum(m, padded[..., radius + sy : radius + sy + h, radius + sx : radius + sx + w])
         maxima.append(m)
     affinity = 1.0 - torch.stack(maxima, dim=1)
