@@ -8,6 +8,7 @@ from torch import nn
 
 from orandnet_lib.methods.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
 from orandnet_lib.core.errors import ConfigError, DataError
+from orandnet_lib.methods.cam_classifier import ClassifierSpec
 from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM, create_classifier
 from orandnet_lib.data.voc import VOCDataset
 
@@ -52,10 +53,32 @@ def test_vit_cam_head_is_exact_for_average_pooling_and_gradcam_has_cam_shape():
     assert cam.shape == (2, 4, 8, 12)
     torch.testing.assert_close(logits, cam.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
     assert model.gradcam(x).shape == (2, 4, 8, 12)
-    token_model = create_classifier("vit", 4, **{**SMALL_VIT, "pool": "token"}).eval()
-    assert token_model.gradcam(x).shape == (2, 4, 8, 12)
     with pytest.raises(ValueError, match="pool"):
         ViTCAM(4, pool="max", **{k: v for k, v in SMALL_VIT.items()})
+
+
+def test_vit_gradcam_known_answer_without_the_final_norm():
+    """Without the final norm an average-pooled logit is linear in the last block's patch tokens
+    (d logit_c / d t_n = w_c / N), so Grad-CAM is the CAM head divided by the N patches."""
+    torch.manual_seed(0)
+    model = create_classifier("vit", 4, **SMALL_VIT).eval()
+    model.vit.norm = nn.Identity()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        cam = model.cam(x)
+    assert cam.abs().max() > 0
+    torch.testing.assert_close(model.gradcam(x), cam / (8 * 12), rtol=1e-5, atol=1e-7)
+
+
+def test_vit_gradcam_refuses_class_token_pooling():
+    """With class-token pooling no patch token moves the logit after the last block: the maps
+    would be zero everywhere, so the model and the classifier spec refuse it."""
+    token_model = create_classifier("vit", 4, **{**SMALL_VIT, "pool": "token"}).eval()
+    with pytest.raises(ValueError, match="class-token pooling"):
+        token_model.gradcam(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ConfigError, match="class-token pooling"):
+        ClassifierSpec(kind="vit", backbone="vit_tiny_patch16_224", pool="token", cam_method="gradcam")
+    ClassifierSpec(kind="vit", backbone="vit_tiny_patch16_224", pool="token", cam_method="attribution")
 
 
 class PixelModel(nn.Module):

@@ -22,6 +22,7 @@ from . import pretrain
 from .cams import compute_store, grid_limits, grid_shape
 from .classification import ClassificationSet, classification_scores, multilabel_loss, predict
 from ..core import store
+from ..core.errors import ConfigError
 from ..core.keys import ArtifactKey, spec_dict
 from ..core.train import TrainConfig, fit, learning_config, resolve_device
 from ..data.fingerprint import dataset_fingerprint
@@ -53,6 +54,12 @@ class ClassifierSpec:
     head_lr_mult: float = 1.0
     bf16: bool = False  # CPU bfloat16 autocast
     scale_range: tuple[float, float] = (0.75, 1.25)
+
+    def __post_init__(self) -> None:
+        if self.kind == "vit" and self.pool == "token" and self.cam_method == "gradcam":
+            raise ConfigError("Grad-CAM on a ViT with class-token pooling is zero on every patch (after the last "
+                              "block no token mixes with another, so no patch moves the class token's logit): "
+                              "use cam_method 'attribution', or pool 'avg'")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ClassifierSpec":

@@ -69,7 +69,7 @@ def cam_head(model: nn.Module) -> CamFunction:
 
 @CAM_METHODS.register("gradcam", label="Grad-CAM", gradient=True)
 def grad_cam(model: nn.Module) -> CamFunction:
-    """Grad-CAM on the classifier's last block (the ViT with class-token pooling needs it)."""
+    """Grad-CAM on the classifier's last block (average-pooled ViTs: with class-token pooling it is zero)."""
     if not hasattr(model, "gradcam"):
         raise ConfigError(f"{type(model).__name__} has no Grad-CAM; use CAM method 'cam'")
     return model.gradcam  # type: ignore[return-value]

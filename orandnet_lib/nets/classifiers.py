@@ -176,6 +176,9 @@ class ViTCAM(nn.Module):
     def gradcam(self, x: torch.Tensor) -> torch.Tensor:
         """Grad-CAM on the output of the last transformer block: for each class, the patch
         tokens weighted by the mean gradient of the class logit. (B, C, h, w)."""
+        if self.pool == "token":
+            raise ValueError("Grad-CAM at the last block's output is zero on every patch with class-token pooling "
+                             "(no token mixes after the last block): use attribution, or pool='avg'")
         feats: list[torch.Tensor] = []
         hook = self.vit.blocks[-1].register_forward_hook(lambda m, i, o: feats.append(o))
         try:
