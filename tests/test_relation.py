@@ -223,3 +223,28 @@ def test_relation_nets_with_one_frozen_backbone_share_its_features_and_another_b
     assert not torch.equal(c.levels[False][0], a.levels[False][0])
     with pytest.raises(ValueError, match="computes in float32, this training in bfloat16"):
         pseudo.FrozenFeatures(labels, first, bf16=True, cache=shared)
+
+
+def test_feature_cache_fills_whole_split_tensors_batch_by_batch(tiny_voc):
+    """Batches of 2 images (the last one short) are written into tensors of the whole split: each
+    image's row is its backbone's features, unflipped and flipped, in the backbone's layout."""
+    from orandnet_lib.methods import pseudo
+    from orandnet_lib.methods.cams import to_tensor
+
+    ds, _ = _random_cam_store(tiny_voc)
+    torch.manual_seed(0)
+    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (8, 16, 16, 32), "layers": (1, 1, 1, 1)},
+                      freeze_backbone=True, input_scale=2).eval().to(memory_format=torch.channels_last)
+    assert len(ds) % 2 != 0
+    levels = pseudo.FeatureCache(ds, batch_size=2, progress=False).of(net)
+    with torch.no_grad():
+        for i, image_id in enumerate(ds.ids):
+            x = to_tensor(ds.load_image(image_id)[None])
+            for flip in (False, True):
+                expected = net.backbone_features(x.flip(-1) if flip else x)
+                assert len(levels[flip]) == len(expected)
+                for whole, one in zip(levels[flip], expected):
+                    assert whole.shape[0] == len(ds)
+                    assert whole.is_contiguous(memory_format=torch.channels_last) == one.is_contiguous(
+                        memory_format=torch.channels_last)
+                    torch.testing.assert_close(whole[i], one[0], rtol=1e-4, atol=1e-5)

@@ -109,9 +109,12 @@ class FeatureCache:
         return self.levels
 
     def _compute(self, net: BoundaryNet) -> dict[bool, list[torch.Tensor]]:
+        """Each batch's features are written into tensors allocated for the whole split after the
+        first batch, so the cache never exists twice (the batches and their concatenation), which at
+        the default profile's 192 px was the stage's memory peak (issue 25)."""
         ids = self.dataset.ids
         shapes: set[tuple[int, ...]] = set()
-        chunks: dict[bool, list[list[torch.Tensor]]] = {False: [], True: []}
+        out: dict[bool, list[torch.Tensor]] = {}
         was_training = net.training
         net.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
@@ -124,9 +127,22 @@ class FeatureCache:
                                      "cached features need one size (set feature_cache = false)")
                 x = to_tensor(np.stack(images))
                 for flip in (False, True):
-                    chunks[flip].append(net.backbone_features(x.flip(-1) if flip else x))
+                    levels = net.backbone_features(x.flip(-1) if flip else x)
+                    if flip not in out:
+                        out[flip] = [_empty_like_batch(level, len(ids)) for level in levels]
+                    for whole, level in zip(out[flip], levels):
+                        whole[start : start + len(level)] = level
         net.train(was_training)
-        return {flip: [torch.cat([c[k] for c in parts]) for k in range(len(parts[0]))] for flip, parts in chunks.items()}
+        return out
+
+
+def _empty_like_batch(level: torch.Tensor, n: int) -> torch.Tensor:
+    """An uninitialised (n, ...) tensor of a batch's dtype and memory layout (channels-last stays
+    channels-last, as concatenating the batches kept it)."""
+    channels_last = level.dim() == 4 and level.is_contiguous(memory_format=torch.channels_last) \
+        and not level.is_contiguous()
+    return torch.empty((n, *level.shape[1:]), dtype=level.dtype,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class FrozenFeatures(Dataset):
