@@ -459,8 +459,9 @@ def bench_compiled_training(rng: np.random.Generator, peaks: dict[str, float | N
 # ----------------------------------------------------------------------------- stages and re-runs
 
 def stage_table(profile: str) -> list[dict[str, Any]]:
-    """Per stage of ``runs/<profile>``: wall and CPU seconds, peak memory, and (default profile)
-    the wall seconds before calibration, from ``book/calibration.json``."""
+    """Per stage of ``runs/<profile>``, then of each whole-pipeline replicate in its
+    ``replicates/r<r>`` folder: wall and CPU seconds, peak memory, and (default profile, the
+    run's own stages) the wall seconds before calibration, from ``book/calibration.json``."""
     from importlib import resources
 
     before: dict[str, float] = {}
@@ -468,12 +469,15 @@ def stage_table(profile: str) -> list[dict[str, Any]]:
         record = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
         before = record["stages_before"]["wall_time_s"]
     run_dir = ROOT / "runs" / profile
+    folders = [(0, run_dir)] + sorted((int(d.name[1:]), d) for d in run_dir.glob("replicates/r*")
+                                      if d.name[1:].isdigit())
     rows = []
-    for path in sorted(run_dir.glob("*/manifest.json")):
-        m = store.read_json(path)
-        rows.append({"stage": path.parent.name, "wall_time_s": m.get("wall_time_s"),
-                     "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-                     "wall_time_before_s": before.get(path.parent.name)})
+    for replicate, folder in folders:
+        for path in sorted(folder.glob("*/manifest.json")):
+            m = store.read_json(path)
+            rows.append({"stage": path.parent.name, "replicate": replicate, "wall_time_s": m.get("wall_time_s"),
+                         "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+                         "wall_time_before_s": before.get(path.parent.name) if replicate == 0 else None})
     return rows
 
 
@@ -572,14 +576,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = ["stage                            wall s   CPU s  peak MiB  wall s before calibration"]
+    lines = [f"{'stage':<40} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  wall s before calibration"]
     for r in results["stages"]:
         cpu, before = r["cpu_time_s"], r.get("wall_time_before_s")
-        lines.append(f"{r['stage']:<32} {r['wall_time_s'] or 0:7.1f} {cpu if cpu is not None else float('nan'):7.1f} "
+        name = r["stage"] + (f" (replicate {r['replicate']})" if r.get("replicate") else "")
+        lines.append(f"{name:<40} {r['wall_time_s'] or 0:7.1f} {cpu if cpu is not None else float('nan'):7.1f} "
                      f"{r['peak_rss_mb'] or 0:9.0f}  {before if before is not None else '-':>8}")
     total = sum(r["wall_time_s"] or 0 for r in results["stages"])
+    total_cpu = sum(r["cpu_time_s"] or 0 for r in results["stages"])
+    peak = max((r["peak_rss_mb"] or 0 for r in results["stages"]), default=0)
     total_before = sum(r.get("wall_time_before_s") or 0 for r in results["stages"])
-    lines.append(f"{'all stages':<32} {total:7.1f} {'':7} {'':9}  {total_before or '-':>8}")
+    lines.append(f"{'all stages':<40} {total:7.1f} {total_cpu:7.1f} {peak:9.0f}  {total_before or '-':>8}")
     lines += ["", f"{'kernel':<72} {'value':>10} {'naive':>10} {'ratio':>7}  unit"]
     for k in results["kernels"]:
         naive = f"{k['naive_value']:10.1f}" if "naive_value" in k else f"{'-':>10}"

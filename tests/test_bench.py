@@ -24,7 +24,29 @@ def test_stage_table_sets_each_stage_beside_its_time_before_calibration():
     lines = text.splitlines()
     assert "before calibration" in lines[0]
     assert lines[1].split()[0] == "00_dataset" and lines[1].split()[-1] == "4.7"
-    assert lines[3].startswith("all stages") and lines[3].split()[2] == "304.0" and lines[3].split()[-1] == "668.1"
+    assert lines[3].startswith("all stages") and lines[3].split()[2:5] == ["304.0", "502.0", "900"]
+    assert lines[3].split()[-1] == "668.1"
+
+
+def test_stage_table_reads_the_run_and_each_replicate(tmp_path, monkeypatch):
+    """A replicated run's stages 0-4 ran again in replicates/r<r>: the table has a row per
+    stage and replicate, and only the run's own rows stand beside the time before calibration."""
+    from orandnet_lib.core import store
+
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    run = tmp_path / "runs" / "default"
+    for folder, stage, wall in ((run, "00_dataset", 5.0), (run, "05_segmentation_curriculum", 100.0),
+                                (run / "replicates" / "r1", "00_dataset", 6.0),
+                                (run / "replicates" / "r2", "00_dataset", 7.0)):
+        store.write_json(folder / stage / "manifest.json", {"wall_time_s": wall, "cpu_time_s": 2 * wall,
+                                                           "peak_rss_mb": 10 * wall})
+    rows = bench.stage_table("default")
+    assert [(r["stage"], r["replicate"], r["wall_time_s"]) for r in rows] == [
+        ("00_dataset", 0, 5.0), ("05_segmentation_curriculum", 0, 100.0), ("00_dataset", 1, 6.0), ("00_dataset", 2, 7.0)]
+    assert rows[0]["wall_time_before_s"] is not None and rows[2]["wall_time_before_s"] is None
+    text = bench.format_table({"stages": rows, "kernels": [], "cam_scaling": []}).splitlines()
+    assert text[3].startswith("00_dataset (replicate 1)") and text[4].startswith("00_dataset (replicate 2)")
+    assert text[5].split()[2:5] == ["118.0", "236.0", "1000"]
 
 
 def test_transfer_section_reads_both_runs_and_lists_each_pretraining(tmp_path, monkeypatch):
