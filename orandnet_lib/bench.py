@@ -26,6 +26,9 @@ from .book.runner import LAST_RUN_FILE
 from .book.stage import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
+# The default profile's ResNet shape: stage 1's CNN, the ViT's stem, the relation nets and DeepLab
+# (a test holds it to the profile).
+DEFAULT_RESNET: dict[str, Any] = {"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)}
 
 
 def timed(fn: Callable[[], Any], repeats: int = 3, min_seconds: float = 0.2) -> float:
@@ -260,7 +263,7 @@ def bench_segmentation_training(rng: np.random.Generator) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
-                    backbone_kwargs={"channels": (16, 32, 64, 128), "layers": (1, 1, 1, 1)})
+                    backbone_kwargs=DEFAULT_RESNET)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.randn(32, 3, 96, 96)
     y = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
@@ -292,10 +295,11 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     torch.manual_seed(0)
     x = torch.randn(32, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     labels = torch.from_numpy((rng.random((32, 6)) < 0.3).astype(np.float32))
-    cnn = create_classifier("cnn", 6, backbone="resnet18", backbone_kwargs={"channels": (32, 64, 128, 256),
-                                                                            "layers": (1, 1, 1, 1)})
+    cnn = create_classifier("cnn", 6, backbone="resnet18", backbone_kwargs=DEFAULT_RESNET)
+    # the default profile's hybrid ViT: a ResNet stem of the CNN's shape (stride 8), 4 blocks of width 96
     vit = create_classifier("vit", 6, backbone="vit_tiny_patch16_224", img_size=96, patch_size=1,
-                            stem_widths=(16, 32, 64), backbone_kwargs={"embed_dim": 96, "depth": 4, "num_heads": 4})
+                            stem_widths=(16, 32, 64), backbone_kwargs={"embed_dim": 96, "depth": 4, "num_heads": 4},
+                            stem={"kind": "resnet", "backbone": "resnet18", "backbone_kwargs": DEFAULT_RESNET})
     orand = ORANDNet("small", widths=(16, 32, 64))
     maps = torch.rand(64, 1, 96, 96)
     owner = torch.arange(32).repeat_interleave(2)
@@ -308,7 +312,7 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
         cached = head.backbone_features(x)
     confident48 = torch.from_numpy(rng.integers(0, 7, (32, 48, 48)))
     deeplab = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
-                      backbone_kwargs={"channels": (16, 32, 64, 128), "layers": (1, 1, 1, 1)})
+                      backbone_kwargs=DEFAULT_RESNET)
     masks = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
     out: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor], int]] = {
         "CNN classifier": (cnn, lambda: multilabel_loss(cnn, (x, labels))[0], 32),

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from orandnet_lib import bench
 
@@ -137,3 +138,19 @@ def test_a_compiled_step_is_timed_beside_eager_with_its_compile_cost(monkeypatch
     text = bench.format_table({"stages": [], "kernels": [row], "cam_scaling": []})
     line = next(t for t in text.splitlines() if t.startswith("  ViT classifier"))
     assert line.split()[2:4] == [f"{row['eager_step_seconds']:.3f}", f"{row['step_seconds']:.3f}"]
+
+
+def test_training_kernels_have_the_default_profiles_shapes():
+    """make bench times each network at the shape the default profile trains (its DeepLab ran at
+    stage 5's own default [16, 32, 64, 128], a third of the default profile's FLOPs, and its ViT
+    without the ResNet stem)."""
+    from orandnet_lib.book.profiles import load_profile
+
+    profile = load_profile("default")["stages"]
+    shape = {k: tuple(v) for k, v in profile["05_segmentation_curriculum"]["backbone_kwargs"].items()}
+    assert shape == bench.DEFAULT_RESNET
+    assert profile["01_classifiers_and_cams"]["vit_stem"] == "resnet"
+    kernels = bench._training_kernels(np.random.default_rng(0))
+    deeplab, vit = kernels["DeepLab"][0], kernels["ViT classifier"][0]
+    widths = sorted({m.out_channels for m in deeplab.modules() if isinstance(m, torch.nn.Conv2d)})
+    assert 256 in widths and vit.vit.patch_embed.backbone.__class__.__name__ == "ResNetStem"
