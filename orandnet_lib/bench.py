@@ -71,7 +71,7 @@ def bench_cam_inference(rng: np.random.Generator) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = CNNCAM(6, "resnet18", output_stride=16,
-                   backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)}).eval()
+                   backbone_kwargs=DEFAULT_RESNET).eval()
     images = rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8)
     x = to_tensor(images)
     fn = cam_function(model, "cam")
@@ -217,7 +217,7 @@ def bench_relation_head(rng: np.random.Generator) -> dict[str, Any]:
     from .nets.boundary import BoundaryNet, affinity_loss
 
     torch.manual_seed(0)
-    net = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)},
+    net = BoundaryNet("resnet18", backbone_kwargs=DEFAULT_RESNET,
                       freeze_backbone=True, input_scale=2).train()
     with torch.no_grad():
         feats = net.backbone_features(torch.randn(32, 3, 96, 96))
@@ -246,7 +246,7 @@ def bench_cam_scaling(rng: np.random.Generator, sizes: tuple[int, ...] = (128, 2
 
     torch.manual_seed(0)
     model = CNNCAM(6, "resnet18", output_stride=16,
-                   backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)}).eval()
+                   backbone_kwargs=DEFAULT_RESNET).eval()
     fn = cam_function(model, "cam")
     rows = []
     for size in sizes:
@@ -303,10 +303,10 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     orand = ORANDNet("small", widths=(16, 32, 64))
     maps = torch.rand(64, 1, 96, 96)
     owner = torch.arange(32).repeat_interleave(2)
-    boundary = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)})
+    boundary = BoundaryNet("resnet18", backbone_kwargs=DEFAULT_RESNET)
     confident = torch.from_numpy(rng.integers(0, 7, (32, 24, 24)))
     # what the default profile trains: the head alone, on the frozen backbone's cached features at 192 px
-    head = BoundaryNet("resnet18", backbone_kwargs={"channels": (32, 64, 128, 256), "layers": (1, 1, 1, 1)},
+    head = BoundaryNet("resnet18", backbone_kwargs=DEFAULT_RESNET,
                        freeze_backbone=True, input_scale=2)
     with torch.no_grad():
         cached = head.backbone_features(x)

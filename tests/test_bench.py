@@ -145,6 +145,7 @@ def test_training_kernels_have_the_default_profiles_shapes():
     stage 5's own default [16, 32, 64, 128], a third of the default profile's FLOPs, and its ViT
     without the ResNet stem)."""
     from orandnet_lib.book.profiles import load_profile
+    from orandnet_lib.nets.classifiers import ResNetStem
 
     profile = load_profile("default")["stages"]
     shape = {k: tuple(v) for k, v in profile["05_segmentation_curriculum"]["backbone_kwargs"].items()}
@@ -153,4 +154,4 @@ def test_training_kernels_have_the_default_profiles_shapes():
     kernels = bench._training_kernels(np.random.default_rng(0))
     deeplab, vit = kernels["DeepLab"][0], kernels["ViT classifier"][0]
     widths = sorted({m.out_channels for m in deeplab.modules() if isinstance(m, torch.nn.Conv2d)})
-    assert 256 in widths and vit.vit.patch_embed.backbone.__class__.__name__ == "ResNetStem"
+    assert 256 in widths and isinstance(vit.vit.patch_embed.backbone, ResNetStem)

@@ -110,8 +110,8 @@ class FeatureCache:
 
     def _compute(self, net: BoundaryNet) -> dict[bool, list[torch.Tensor]]:
         """Each batch's features are written into tensors allocated for the whole split after the
-        first batch, so the cache never exists twice (the batches and their concatenation): 2.1 GB
-        at the default profile's 192 px, the peak of building it 4.5 -> 2.3 GB (issue 25)."""
+        first batch, so the cache never exists twice (the batches and their concatenation; chapter 0's
+        calibration record has the peaks measured at the default profile's scale)."""
         ids = self.dataset.ids
         shapes: set[tuple[int, ...]] = set()
         out: dict[bool, list[torch.Tensor]] = {}
