@@ -81,6 +81,32 @@ def test_vit_gradcam_refuses_class_token_pooling():
     ClassifierSpec(kind="vit", backbone="vit_tiny_patch16_224", pool="token", cam_method="attribution")
 
 
+def test_vit_takes_the_explicit_attention_under_cpu_bf16_autocast_only():
+    """Under CPU bf16 autocast the ViT computes softmax(q k^T) v itself (the fused kernel's bf16
+    backward is about 3x slower there); it is the same function, and the fused kernel is back after."""
+    torch.manual_seed(0)
+    model = create_classifier("vit", 4, **SMALL_VIT).train()
+    probs = []  # the explicit path sends the attention probabilities through attn_drop; the fused one does not
+    for blk in model.vit.blocks:
+        blk.attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(o))
+    x = torch.randn(2, 3, 32, 32)
+    fused_logits = model(x)
+    assert probs == []
+    (fused_grad,) = torch.autograd.grad(fused_logits.sum(), model.head.weight)
+    with model.explicit_attention():
+        explicit_logits = model(x)
+    assert len(probs) == len(model.vit.blocks)
+    torch.testing.assert_close(explicit_logits, fused_logits, rtol=1e-5, atol=1e-6)
+    (explicit_grad,) = torch.autograd.grad(explicit_logits.sum(), model.head.weight)
+    torch.testing.assert_close(explicit_grad, fused_grad, rtol=1e-5, atol=1e-6)
+    probs.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_logits = model(x)
+    assert len(probs) == len(model.vit.blocks) and probs[0].shape == (2, 2, 65, 65)  # 2 heads, 8 x 8 patches + the class token
+    torch.testing.assert_close(bf16_logits.float(), fused_logits, rtol=0.05, atol=0.05)
+    assert all(blk.attn.fused_attn for blk in model.vit.blocks)
+
+
 class PixelModel(nn.Module):
     """cam(x) = a 1x1 convolution of the input: stride 1, no context."""
 

@@ -71,6 +71,7 @@ class Params:
     vit_weight_decay: float = 0.05
     vit_warmup_steps: int = 100
     vit_head_lr_mult: float = 1.0
+    vit_bf16: bool = False
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # the paper's scales
     cam_flip: bool = True
     cam_batch_size: int = 32
@@ -106,7 +107,7 @@ def classifier_specs(p: Params) -> dict[str, ClassifierSpec]:
             pool=p.vit_pool,
             cam_method=p.vit_cam_method, epochs=p.vit_epochs, batch_size=p.vit_batch_size, optimizer=p.vit_optimizer,
             lr=p.vit_lr, weight_decay=p.vit_weight_decay, warmup_steps=p.vit_warmup_steps,
-            head_lr_mult=p.vit_head_lr_mult)),
+            head_lr_mult=p.vit_head_lr_mult, bf16=p.vit_bf16)),
     }
 
 
