@@ -65,7 +65,7 @@ book: notebooks widgets-js
 TEST_WORKERS ?= 2
 test: install fashion-mnist
 	@$(MAKE) --no-print-directory widgets-js || echo "== no npm: the real-browser test of the book will be skipped"
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # Stages of the default run (if present) and every hot kernel against a naive reference;
 # writes bench/results.json. Takes a few minutes; run it with nothing else on the machine.

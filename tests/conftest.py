@@ -60,21 +60,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """``make test`` runs two pytest-xdist workers: each computes on one thread (torch, the
     notebook kernels it starts through OMP_NUM_THREADS, the CRF's worker pool), so that
     together they fill the two cores without oversubscribing them, and a notebook and its
-    in-process recipe still compute with one thread count (their numbers must agree)."""
+    in-process recipe still compute with one thread count (their numbers must agree). Each worker
+    that reaches a test on the session's smoke run makes its own (xdist 3.8's ``--dist loadgroup``
+    would share one, but it renames test ids through an attribute pytest 9 no longer reads)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["ORANDNET_WORKERS"] = "1"
         import torch
 
         torch.set_num_threads(1)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests on the session's smoke run share one worker (``--dist loadgroup``): the run is made
-    once per worker that needs it. test_book's ``built_book`` asks for it only when it builds."""
-    for item in items:
-        if {"smoke_run", "built_book"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("smoke"))
 
 
 def _fashion_mnist_available() -> bool:
