@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from orandnet_lib.methods.classification import classification_scores
 from orandnet_lib.core.metrics import average_precision, multilabel_f1
-from orandnet_lib.core.train import InterruptTraining, TrainConfig, fit, load_checkpoint, poly_lr
+from orandnet_lib.core.train import InterruptTraining, TrainConfig, fit, fusable, load_checkpoint, make_optimizer, poly_lr
 
 
 def _data():
@@ -45,6 +45,36 @@ def test_loss_falls_and_history_is_logged():
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["loss"] < history[0]["loss"]
     assert {"loss", "lr", "positives", "seconds"} <= set(history[0])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_fused_optimizer_makes_the_per_tensor_loops_update(name):
+    """make_optimizer takes torch's fused kernels on the CPU; three steps of them, with two learning-rate
+    groups and weight decay, move the weights as torch's per-tensor loop does."""
+    cfg = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.01)
+    fused_model, loop_model = _model().eval(), _model().eval()  # eval: no dropout masks to tell apart
+    groups = lambda m: [{"params": m[0].parameters(), "lr_mult": 1.0}, {"params": m[5].parameters(), "lr_mult": 10.0}]
+    fused = make_optimizer(groups(fused_model), cfg)
+    assert fused.defaults["fused"] is True
+    g = [{"params": list(m.parameters()), "lr": 0.05 * k} for m, k in ((loop_model[0], 1.0), (loop_model[5], 10.0))]
+    loop = (torch.optim.SGD(g, lr=0.05, momentum=0.9, weight_decay=0.01, foreach=False) if name == "sgd"
+            else torch.optim.AdamW(g, lr=0.05, weight_decay=0.01, foreach=False))
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any((a != p).any() for a, p in zip(fused_model.parameters(), _model().parameters()))
+
+
+def test_fusable_wants_float_parameters_on_one_device():
+    assert fusable([torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)]) is True
+    assert fusable([torch.zeros(2, dtype=torch.int64)]) is None
+    assert fusable([torch.zeros(2, device="meta")]) is None
+    assert fusable([]) is None
 
 
 def test_max_steps_trains_exactly_that_many_steps_across_epochs(tmp_path):

@@ -124,14 +124,26 @@ def poly_lr(step: int, total: int, power: float, warmup: int = 0) -> float:
     return max(0.0, 1.0 - step / max(1, total)) ** power
 
 
+def fusable(params: Sequence[torch.Tensor]) -> bool | None:
+    """Whether torch's fused optimizer kernels take these parameters: floating point, all on the CPU
+    or all on one CUDA device. The per-tensor loop torch uses on a CPU otherwise took 5.3 ms of an
+    AdamW step on the pretraining ResNet's 40 tensors (fused: 0.65 ms), a tenth of its training step."""
+    devices = {p.device for p in params}
+    ok = bool(params) and all(p.is_floating_point() for p in params) and len(devices) == 1 \
+        and next(iter(devices)).type in ("cpu", "cuda")
+    return True if ok else None  # None: torch's own default
+
+
 def make_optimizer(groups: Sequence[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """``groups``: [{"params": [...], "lr_mult": 1.0}, ...]; weight decay applies to all."""
     param_groups = [{"params": list(g["params"]), "lr": cfg.lr * g.get("lr_mult", 1.0),
                      "lr_mult": g.get("lr_mult", 1.0)} for g in groups]
+    fused = fusable([p for g in param_groups for p in g["params"]])
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
