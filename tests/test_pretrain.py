@@ -120,6 +120,16 @@ def test_the_val_split_pastes_only_held_out_items_and_train_never_does(monkeypat
     assert not set(train) & set(val) and len(train) + len(val) == len(labels)
 
 
+def test_two_rendering_processes_make_the_one_process_images(monkeypatch):
+    recipe = pretrain.AUX_RECIPES.get(RECIPE)
+    monkeypatch.setattr(pretrain, "_CHUNK", 7)  # 30 images: five chunks over two forked workers
+    one = pretrain.aux_images(recipe, "train", progress=False, n=30, workers=1)
+    two = pretrain.aux_images(recipe, "train", progress=False, n=30, workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    assert one[0].std() > 10 and len(set(one[1].tolist())) > 3  # real images, several classes
+    assert not pretrain._GENERATOR  # nothing left behind for the next call
+
+
 # ----------------------------------------------------------------------------- the cache
 
 def test_weights_are_trained_once_and_another_shape_is_another_file(cnn_file, cache, monkeypatch):

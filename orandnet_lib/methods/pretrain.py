@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..core import store
 from ..core.keys import ArtifactKey, spec_dict
+from ..core.parallel import imap
 from ..core.paths import project_root
 from ..core.precision import native_bf16
 from ..core.progress import bar as progress_bar
@@ -174,20 +175,40 @@ def item_pools(labels: np.ndarray, split: str) -> dict[int, np.ndarray]:
     return {c: np.flatnonzero(keep & (labels == c)) for c in range(len(fashion_mnist.CLASS_NAMES))}
 
 
-def aux_images(recipe: AuxRecipe, split: str, progress: bool = True, n: int | None = None
+def aux_images(recipe: AuxRecipe, split: str, progress: bool = True, n: int | None = None, workers: int = 0
                ) -> tuple[np.ndarray, np.ndarray]:
     """The task's ``split`` ("train" or "val") as (N, S, S, 3) uint8 images and (N,) labels
     (the first ``n`` only, when given). Both draw items from Fashion-MNIST's training set:
-    every 10th item is held out for "val" (:func:`item_pools`)."""
+    every 10th item is held out for "val" (:func:`item_pools`). ``workers``: processes that
+    render (0: one per CPU, :func:`core.parallel.imap`)."""
     images, labels = fashion_mnist.load("train")
     by_class = item_pools(labels, split)
     photos = synth.load_photos()
     n = (recipe.n_val if split == "val" else recipe.n_train) if n is None else n
     out = np.empty((n, recipe.image_size, recipe.image_size, 3), dtype=np.uint8)
     targets = np.empty(n, dtype=np.int64)
-    for i in progress_bar(range(n), desc=f"auxiliary task: {split} images", disable=not progress, leave=False):
-        out[i], targets[i] = aux_sample(i, split, recipe, photos, images, by_class)
+    # Each image is seeded by its index, so the workers' images are the one process's, bit for bit.
+    _GENERATOR[:] = [(split, recipe, photos, images, by_class)]  # forked workers inherit it
+    chunks = [range(i, min(n, i + _CHUNK)) for i in range(0, n, _CHUNK)]
+    try:
+        with progress_bar(total=n, desc=f"auxiliary task: {split} images", disable=not progress, leave=False) as bar:
+            for chunk, (imgs, labels) in zip(chunks, imap(_sample_chunk, chunks, 1 if len(chunks) == 1 else workers,
+                                                          chunksize=1)):
+                out[chunk.start : chunk.stop], targets[chunk.start : chunk.stop] = imgs, labels
+                bar.update(len(chunk))
+    finally:
+        _GENERATOR.clear()
     return out, targets
+
+
+_CHUNK = 250
+_GENERATOR: list[tuple[Any, ...]] = []  # aux_images' arguments while it runs
+
+
+def _sample_chunk(indices: range) -> tuple[np.ndarray, np.ndarray]:
+    split, recipe, photos, images, by_class = _GENERATOR[0]
+    pairs = [aux_sample(i, split, recipe, photos, images, by_class) for i in indices]
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=2)
