@@ -8,7 +8,7 @@ from torch import nn
 
 from orandnet_lib.methods.cams import CamStore, CamStoreWriter, compute_store, multiscale_cam, normalise, to_tensor
 from orandnet_lib.core.errors import ConfigError, DataError
-from orandnet_lib.methods.cam_classifier import ClassifierSpec
+from orandnet_lib.methods.cam_classifier import ClassifierSpec, cam_key
 from orandnet_lib.nets.classifiers import CNNCAM, ViTCAM, create_classifier
 from orandnet_lib.data.voc import VOCDataset
 
@@ -82,7 +82,7 @@ def test_vit_gradcam_refuses_class_token_pooling():
 
 
 def test_vit_takes_the_explicit_attention_under_cpu_bf16_autocast_only():
-    """Under CPU bf16 autocast the ViT computes softmax(q k^T) v itself (the fused kernel's bf16
+    """Under CPU bf16 autocast, where a backward may follow, the ViT computes softmax(q k^T) v itself (the fused kernel's bf16
     backward is about 3x slower there); it is the same function, and the fused kernel is back after."""
     torch.manual_seed(0)
     model = create_classifier("vit", 4, **SMALL_VIT).train()
@@ -107,6 +107,32 @@ def test_vit_takes_the_explicit_attention_under_cpu_bf16_autocast_only():
     assert len(probs) == len(model.vit.blocks) and probs[0].shape == (2, 2, 65, 65)  # 2 heads, 8 x 8 patches + the class token
     torch.testing.assert_close(bf16_logits.float(), fused_logits, rtol=0.05, atol=0.05)
     assert all(blk.attn.fused_attn for blk in model.vit.blocks)
+    probs.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # no backward: the fused kernel's faster forward
+        model(x)
+    assert probs == []
+
+
+def test_vit_gradcam_matches_gradients_taken_through_the_whole_network():
+    """Grad-CAM runs the blocks without a graph and differentiates only the tail after the last
+    block; its maps equal those from gradients taken through the whole network, with the final norm."""
+    torch.manual_seed(0)
+    model = create_classifier("vit", 4, **SMALL_VIT).eval()
+    with torch.no_grad():
+        model.vit.norm.weight.uniform_(0.5, 1.5)  # a norm that is not the identity
+    x = torch.randn(2, 3, 32, 48)
+    out: list[torch.Tensor] = []
+    hook = model.vit.blocks[-1].register_forward_hook(lambda m, i, o: out.append(o))
+    logits = model(x)
+    hook.remove()
+    reference = []
+    for c in range(4):
+        (g,) = torch.autograd.grad(logits[:, c].sum(), out[0], retain_graph=True)
+        weights = g[:, model.num_prefix :].mean(dim=1, keepdim=True)
+        reference.append((out[0][:, model.num_prefix :] * weights).sum(-1).reshape(2, 8, 12))
+    maps = model.gradcam(x)
+    assert maps.abs().max() > 0 and not maps.requires_grad
+    torch.testing.assert_close(maps, torch.stack(reference, dim=1).detach(), rtol=1e-5, atol=1e-6)
 
 
 class PixelModel(nn.Module):
@@ -192,6 +218,20 @@ def test_compute_store_on_a_voc_split(tiny_voc, tmp_path):
         assert cams.shape == (int(sample.labels.sum()), 20, 24)
         assert ids.tolist() == (np.flatnonzero(sample.labels) + 1).tolist()
         assert cams.min() >= 0 and cams.max() <= 1.0 + 1e-3
+
+
+def test_a_bf16_store_is_computed_under_autocast_and_says_so(tiny_voc, tmp_path):
+    torch.manual_seed(0)
+    ds = VOCDataset(tiny_voc, "train")
+    model = create_classifier("cnn", ds.num_classes - 1, **SMALL_RESNET)
+    fp32, bf16 = (CamStore(compute_store(model, ds, tmp_path / name, scales=(1.0, 0.5), batch_size=2, progress=False,
+                                         bf16=name == "bf16")) for name in ("fp32", "bf16"))
+    assert (fp32.meta["bf16"], bf16.meta["bf16"]) == (False, True)
+    gaps = [np.abs(fp32[i][0].astype(np.float32) - bf16[i][0].astype(np.float32)).max() for i in ds.ids]
+    assert 0 < max(gaps) < 0.05  # bfloat16 rounding: there, and small against maps normalised to [0, 1]
+    keys = [cam_key("cam", (1.0,), True, "data", "clf", bf16=b) for b in (False, True)]
+    assert keys[0] == cam_key("cam", (1.0,), True, "data", "clf") and "bf16" not in keys[0].spec  # old keys hold
+    assert keys[1].spec["bf16"] is True and keys[0].digest != keys[1].digest
 
 
 def test_to_tensor_normalises_with_imagenet_statistics():

@@ -119,11 +119,11 @@ def classifier_key(spec: ClassifierSpec, seed: int, data: str, val_data: str) ->
                        data=data, seed=seed)
 
 
-def cam_key(method: str, scales: Any, flip: bool, data: str, classifier: str) -> ArtifactKey:
-    """A CAM store: the CAM method, scales and flip, the split's fingerprint and the digest of
-    the classifier checkpoint it was computed with."""
-    return ArtifactKey("cams", {"method": method, "scales": [float(s) for s in scales], "flip": bool(flip)},
-                       data=data, upstream={"classifier": classifier})
+def cam_key(method: str, scales: Any, flip: bool, data: str, classifier: str, bf16: bool = False) -> ArtifactKey:
+    """A CAM store: the CAM method, scales and flip, the precision (``bf16`` only when true, so fp32
+    keys stay what they were), the split's fingerprint and the digest of the classifier checkpoint."""
+    spec = {"method": method, "scales": [float(s) for s in scales], "flip": bool(flip), **({"bf16": True} if bf16 else {})}
+    return ArtifactKey("cams", spec, data=data, upstream={"classifier": classifier})
 
 
 def build(spec: ClassifierSpec, num_classes: int) -> nn.Module:
@@ -190,14 +190,16 @@ def cam_stores(trained: TrainedClassifier, splits: dict[str, VOCDataset], out_di
                keys: Mapping[str, ArtifactKey] | None = None) -> dict[str, Path]:
     """One CAM store per split under ``out_dir/<name>_<split>``; returns the paths. ``keys``
     (split -> store key) default to :func:`cam_key` of the settings, the split and the
-    classifier's key; each is written into its store's meta as ``identity``."""
+    classifier's key; each is written into its store's meta as ``identity``. The maps are
+    computed in the precision the classifier trained in (bf16 autocast on a CPU when it did)."""
     paths = {}
     for split, ds in splits.items():
         key = (keys or {}).get(split) or cam_key(trained.spec.cam_method, scales, flip, dataset_fingerprint(ds),
-                                                 trained.key.digest)
+                                                 trained.key.digest, bf16=trained.spec.bf16)
         paths[split] = compute_store(
             trained.model, ds, Path(out_dir) / f"{trained.name}_{split}", scales=list(scales), flip=flip,
             method=trained.spec.cam_method, batch_size=batch_size, device=resolve_device(), progress=progress,
+            bf16=trained.spec.bf16,
             meta={"source": trained.name, "checkpoint": trained.checkpoint.name, "identity": key.to_dict()},
             desc=f"CAMs {trained.name} {split}")
     return paths

@@ -261,8 +261,9 @@ def _forward_cams(cam_fn: Callable[..., torch.Tensor], x: torch.Tensor, scales: 
 def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike[str], *,
                   scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True, method: str = "cam",
                   batch_size: int = 16, device: str | torch.device = "cpu", meta: dict[str, Any] | None = None,
-                  progress: bool = True, desc: str = "CAMs") -> Path:
-    """CAMs of every image of ``dataset`` into a store at ``path``.
+                  progress: bool = True, desc: str = "CAMs", bf16: bool = False) -> Path:
+    """CAMs of every image of ``dataset`` into a store at ``path``; ``bf16``: under bfloat16 autocast
+    on a CPU (paired on seed 0's classifiers: CAM mIoU within 0.01 of fp32, the calibration record).
 
     Images of equal size are batched; memory stays bounded by one batch whatever the split size.
     Gradient methods (``gradcam``, ``attribution``) run with autograd enabled; the others under
@@ -276,17 +277,19 @@ def compute_store(model: nn.Module, dataset: VOCDataset, path: str | os.PathLike
     per_class = bool(CAM_METHODS.entry(method).attrs.get("classes"))
     meta = {"split": dataset.split, "data": data_fingerprint(dataset.root), "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names),
-            "scales": list(scales), "flip": flip, "method": method, **(meta or {})}
+            "scales": list(scales), "flip": flip, "method": method, "bf16": bf16, **(meta or {})}
+    autocast = bf16 and torch.device(device).type == "cpu"
     with CamStoreWriter(path, meta) as writer, progress_bar(total=len(dataset), desc=desc, disable=not progress) as bar:
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []
 
         def flush() -> None:
             x = to_tensor([p[1] for p in pending]).to(device)
             classes = torch.from_numpy(np.stack([p[2] for p in pending])).to(device) if per_class else None
-            if gradient:
-                cams = multiscale_cam(cam_fn, x, scales, flip, classes)
-            else:
-                cams = _forward_cams(cam_fn, x, scales, flip, classes)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                if gradient:
+                    cams = multiscale_cam(cam_fn, x, scales, flip, classes)
+                else:
+                    cams = _forward_cams(cam_fn, x, scales, flip, classes)
             for (image_id, _, labels), c in zip(pending, cams.cpu()):
                 writer.add(image_id, *normalise(c, labels))
             bar.update(len(pending))

@@ -159,8 +159,10 @@ class ViTCAM(nn.Module):
         if (gh * self.stride, gw * self.stride) != (h, w):
             x = F.interpolate(x, size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False)
         # under CPU bf16 autocast, scaled_dot_product_attention's backward runs about 3x slower than
-        # in fp32 (torch 2.14, avx512_bf16; the calibration record): timm's explicit path is taken there
-        with self.explicit_attention(x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        # in fp32 (torch 2.14, avx512_bf16; the calibration record): timm's explicit path is taken where a
+        # backward may run through the attention; its forward is about 2x slower, so only there
+        backward = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.vit.parameters()))
+        with self.explicit_attention(backward and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
             return self.vit.forward_features(x), (gh, gw)
 
     @contextlib.contextmanager
@@ -201,19 +203,22 @@ class ViTCAM(nn.Module):
         feats: list[torch.Tensor] = []
         hook = self.vit.blocks[-1].register_forward_hook(lambda m, i, o: feats.append(o))
         try:
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(False)
+            with torch.no_grad():  # no gradient flows back past the last block's output: no graph up to it
                 tokens, (h, w) = self.tokens(x)
-                logits = self._logits(tokens)
-                block_out = feats[0]
-                maps = []
-                for c in range(logits.shape[1]):
-                    (grad,) = torch.autograd.grad(logits[:, c].sum(), block_out, retain_graph=True)
-                    patch, g = block_out[:, self.num_prefix :], grad[:, self.num_prefix :]
-                    weights = g.mean(dim=1, keepdim=True)  # (B, 1, D)
-                    maps.append((patch * weights).sum(-1))  # (B, N)
         finally:
             hook.remove()
+        with torch.enable_grad():
+            block_out = feats[0].detach().requires_grad_(True)
+            tail = self.vit.norm(block_out)  # timm's forward_features ends with its norm after the blocks
+            if not torch.equal(tail.detach(), tokens):
+                raise RuntimeError("this timm ViT does not end with norm(last block): Grad-CAM needs its tail")
+            logits = self._logits(tail)
+            maps = []
+            for c in range(logits.shape[1]):
+                (grad,) = torch.autograd.grad(logits[:, c].sum(), block_out, retain_graph=True)
+                patch, g = block_out[:, self.num_prefix :], grad[:, self.num_prefix :]
+                weights = g.mean(dim=1, keepdim=True)  # (B, 1, D)
+                maps.append((patch * weights).sum(-1))  # (B, N)
         return torch.stack(maps, dim=1).reshape(x.shape[0], -1, h, w).detach()
 
     def attribution(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,19 +244,20 @@ class ViTCAM(nn.Module):
                 logits = self._logits(tokens)
                 b, n, k = tokens.shape[0], tokens.shape[1], logits.shape[1]
                 wanted = (torch.ones_like(logits) if classes is None else classes.to(logits)) > 0
-                start = torch.zeros(b, n, device=x.device, dtype=tokens.dtype)
+                start = torch.zeros(b, n, device=x.device)  # the rollout in fp32, also under bf16 autocast
                 if self.pool == "token":
                     start[:, 0] = 1.0
                 else:
                     start[:, self.num_prefix :] = 1.0 / (n - self.num_prefix)
-                out = torch.zeros(b, k, n - self.num_prefix, device=x.device, dtype=tokens.dtype)
+                out = torch.zeros(b, k, n - self.num_prefix, device=x.device)
                 for c in torch.nonzero(wanted.any(dim=0)).flatten().tolist():
                     target = (logits[:, c] * wanted[:, c]).sum()  # images without class c: no gradient
                     grads = torch.autograd.grad(target, attns, retain_graph=True)
                     v = start
-                    for a, g in zip(reversed(attns), reversed(grads)):
-                        weighted = (g * a).clamp(min=0).mean(dim=1)  # (B, N, N)
-                        v = v + torch.bmm(v.unsqueeze(1), weighted).squeeze(1)
+                    with torch.autocast(x.device.type, enabled=False):
+                        for a, g in zip(reversed(attns), reversed(grads)):
+                            weighted = (g.float() * a.float()).clamp(min=0).mean(dim=1)  # (B, N, N)
+                            v = v + torch.bmm(v.unsqueeze(1), weighted).squeeze(1)
                     out[:, c] = v[:, self.num_prefix :].clamp(min=0) * wanted[:, c, None]
         finally:
             for hook in hooks:

@@ -125,7 +125,8 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
     for name, spec in classifier_specs(p).items():
         clf = keys[f"classifier:{name}"] = classifier_key(spec, p.seed, data[p.classifier_split], data[p.val_split])
         for split in (p.train_split, p.val_split):
-            keys[f"cams:{name}_{split}"] = cam_key(spec.cam_method, p.cam_scales, p.cam_flip, data[split], clf.digest)
+            keys[f"cams:{name}_{split}"] = cam_key(spec.cam_method, p.cam_scales, p.cam_flip, data[split], clf.digest,
+                                                         bf16=spec.bf16)
     return keys
 
 

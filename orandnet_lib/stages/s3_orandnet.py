@@ -112,7 +112,7 @@ def artifact_keys(p: Params, data: Mapping[str, str], upstream: Mapping[str, str
         classifier = classifier_key(cnn.spec, p.third_classifier_seed, data[cnn.fit_split], data[cnn.val_split])
         keys[f"classifier:{name}"] = classifier
         keys[f"cams:{name}_{p.train_split}"] = cam_key(cnn.spec.cam_method, cnn.cam_scales, cnn.cam_flip,
-                                                       data[p.train_split], classifier.digest)
+                                                       data[p.train_split], classifier.digest, bf16=cnn.spec.bf16)
     return keys
 
 
