@@ -22,6 +22,7 @@ import torch
 
 from .core import store
 from .core.precision import native_bf16
+from .core.train import TrainConfig, make_optimizer
 from .book.runner import LAST_RUN_FILE
 from .book.stage import peak_rss_mb
 
@@ -283,9 +284,14 @@ def bench_segmentation_training(rng: np.random.Generator) -> dict[str, Any]:
                 channels_last, contiguous, 32)
 
 
-def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor], int]]:
+Kernel = tuple[torch.nn.Module, Callable[[], torch.Tensor], int, str]
+
+
+def _training_kernels(rng: np.random.Generator) -> dict[str, Kernel]:
     """Each network of the default profile at its default shape, with a function that computes
-    one batch's loss: {name: (model, loss, images per step)}."""
+    one batch's loss: {name: (model, loss, images per step, the batch in words)}. Batch 32 at
+    96 px, but the auxiliary pretraining's own (aux-broad: 64 at 48 px)."""
+    from .methods import pretrain
     from .methods.classification import multilabel_loss
     from .methods.segmentation import DeepLab, segmentation_loss
     from .nets.boundary import BoundaryNet, affinity_loss
@@ -314,15 +320,24 @@ def _training_kernels(rng: np.random.Generator) -> dict[str, tuple[torch.nn.Modu
     deeplab = DeepLab(7, "resnet18", head="largefov", rates=(4,), head_channels=128, dropout=0.1,
                       backbone_kwargs=DEFAULT_RESNET)
     masks = torch.from_numpy(rng.integers(0, 7, (32, 96, 96)))
-    out: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor], int]] = {
-        "CNN classifier": (cnn, lambda: multilabel_loss(cnn, (x, labels))[0], 32),
-        "ViT classifier": (vit, lambda: multilabel_loss(vit, (x, labels))[0], 32),
-        "ORANDNet": (orand, lambda: orand_loss(orand(maps), maps, owner, "bce"), 32),
-        "relation net": (boundary, lambda: affinity_loss(boundary(x), confident, 5)[0], 32),
-        "relation head": (head, lambda: affinity_loss(head.head_from(cached), confident48, 5)[0], 32),
-        "DeepLab": (deeplab, lambda: segmentation_loss(deeplab, (x, masks))[0], 32),
+    # the default's auxiliary pretraining (methods/pretrain.py): its network, loss and batch
+    recipe = pretrain.AUX_RECIPES.get("aux-broad")
+    aux = pretrain._network("cnn", "resnet18", DEFAULT_RESNET, recipe.image_size, len(recipe.classes))
+    x48 = torch.randn(recipe.batch_size, 3, recipe.image_size, recipe.image_size).contiguous(memory_format=torch.channels_last)
+    aux_labels = torch.from_numpy(rng.integers(0, len(recipe.classes), recipe.batch_size))
+    aux_loss = pretrain._loss(recipe.label_smoothing)
+    b32 = "batch 32 at 96 px"
+    out: dict[str, Kernel] = {
+        "CNN classifier": (cnn, lambda: multilabel_loss(cnn, (x, labels))[0], 32, b32),
+        "ViT classifier": (vit, lambda: multilabel_loss(vit, (x, labels))[0], 32, b32),
+        "ORANDNet": (orand, lambda: orand_loss(orand(maps), maps, owner, "bce"), 32, b32),
+        "relation net": (boundary, lambda: affinity_loss(boundary(x), confident, 5)[0], 32, b32),
+        "relation head": (head, lambda: affinity_loss(head.head_from(cached), confident48, 5)[0], 32, b32),
+        "DeepLab": (deeplab, lambda: segmentation_loss(deeplab, (x, masks))[0], 32, b32),
+        "aux pretraining": (aux, lambda: aux_loss(aux, (x48, aux_labels))[0], recipe.batch_size,
+                            f"batch {recipe.batch_size} at {recipe.image_size} px"),
     }
-    for model, _, _ in out.values():
+    for model, _, _, _ in out.values():
         model.train().to(memory_format=torch.channels_last)
     return out
 
@@ -359,15 +374,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float | None] | None = None,
                         bf16: bool | None = None) -> list[dict[str, Any]]:
-    """One training step (forward, backward, AdamW) of each network in fp32 and under CPU
-    bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px; with ``peaks``
+    """One training step (forward, backward, the training loop's AdamW) of each network in fp32 and
+    under CPU bfloat16 autocast (the loss itself stays fp32), batch 32 at 96 px; with ``peaks``
     (:func:`matmul_peaks`), each step's counted GFLOP, its achieved GFLOP/s and their fractions
     of the fp32 and bf16 matrix-product peaks. bf16 is timed only on a CPU with bfloat16 units
     (``bf16`` None: :func:`core.precision.native_bf16`); elsewhere its fields are None."""
     bf16 = native_bf16() if bf16 is None else bf16
     rows = []
-    for name, (model, loss_fn, images) in _training_kernels(rng).items():
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    for name, (model, loss_fn, images, batch) in _training_kernels(rng).items():
+        opt = make_optimizer([{"params": model.parameters()}], TrainConfig(optimizer="adamw", lr=1e-4))
 
         def step(bf16: bool) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -396,10 +411,10 @@ def bench_bf16_training(rng: np.random.Generator, peaks: dict[str, float | None]
                      "fraction_of_bf16_peak_bf16": _ratio(g16, peaks.get("bf16")),
                      "fraction_of_bf16_peak_fp32": _ratio(g32, peaks.get("bf16"))}
         if bf16:
-            rows.append(_row(f"{name} training step, batch 32 at 96 px (bf16 autocast vs fp32)", "images/s",
+            rows.append(_row(f"{name} training step, {batch} (bf16 autocast vs fp32)", "images/s",
                              t16, fp32, images, loss_fp32=loss32, loss_bf16=loss16, **extra))
         else:
-            rows.append(_row(f"{name} training step, batch 32 at 96 px (fp32; no bfloat16 units, bf16 not timed)",
+            rows.append(_row(f"{name} training step, {batch} (fp32; no bfloat16 units, bf16 not timed)",
                              "images/s", fp32, None, images, loss_fp32=loss32, loss_bf16=None, **extra))
     return rows
 
@@ -416,8 +431,8 @@ def bench_compiled_training(rng: np.random.Generator, peaks: dict[str, float | N
     import tempfile
 
     rows = []
-    for name, (model, loss_fn, images) in _training_kernels(rng).items():
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    for name, (model, loss_fn, images, batch) in _training_kernels(rng).items():
+        opt = make_optimizer([{"params": model.parameters()}], TrainConfig(optimizer="adamw", lr=1e-4))
 
         def step(fn: Callable[[], torch.Tensor]) -> None:
             loss = fn()
@@ -452,7 +467,7 @@ def bench_compiled_training(rng: np.random.Generator, peaks: dict[str, float | N
         gain = eager - fast
         compile_seconds = first_two - 2 * fast
         flops = step_flops(model, loss_fn) / 1e9 if peaks else None
-        rows.append(_row(f"{name} training step, batch 32 at 96 px (torch.compile vs eager, fp32)", "images/s",
+        rows.append(_row(f"{name} training step, {batch} (torch.compile vs eager, fp32)", "images/s",
                          fast, eager, images, backend=backend, step_seconds=fast, eager_step_seconds=eager,
                          compile_seconds=compile_seconds, break_even_steps=compile_seconds / gain if gain > 0 else None,
                          gflops_eager=_ratio(flops, eager), gflops_compiled=_ratio(flops, fast),

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from orandnet_lib import bench
+from orandnet_lib.methods import pretrain
 
 
 def test_kernels_agree_with_their_naive_references_and_report_ratios():
@@ -104,7 +105,7 @@ def test_a_cpu_without_bfloat16_units_is_benchmarked_in_fp32_and_says_so(monkeyp
 
     layer = torch.nn.Linear(64, 64)
     x = torch.randn(8, 64)
-    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"CNN classifier": (layer, lambda: layer(x).square().mean(), 8)})
+    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"CNN classifier": (layer, lambda: layer(x).square().mean(), 8, "batch 8")})
     peaks = bench.matmul_peaks(n=64, bf16=False)
     assert peaks["bf16"] is None and peaks["fp32"] > 0
     [row] = bench.bench_bf16_training(np.random.default_rng(0), peaks, bf16=False)
@@ -125,7 +126,7 @@ def test_a_compiled_step_is_timed_beside_eager_with_its_compile_cost(monkeypatch
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 64)
     x = torch.randn(8, 64)
-    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"ViT classifier": (layer, lambda: layer(x).square().mean(), 8)})
+    monkeypatch.setattr(bench, "_training_kernels", lambda rng: {"ViT classifier": (layer, lambda: layer(x).square().mean(), 8, "batch 8")})
     peaks = {"fp32": 100.0, "bf16": None}
     [row] = bench.bench_compiled_training(np.random.default_rng(0), peaks, backend="eager", min_seconds=0.05)
     assert row["backend"] == "eager" and "torch.compile vs eager" in row["kernel"]
@@ -155,3 +156,7 @@ def test_training_kernels_have_the_default_profiles_shapes():
     deeplab, vit = kernels["DeepLab"][0], kernels["ViT classifier"][0]
     widths = sorted({m.out_channels for m in deeplab.modules() if isinstance(m, torch.nn.Conv2d)})
     assert 256 in widths and isinstance(vit.vit.patch_embed.backbone, ResNetStem)
+    aux, _, images, batch = kernels["aux pretraining"]
+    recipe = pretrain.AUX_RECIPES.get(load_profile("default")["stages"]["01_classifiers_and_cams"]["cnn_pretrained"])
+    assert (images, batch) == (recipe.batch_size, f"batch {recipe.batch_size} at {recipe.image_size} px")
+    assert aux.classifier.out_channels == len(recipe.classes) and aux.stride == 32  # ImageNet-style, as pretrain trains it
