@@ -82,8 +82,9 @@ def test_vit_gradcam_refuses_class_token_pooling():
 
 
 def test_vit_takes_the_explicit_attention_under_cpu_bf16_autocast_only():
-    """Under CPU bf16 autocast, where a backward may follow, the ViT computes softmax(q k^T) v itself (the fused kernel's bf16
-    backward is about 3x slower there); it is the same function, and the fused kernel is back after."""
+    """Under CPU bf16 autocast, where a backward may follow, the ViT computes softmax(q k^T) v itself
+    (the fused kernel's bf16 backward is about 3x slower there); it is the same function, and the
+    fused kernel is back after. Without a backward it keeps the fused kernel's faster forward."""
     torch.manual_seed(0)
     model = create_classifier("vit", 4, **SMALL_VIT).train()
     probs = []  # the explicit path sends the attention probabilities through attn_drop; the fused one does not
