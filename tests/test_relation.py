@@ -31,6 +31,22 @@ def test_pair_labels_by_hand():
     assert kinds["neg"][0, 0, 0].tolist() == [False, True, False, False]  # 0 | 2; 2 | 255 is ignored
 
 
+def test_the_loss_by_hand_when_a_kind_of_pair_is_missing():
+    # one row, labels 0 0 255, radius 1 (offsets right and down): the one pair is (0, 1), background;
+    # no foreground or negative pair, so the loss is half the background term and the others log 0
+    boundary = torch.tensor([[[[0.2, 0.6, 0.1]]]], dtype=torch.float64, requires_grad=True)
+    loss, logs = affinity_loss(boundary, torch.tensor([[[0, 0, 255]]]), radius=1)
+    bg = -np.log(1 - 0.6 + 1e-5)  # the strongest boundary on the step 0 -> 1 is 0.6
+    assert float(loss) == pytest.approx(bg / 2) and logs == pytest.approx({"bg_loss": bg, "fg_loss": 0.0, "neg_loss": 0.0})
+    (g,) = torch.autograd.grad(loss, boundary)
+    assert g[0, 0, 0].tolist() == pytest.approx([0.0, 0.5 / (1 - 0.6 + 1e-5), 0.0])
+
+
+def test_pair_labels_refuse_labels_outside_a_byte():
+    with pytest.raises(ValueError, match="0..255"):
+        pair_labels(torch.tensor([[[0, 300]]]), [(0, 1)])
+
+
 def test_minimising_the_loss_puts_the_boundary_between_the_classes():
     labels = torch.zeros(1, 4, 10, dtype=torch.long)
     labels[:, :, 5:] = 1

@@ -133,10 +133,13 @@ def path_max(boundary: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torc
 def pair_labels(labels: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Masks (B, len(offsets), H, W) of the pair kinds for a (B, H, W) confident-label map:
     ``bg`` (both background), ``fg`` (same foreground class), ``neg`` (different classes)."""
-    labels = labels.long()
+    if labels.dtype != torch.uint8:  # compared as bytes: an eighth of int64's memory traffic
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > IGNORE_INDEX):
+            raise ValueError(f"confident labels must lie in 0..{IGNORE_INDEX}, got {int(labels.min())}..{int(labels.max())}")
+        labels = labels.to(torch.uint8)
     r = max((max(abs(dy), abs(dx)) for dy, dx in offsets), default=0)
     (h, w), padded = labels.shape[-2:], F.pad(labels, (r, r, r, r), value=IGNORE_INDEX)
-    here = labels.unsqueeze(1).expand(-1, len(offsets), -1, -1)
+    here = labels.unsqueeze(1)
     there = torch.stack([padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets], dim=1)
     valid = (here != IGNORE_INDEX) & (there != IGNORE_INDEX)
     same = valid & (here == there)
@@ -148,15 +151,21 @@ def affinity_loss(boundary: torch.Tensor, labels: torch.Tensor, radius: int = 5,
     half the background-pair and half the foreground-pair terms -log(a), plus the
     negative-pair term -log(1 - a), each averaged over its pairs."""
     offsets = neighbour_offsets(radius)
-    affinity = 1.0 - path_max(boundary[:, 0], offsets)
-    kinds = pair_labels(labels, offsets)
-    same, differ = -torch.log(affinity + eps), -torch.log(1.0 - affinity + eps)
-    terms = {}
-    for kind, mask in kinds.items():  # masked sums: selecting the pairs by index cost more than the rest of the loss
-        n = int(mask.count_nonzero())
-        terms[kind] = ((differ if kind == "neg" else same) * mask).sum() / n if n else boundary.sum() * 0.0
-    loss = terms["bg"] / 2 + terms["fg"] / 2 + terms["neg"]
-    return loss, {f"{k}_loss": float(v.detach()) for k, v in terms.items()}
+    strongest = path_max(boundary[:, 0], offsets)  # 1 - a
+    with torch.no_grad():  # each pair's share of the loss: one weighted sum, not three masked means (16 % of the step)
+        kinds = pair_labels(labels, offsets)
+        counts = {kind: int(mask.count_nonzero()) for kind, mask in kinds.items()}
+        weight = torch.zeros_like(strongest)
+        for kind, share in (("bg", 0.5), ("fg", 0.5), ("neg", 1.0)):
+            if counts[kind]:
+                weight.masked_fill_(kinds[kind], share / counts[kind])
+    # log(a) for positive pairs, log(1 - a) for negative ones
+    log_term = torch.log(torch.where(kinds["neg"], strongest, 1.0 - strongest) + eps)
+    loss = -(log_term * weight).sum()
+    with torch.no_grad():
+        terms = {kind: -float((log_term * mask).sum()) / counts[kind] if counts[kind] else 0.0
+                 for kind, mask in kinds.items()}
+    return loss, {f"{k}_loss": v for k, v in terms.items()}
 
 
 def downsample_labels(labels: np.ndarray, stride: int) -> np.ndarray:
