@@ -481,23 +481,27 @@ def bench_compiled_training(rng: np.random.Generator, peaks: dict[str, float | N
 def stage_table(profile: str) -> list[dict[str, Any]]:
     """Per stage of ``runs/<profile>``, then of each whole-pipeline replicate in its
     ``replicates/r<r>`` folder: wall and CPU seconds, peak memory, and (default profile, the
-    run's own stages) the wall seconds before calibration, from ``book/calibration.json``."""
+    run's own stages) the same three before the speed work (issue 25's baseline) and the wall
+    seconds before calibration, from ``book/calibration.json``."""
     from importlib import resources
 
     before: dict[str, float] = {}
+    speed: dict[str, dict[str, float]] = {}
     if profile == "default":
         record = json.loads(resources.files("orandnet_lib.book").joinpath("calibration.json").read_text())
         before = record["stages_before"]["wall_time_s"]
+        speed = {k: v for k, v in record["stages_before_speed"].items() if k != "about"}
     run_dir = ROOT / "runs" / profile
     folders = [(0, run_dir)] + sorted((int(d.name[1:]), d) for d in run_dir.glob("replicates/r*")
                                       if d.name[1:].isdigit())
     rows = []
     for replicate, folder in folders:
         for path in sorted(folder.glob("*/manifest.json")):
-            m = store.read_json(path)
-            rows.append({"stage": path.parent.name, "replicate": replicate, "wall_time_s": m.get("wall_time_s"),
+            m, stage, own = store.read_json(path), path.parent.name, replicate == 0
+            rows.append({"stage": stage, "replicate": replicate, "wall_time_s": m.get("wall_time_s"),
                          "cpu_time_s": m.get("cpu_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-                         "wall_time_before_s": before.get(path.parent.name) if replicate == 0 else None})
+                         **{f"{k}_before_speed": v.get(stage) if own else None for k, v in speed.items()},
+                         "wall_time_before_s": before.get(stage) if own else None})
     return rows
 
 
@@ -596,17 +600,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = [f"{'stage':<40} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  wall s before calibration"]
-    for r in results["stages"]:
-        cpu, before = r["cpu_time_s"], r.get("wall_time_before_s")
+    def num(v: float | None, fmt: str) -> str:
+        return format(v, fmt) if v is not None else format("-", f">{fmt.split('.')[0]}")
+
+    keys = ("wall_time_s", "cpu_time_s", "peak_rss_mb")
+    lines = [f"{'':<40} {'':>7} {'':>7} {'':>9}  {'before the speed work':^25}",
+             f"{'stage':<40} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}"
+             "  wall s before calibration"]
+    rows = [{**r, **{f"{k}_before_speed": r.get(f"{k}_before_speed") for k in keys}} for r in results["stages"]]
+    for r in rows:
         name = r["stage"] + (f" (replicate {r['replicate']})" if r.get("replicate") else "")
-        lines.append(f"{name:<40} {r['wall_time_s'] or 0:7.1f} {cpu if cpu is not None else float('nan'):7.1f} "
-                     f"{r['peak_rss_mb'] or 0:9.0f}  {before if before is not None else '-':>8}")
-    total = sum(r["wall_time_s"] or 0 for r in results["stages"])
-    total_cpu = sum(r["cpu_time_s"] or 0 for r in results["stages"])
-    peak = max((r["peak_rss_mb"] or 0 for r in results["stages"]), default=0)
-    total_before = sum(r.get("wall_time_before_s") or 0 for r in results["stages"])
-    lines.append(f"{'all stages':<40} {total:7.1f} {total_cpu:7.1f} {peak:9.0f}  {total_before or '-':>8}")
+        lines.append(f"{name:<40} {num(r['wall_time_s'] or 0, '7.1f')} {num(r['cpu_time_s'], '7.1f')} "
+                     f"{num(r['peak_rss_mb'] or 0, '9.0f')}  {num(r['wall_time_s_before_speed'], '7.1f')} "
+                     f"{num(r['cpu_time_s_before_speed'], '7.1f')} {num(r['peak_rss_mb_before_speed'], '9.0f')}"
+                     f"  {num(r.get('wall_time_before_s'), '8.1f')}")
+
+    def total(key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return (max(values) if key.startswith("peak") else sum(values)) if values else None
+
+    lines.append(f"{'all stages':<40} {num(total('wall_time_s') or 0, '7.1f')} {num(total('cpu_time_s') or 0, '7.1f')} "
+                 f"{num(total('peak_rss_mb') or 0, '9.0f')}  {num(total('wall_time_s_before_speed'), '7.1f')} "
+                 f"{num(total('cpu_time_s_before_speed'), '7.1f')} {num(total('peak_rss_mb_before_speed'), '9.0f')}"
+                 f"  {num(total('wall_time_before_s'), '8.1f')}")
     lines += ["", f"{'kernel':<72} {'value':>10} {'naive':>10} {'ratio':>7}  unit"]
     for k in results["kernels"]:
         naive = f"{k['naive_value']:10.1f}" if "naive_value" in k else f"{'-':>10}"

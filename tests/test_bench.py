@@ -18,16 +18,21 @@ def test_kernels_agree_with_their_naive_references_and_report_ratios():
     assert "00_dataset" in text and "random walk at 48 px" in text
 
 
-def test_stage_table_sets_each_stage_beside_its_time_before_calibration():
+def test_stage_table_sets_each_stage_beside_its_times_before_the_speed_work_and_before_calibration():
     text = bench.format_table({"stages": [
-        {"stage": "00_dataset", "wall_time_s": 4.0, "cpu_time_s": 2.0, "peak_rss_mb": 3.0, "wall_time_before_s": 4.7},
+        {"stage": "00_dataset", "wall_time_s": 4.0, "cpu_time_s": 2.0, "peak_rss_mb": 3.0, "wall_time_before_s": 4.7,
+         "wall_time_s_before_speed": 14.1, "cpu_time_s_before_speed": 11.3, "peak_rss_mb_before_speed": 879},
         {"stage": "05_segmentation_curriculum", "wall_time_s": 300.0, "cpu_time_s": 500.0, "peak_rss_mb": 900.0,
-         "wall_time_before_s": 663.4}], "kernels": [], "cam_scaling": []})
+         "wall_time_before_s": 663.4, "wall_time_s_before_speed": 818.9, "cpu_time_s_before_speed": 1568.7,
+         "peak_rss_mb_before_speed": 1284},
+        {"stage": "00_dataset", "replicate": 1, "wall_time_s": 5.0, "cpu_time_s": 5.0, "peak_rss_mb": 7.0}],
+        "kernels": [], "cam_scaling": []})
     lines = text.splitlines()
-    assert "before calibration" in lines[0]
-    assert lines[1].split()[0] == "00_dataset" and lines[1].split()[-1] == "4.7"
-    assert lines[3].startswith("all stages") and lines[3].split()[2:5] == ["304.0", "502.0", "900"]
-    assert lines[3].split()[-1] == "668.1"
+    assert "before the speed work" in lines[0] and "before calibration" in lines[1]
+    assert lines[2].split() == ["00_dataset", "4.0", "2.0", "3", "14.1", "11.3", "879", "4.7"]
+    assert lines[4].split() == ["00_dataset", "(replicate", "1)", "5.0", "5.0", "7", "-", "-", "-", "-"]
+    # totals: sums of seconds, the largest peak; each before-column over the rows that have it
+    assert lines[5].split() == ["all", "stages", "309.0", "507.0", "900", "833.0", "1580.0", "1284", "668.1"]
 
 
 def test_stage_table_reads_the_run_and_each_replicate(tmp_path, monkeypatch):
@@ -46,9 +51,13 @@ def test_stage_table_reads_the_run_and_each_replicate(tmp_path, monkeypatch):
     assert [(r["stage"], r["replicate"], r["wall_time_s"]) for r in rows] == [
         ("00_dataset", 0, 5.0), ("05_segmentation_curriculum", 0, 100.0), ("00_dataset", 1, 6.0), ("00_dataset", 2, 7.0)]
     assert rows[0]["wall_time_before_s"] is not None and rows[2]["wall_time_before_s"] is None
+    # issue 25's baseline, from book/calibration.json, stands beside the run's own rows only
+    assert (rows[0]["wall_time_s_before_speed"], rows[0]["cpu_time_s_before_speed"], rows[0]["peak_rss_mb_before_speed"]) \
+        == (14.1, 11.3, 879)
+    assert rows[2]["wall_time_s_before_speed"] is None
     text = bench.format_table({"stages": rows, "kernels": [], "cam_scaling": []}).splitlines()
-    assert text[3].startswith("00_dataset (replicate 1)") and text[4].startswith("00_dataset (replicate 2)")
-    assert text[5].split()[2:5] == ["118.0", "236.0", "1000"]
+    assert text[4].startswith("00_dataset (replicate 1)") and text[5].startswith("00_dataset (replicate 2)")
+    assert text[6].split()[2:5] == ["118.0", "236.0", "1000"]
 
 
 def test_transfer_section_reads_both_runs_and_lists_each_pretraining(tmp_path, monkeypatch):
