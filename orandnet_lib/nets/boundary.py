@@ -132,7 +132,8 @@ def path_max(boundary: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torc
 
 def pair_labels(labels: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Masks (B, len(offsets), H, W) of the pair kinds for a (B, H, W) confident-label map:
-    ``bg`` (both background), ``fg`` (same foreground class), ``neg`` (different classes)."""
+    ``bg`` (both background), ``fg`` (same foreground class), ``neg`` (different classes).
+    Labels outside 0..255 (no byte holds them) raise ValueError."""
     if labels.dtype != torch.uint8:  # compared as bytes: an eighth of int64's memory traffic
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > IGNORE_INDEX):
             raise ValueError(f"confident labels must lie in 0..{IGNORE_INDEX}, got {int(labels.min())}..{int(labels.max())}")
@@ -152,7 +153,7 @@ def affinity_loss(boundary: torch.Tensor, labels: torch.Tensor, radius: int = 5,
     negative-pair term -log(1 - a), each averaged over its pairs."""
     offsets = neighbour_offsets(radius)
     strongest = path_max(boundary[:, 0], offsets)  # 1 - a
-    with torch.no_grad():  # each pair's share of the loss: one weighted sum, not three masked means (16 % of the step)
+    with torch.no_grad():  # each pair's share of the loss: one weighted sum, not three masked means (calibration record)
         kinds = pair_labels(labels, offsets)
         counts = {kind: int(mask.count_nonzero()) for kind, mask in kinds.items()}
         weight = torch.zeros_like(strongest)
