@@ -74,8 +74,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Let glibc keep freed blocks up to ``limit`` bytes for the next allocation instead of handing
     each large one back and page-faulting it in again: a CAM pass allocates the same big tensors for
     every batch, and a notebook's kernel, a fresh process, faulted them in again each time (the
-    calibration record's row: 2000 images, 28.2 -> 18.9 s). :func:`release_memory` still hands the
-    memory back between stages. False where there is no glibc."""
+    calibration record has the seconds). :func:`release_memory` still hands the memory back
+    between stages. False where there is no glibc."""
     libc = _glibc()
     return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(M_TRIM_THRESHOLD, limit))
 
