@@ -28,7 +28,8 @@ def _project(tmp_path: Path) -> tuple[Path, Path]:
     (root / "_toc.yml").write_text("format: jb-book\n")
     bodies = {"00_wait": "import os, time\nfrom orandnet_lib.book.stage import open_stage\n"
                          "stage = open_stage('00_wait', profile, data_root, run_dir, seed)\n"
-                         "(stage.dir / 'kernel.pid').write_text(str(os.getpid()))\n"
+                         "(stage.dir / 'kernel.pid.part').write_text(str(os.getpid()))\n"
+                         "os.replace(stage.dir / 'kernel.pid.part', stage.dir / 'kernel.pid')  # never seen half-written\n"
                          "for _ in range(int(seconds * 10)):\n    time.sleep(0.1)\n"
                          "stage.record(summary={'wait': {'done': True}})\n",
               "01_after": "from orandnet_lib.book.stage import open_stage\n"
